@@ -1,0 +1,1 @@
+"""The snapshot contract: schema, codec and shared-memory publication."""

@@ -1,0 +1,157 @@
+"""The routing snapshot: THE contract between the control plane and the data plane.
+
+Rules (msgspec schema evolution):
+  * the schema only grows: new fields go at the END of a Struct and always have a default;
+  * no field is ever renamed, removed or re-typed; ``SCHEMA_VERSION`` counts additions;
+  * decoders ignore unknown fields, so an older worker can read a newer snapshot;
+  * actions are tagged unions (``{"type": "forward", ...}``) so new kinds can be added.
+
+Everything is frozen and uses tuples so a decoded snapshot can be shared freely and
+hashed/compared.  Translation emits everything sorted, so the same cluster state always
+encodes to the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+MIB = 1024 * 1024
+
+PathType = Literal["Exact", "Prefix"]
+Protocol = Literal["HTTP", "HTTPS", "GRPC", "GRPCS", "H2C", "AUTO_HTTP", "FCGI"]
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    """One Pod endpoint from an EndpointSlice (or a static address)."""
+
+    address: str
+    port: int
+    ready: bool = True  # takes new traffic
+    serving: bool = True  # may finish in-flight requests
+    terminating: bool = False
+
+
+class Upstream(msgspec.Struct, frozen=True):
+    """A set of endpoints plus how to talk to them.
+
+    ``name`` is unique in a snapshot: ``namespace/service:port`` with a ``#hash``
+    suffix when Ingress annotations give it non-default settings.
+    For ExternalName Services, ``endpoints`` is empty and the worker resolves
+    ``external_name`` itself (re-resolving every ``dns_ttl`` seconds), using ``port``.
+    """
+
+    name: str
+    endpoints: tuple[Endpoint, ...] = ()
+    protocol: Protocol = "HTTP"
+    external_name: str | None = None
+    port: int = 0
+    dns_ttl: float = 30.0
+    host_override: str | None = None  # upstream-vhost: Host header (and SNI) sent upstream
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    send_timeout: float = 60.0
+    service: str = ""  # "namespace/name" of the Service, for metrics and logs
+
+
+class WeightedBackend(msgspec.Struct, frozen=True):
+    upstream: str  # Upstream.name
+    weight: int = 100
+
+
+class Forward(msgspec.Struct, frozen=True, tag="forward"):
+    """Proxy to one of the weighted backends."""
+
+    backends: tuple[WeightedBackend, ...]
+
+
+class Redirect(msgspec.Struct, frozen=True, tag="redirect"):
+    """Answer with a redirect; ``location`` may be absolute or a path."""
+
+    location: str
+    status: int = 308
+
+
+class Respond(msgspec.Struct, frozen=True, tag="respond"):
+    """Answer directly with a short body."""
+
+    status: int
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Action = Forward | Redirect | Respond
+
+
+class RoutePolicy(msgspec.Struct, frozen=True):
+    """Per-route policies from annotations (grows with every annotation we support)."""
+
+    max_body_size: int = MIB  # bytes; 0 means unlimited (nginx client_max_body_size)
+
+
+class Route(msgspec.Struct, frozen=True):
+    """One path rule of a virtual host.
+
+    ``path`` is as written in the Ingress, except that ImplementationSpecific is
+    emitted as Prefix.  Precedence inside a host: an Exact match beats any Prefix
+    match; among Prefix matches the longest path (trailing slash ignored) wins.
+    ``priority`` is the tie-breaker translation computed (higher wins) and is kept
+    for kinds of matching that have no natural order (regex, later).
+    """
+
+    path: str
+    path_type: PathType
+    action: Action
+    priority: int = 0
+    ingress: str = ""  # "namespace/name" of the Ingress this rule came from
+    service: str = ""  # "namespace/name:port" of the backend Service, for metrics
+    policy: RoutePolicy = RoutePolicy()
+
+
+class VirtualHost(msgspec.Struct, frozen=True):
+    """Routes for one host name.
+
+    ``hostname`` is lower-case: ``example.com``, ``*.example.com`` (one label), or
+    ``""`` for rules without a host (any Host header).  ``fallback`` handles requests
+    for this host that match no route (an Ingress's spec.defaultBackend).
+    """
+
+    hostname: str
+    routes: tuple[Route, ...] = ()
+    fallback: Action | None = None
+    tls_secret: str | None = None  # "namespace/name" key into Snapshot.certificates
+
+
+class Certificate(msgspec.Struct, frozen=True):
+    """A kubernetes.io/tls Secret: PEM data. Never logged."""
+
+    name: str  # "namespace/name"
+    cert_pem: str
+    key_pem: str
+
+
+class GlobalSettings(msgspec.Struct, frozen=True):
+    """Data-plane defaults (nginx / ingress-nginx defaults where one exists)."""
+
+    max_body_size: int = MIB
+    client_header_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_header_bytes: int = 32 * 1024
+    upstream_keepalive_connections: int = 32  # idle connections kept per endpoint
+    upstream_keepalive_timeout: float = 60.0
+    upstream_keepalive_requests: int = 10000
+    server_header: str = "fastingress"
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """Everything a worker needs to route traffic.  Generation lives in the publication header."""
+
+    schema_version: int = SCHEMA_VERSION
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    default_action: Action | None = None  # no host / no route matched; None means 404
+    settings: GlobalSettings = GlobalSettings()

@@ -1,0 +1,63 @@
+"""The supervisor <-> worker contract (besides the snapshot itself).
+
+* ``WorkerSettings`` is what the supervisor passes to ``python -m workers --settings JSON``.
+* ``WorkerStats`` is what a worker answers on its stats socket (msgpack), which the
+  supervisor's admin server aggregates into /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class WorkerSettings(msgspec.Struct, frozen=True):
+    index: int  # 0..N-1, stable across restarts of the same slot
+    shm_path: str  # the shared-memory snapshot segment (see fastingress.snapshot.shm)
+    stats_socket: str  # unix socket path this worker serves WorkerStats on
+    notify_fd: int = -1  # read end of a pipe; a byte arrives on each new generation
+    bind: str = "0.0.0.0"
+    http_port: int = 80
+    https_port: int = 0  # 0 = no HTTPS listener (TLS lands with a later issue)
+    grace_period: float = 30.0  # seconds in-flight requests get on SIGTERM
+    log_level: str = "info"
+    access_log: bool = False
+
+
+class RequestCount(msgspec.Struct, frozen=True, array_like=True):
+    status_class: str  # "2xx" .. "5xx"
+    host: str  # matched virtual host name ("" catch-all, "-" none)
+    ingress: str  # "namespace/name" or "-"
+    service: str  # "namespace/name:port" or "-"
+    count: int
+
+
+# Upper bounds (seconds) of the request duration histogram, Prometheus-style (+Inf implied).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class WorkerStats(msgspec.Struct, frozen=True):
+    index: int
+    pid: int
+    generation: int  # generation of the snapshot in force; 0 = none yet
+    requests: tuple[RequestCount, ...] = ()
+    duration_buckets: tuple[int, ...] = ()  # cumulative counts, len(DURATION_BUCKETS) + 1
+    duration_sum: float = 0.0
+    duration_count: int = 0
+    snapshot_errors: int = 0  # snapshots refused (decode failures)
+    upstream_errors: int = 0  # connect/read failures towards upstreams
+    active_connections: int = 0
+    draining: bool = False
+
+
+def encode_settings(settings: WorkerSettings) -> str:
+    return msgspec.json.encode(settings).decode()
+
+
+def decode_settings(text: str) -> WorkerSettings:
+    return msgspec.json.decode(text, type=WorkerSettings)
+
+
+stats_encoder = msgspec.msgpack.Encoder()
+stats_decoder = msgspec.msgpack.Decoder(WorkerStats)
