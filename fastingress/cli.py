@@ -1,0 +1,294 @@
+"""The ``fastingress`` command line: ``standalone``, ``snapshot build``, ``controller``.
+
+Every user error (bad flag, unreadable file, busy port) is ONE line on stderr,
+``fastingress: error: ...``, and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from fastingress import __version__
+from fastingress.errors import ConfigError, FastIngressError
+from fastingress.settings import (
+    DEFAULT_CONTROLLER_CLASS,
+    DEFAULT_INGRESS_CLASS,
+    LOG_LEVELS,
+    BuildSettings,
+    StandaloneSettings,
+    TranslationSettings,
+    default_workers,
+    validate_build,
+    validate_standalone,
+)
+
+PROG = "fastingress"
+EXIT_USAGE = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+
+
+def _add_translation_flags(parser: argparse.ArgumentParser, *, watch_default: bool) -> None:
+    parser.add_argument(
+        "--controller-class",
+        default=DEFAULT_CONTROLLER_CLASS,
+        help="IngressClass spec.controller value that is ours (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ingress-class",
+        default=DEFAULT_INGRESS_CLASS,
+        help="ingress class name that is ours (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--watch-ingress-without-class",
+        action=argparse.BooleanOptionalAction,
+        default=watch_default,
+        help="also serve Ingresses that name no class (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--default-backend-service",
+        metavar="NAMESPACE/NAME",
+        help="Service that answers requests no rule matches (default: 404)",
+    )
+
+
+def _add_manifests_flag(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+    parser.add_argument(
+        "--manifests",
+        action="extend",
+        nargs="+",
+        metavar="PATH",
+        help="YAML/JSON file or directory of Kubernetes objects (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Kubernetes ingress controller and standalone reverse proxy "
+        "that reads ingress-nginx manifests as they are.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    standalone = commands.add_parser(
+        "standalone", help="serve from manifest files or a snapshot file (reloaded when they change)"
+    )
+    source = standalone.add_mutually_exclusive_group(required=True)
+    _add_manifests_flag(source)
+    source.add_argument("--snapshot", metavar="FILE", help="snapshot file (JSON or msgpack)")
+    standalone.add_argument("--http-port", type=int, default=80, help="default: %(default)s")
+    standalone.add_argument(
+        "--https-port", type=int, default=443, help="default: %(default)s (TLS is not served yet)"
+    )
+    standalone.add_argument(
+        "--admin-port",
+        type=int,
+        default=10254,
+        help="/healthz, /readyz, /metrics, /status (default: %(default)s; 0: any free port, logged)",
+    )
+    standalone.add_argument(
+        "--workers", type=int, default=default_workers(), help="worker processes (default: CPU count)"
+    )
+    standalone.add_argument("--bind", default="0.0.0.0", metavar="ADDR", help="default: %(default)s")
+    standalone.add_argument(
+        "--admin-bind",
+        metavar="ADDR",
+        help="admin address (default: same as --bind; like ingress-nginx, all interfaces)",
+    )
+    _add_translation_flags(standalone, watch_default=True)
+    standalone.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time in-flight requests get on shutdown (default: %(default)s)",
+    )
+    standalone.add_argument(
+        "--watch-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="input file polling interval (default: %(default)s)",
+    )
+    standalone.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    standalone.add_argument("--access-log", action="store_true", help="log one line per request")
+    standalone.add_argument(
+        "--standby-worker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep one pre-started worker ready to replace a dead one at once (default: %(default)s)",
+    )
+    standalone.add_argument("--runtime-dir", metavar="DIR", help=argparse.SUPPRESS)
+    standalone.add_argument("--worker-command", metavar="CMD", help=argparse.SUPPRESS)
+
+    snapshot = commands.add_parser("snapshot", help="snapshot files")
+    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", metavar="COMMAND", required=True)
+    build = snapshot_commands.add_parser("build", help="translate manifests into a snapshot file")
+    build.add_argument(
+        "--manifests", action="extend", nargs="+", metavar="PATH", required=True, help="(repeatable)"
+    )
+    build.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, - for stdout")
+    build.add_argument(
+        "--format",
+        choices=("json", "msgpack"),
+        help="default: msgpack for *.msgpack/*.mpk names, else json",
+    )
+    build.add_argument("--strict", action="store_true", help="exit 1 if any diagnostic is an error")
+    _add_translation_flags(build, watch_default=True)
+
+    commands.add_parser("controller", help="run in a cluster (not implemented yet)")
+    commands.add_parser(
+        "demo-backends",
+        add_help=False,  # its flags belong to fastingress.demo (see `fastingress demo-backends -h`)
+        help="tiny HTTP backends that echo requests as JSON (for the examples and tests)",
+    )
+    return parser
+
+
+def _translation(args: argparse.Namespace) -> TranslationSettings:
+    return TranslationSettings(
+        controller_class=args.controller_class,
+        ingress_class=args.ingress_class,
+        watch_without_class=args.watch_ingress_without_class,
+        default_backend_service=args.default_backend_service,
+    )
+
+
+def standalone_settings(args: argparse.Namespace) -> StandaloneSettings:
+    worker_command: tuple[str, ...] = ()
+    if args.worker_command:
+        worker_command = tuple(shlex.split(args.worker_command))
+    return validate_standalone(
+        StandaloneSettings(
+            manifests=tuple(args.manifests or ()),
+            snapshot=args.snapshot,
+            http_port=args.http_port,
+            https_port=args.https_port,
+            admin_port=args.admin_port,
+            workers=args.workers,
+            bind=args.bind,
+            admin_bind=args.admin_bind or args.bind,
+            translation=_translation(args),
+            grace_period=args.grace_period,
+            watch_interval=args.watch_interval,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            worker_command=worker_command,
+            runtime_dir=args.runtime_dir,
+            standby_worker=args.standby_worker,
+        )
+    )
+
+
+def build_settings(args: argparse.Namespace) -> BuildSettings:
+    fmt = args.format
+    if fmt is None:
+        fmt = "msgpack" if args.output.lower().endswith((".msgpack", ".mpk")) else "json"
+    return validate_build(
+        BuildSettings(
+            manifests=tuple(args.manifests),
+            output=args.output,
+            format=fmt,
+            strict=args.strict,
+            translation=_translation(args),
+        )
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, format=LOG_FORMAT, level=getattr(logging, level.upper()), force=True
+    )
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write via a temporary file + rename, so a watcher never reads half a file."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if target.exists():  # keep its mode; a new file stays 0600 (snapshots carry private keys)
+            os.chmod(tmp, target.stat().st_mode & 0o777)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def run_build(settings: BuildSettings) -> int:
+    from fastingress.snapshot.codec import encode_json, encode_msgpack
+    from fastingress.supervisor.source import InputSpec, load
+
+    loaded = load(InputSpec(manifests=settings.manifests, translation=settings.translation))
+    errors = 0
+    for diagnostic in loaded.diagnostics:
+        print(str(diagnostic), file=sys.stderr)
+        errors += diagnostic.severity == "error"
+    data = encode_json(loaded.snapshot) if settings.format == "json" else encode_msgpack(loaded.snapshot)
+    write_atomically(settings.output, data)
+    if settings.output != "-":
+        snapshot = loaded.snapshot
+        print(
+            f"wrote {settings.output} ({settings.format}, {len(snapshot.virtual_hosts)} virtual hosts, "
+            f"{len(snapshot.upstreams)} upstreams, {len(loaded.diagnostics)} diagnostics, {errors} errors)",
+            file=sys.stderr,
+        )
+    return 1 if settings.strict and errors else 0
+
+
+def run_standalone_command(settings: StandaloneSettings) -> int:
+    import trio
+
+    from fastingress.supervisor import run_standalone
+
+    configure_logging(settings.log_level)
+    return trio.run(run_standalone, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["demo-backends"]:
+        from fastingress.demo import main as demo_main
+
+        return demo_main(arguments[1:], prog=f"{PROG} demo-backends")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(arguments)
+    if extra and args.command != "controller":  # controller flags are not defined yet
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "standalone":
+            return run_standalone_command(standalone_settings(args))
+        if args.command == "snapshot":
+            return run_build(build_settings(args))
+        print(f"{PROG}: controller: not implemented yet (issue: controller mode)", file=sys.stderr)
+        return EXIT_USAGE
+    except FastIngressError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

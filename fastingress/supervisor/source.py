@@ -1,0 +1,107 @@
+"""Where the configuration comes from: manifests (translated) or a snapshot file.
+
+Everything here is synchronous and blocking (file I/O, translation); the supervisor runs it
+in a worker thread.  ``fingerprint`` is what the file watcher compares between polls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from fastingress.errors import FastIngressError
+from fastingress.settings import TranslationSettings
+from fastingress.snapshot.codec import encode_msgpack, load_file
+from fastingress.snapshot.schema import Snapshot
+
+
+class DiagnosticLike(Protocol):
+    """What the supervisor needs of ``fastingress.translate.Diagnostic``."""
+
+    @property
+    def severity(self) -> str: ...
+
+
+class InputSpec(msgspec.Struct, frozen=True):
+    """Exactly one of ``manifests`` / ``snapshot``."""
+
+    manifests: tuple[str, ...] = ()
+    snapshot: str | None = None
+    translation: TranslationSettings = TranslationSettings()
+
+    def describe(self) -> str:
+        if self.snapshot is not None:
+            return f"snapshot file {self.snapshot}"
+        return "manifests " + " ".join(self.manifests)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    snapshot: Snapshot
+    payload: bytes  # msgpack, what gets published
+    diagnostics: tuple[DiagnosticLike, ...] = ()
+
+
+# One entry per input file: (path, mtime_ns, size, inode); or ("!error", message) when the
+# set of files cannot even be listed (a vanished --manifests path).
+FileState = tuple[str, int, int, int] | tuple[str, str]
+Fingerprint = tuple[FileState, ...]
+
+
+def input_files(spec: InputSpec) -> list[Path]:
+    """The files the configuration is read from (ConfigError if a named path is gone)."""
+    if spec.snapshot is not None:
+        return [Path(spec.snapshot)]
+    from fastingress.manifests import manifest_files
+
+    return manifest_files(list(spec.manifests))
+
+
+def fingerprint(spec: InputSpec) -> Fingerprint:
+    """A cheap summary of the inputs that changes when any file is edited, added or removed."""
+    try:
+        files = input_files(spec)
+    except FastIngressError as exc:
+        return (("!error", str(exc)),)
+    states: list[FileState] = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            states.append((str(path), exc.strerror or "unreadable"))
+            continue
+        states.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(states)
+
+
+def load(spec: InputSpec) -> Loaded:
+    """Read and (for manifests) translate the inputs.  Raises FastIngressError (one line) on failure."""
+    if spec.snapshot is not None:
+        snapshot = load_file(spec.snapshot)
+        return Loaded(snapshot, encode_msgpack(snapshot))
+    return _load_manifests(spec.manifests, spec.translation)
+
+
+def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> Loaded:
+    from fastingress.manifests import load_manifests
+    from fastingress.translate import TranslateOptions, translate
+
+    objects, file_diagnostics = load_manifests(list(paths))
+    options = TranslateOptions(
+        controller_class=translation.controller_class,
+        ingress_class=translation.ingress_class,
+        watch_without_class=translation.watch_without_class,
+        default_backend_service=translation.default_backend_service,
+    )
+    result = translate(objects, options)
+    diagnostics: tuple[DiagnosticLike, ...] = (*file_diagnostics, *result.diagnostics)
+    return Loaded(result.snapshot, encode_msgpack(result.snapshot), diagnostics)
+
+
+def count_errors(diagnostics: Sequence[DiagnosticLike]) -> int:
+    return sum(1 for d in diagnostics if d.severity == "error")

@@ -1,0 +1,261 @@
+"""translate(): Kubernetes objects -> Snapshot + diagnostics.  Pure and deterministic.
+
+Theory of operation
+1. ``cluster.index_objects`` addresses every object (kind/namespace/name), drops other
+   kinds, and resolves duplicates order-independently.
+2. Each Ingress that is ours (``ingress.is_ours``) becomes an ``IngressPlan``: validated
+   rules, backends and TLS entries, annotations parsed once.  A plan is built under a
+   guard, so an unexpected failure costs that one Ingress, never the others.
+3. Plans are merged oldest first (creationTimestamp, namespace, name): the first claim
+   on (host, path, type), on a host's fallback or on a host's TLS Secret wins; later
+   claims get a warning naming the winner.
+4. Winning backends are resolved to Upstreams (Service ports, EndpointSlices,
+   ExternalName), TLS Secrets to Certificates; everything is emitted sorted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastingress.snapshot.schema import (
+    Action,
+    Certificate,
+    Forward,
+    Route,
+    RoutePolicy,
+    Snapshot,
+    VirtualHost,
+    WeightedBackend,
+)
+from fastingress.translate.annotations import UpstreamSettings
+from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
+from fastingress.translate.cluster import Cluster, index_objects
+from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
+from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult
+from fastingress.translate.tls import load_certificate
+
+_TRANSLATOR = ObjRef("Unknown", "", "<translator>")
+
+
+def _internal(sink: Sink, ref: ObjRef, exc: Exception, what: str) -> None:
+    sink.error(ref, "", f"internal error ({type(exc).__name__}) while {what}; skipped. Please report this.")
+
+
+class _Merged:
+    """Claims of the merge step; first claim (oldest Ingress) wins."""
+
+    def __init__(self) -> None:
+        self.hosts: set[str] = set()
+        self.routes: dict[str, dict[tuple[str, str], tuple[PathRule, IngressPlan]]] = {}
+        self.fallbacks: dict[str, IngressPlan] = {}
+        self.tls: dict[str, tuple[str, IngressPlan, str]] = {}
+
+
+def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
+    merged = _Merged()
+    for plan in plans:
+        for rule in plan.rules:
+            table = merged.routes.setdefault(rule.host, {})
+            key = (rule.key, rule.path_type)
+            if key in table:
+                winner = table[key][1]
+                who = (
+                    "earlier in this Ingress; ignored"
+                    if winner.ref == plan.ref
+                    else f"by Ingress {winner.ref.key}; ignored (the oldest Ingress wins)"
+                )
+                sink.warning(
+                    plan.ref,
+                    rule.field,
+                    f"host {rule.host!r} path {rule.path!r} ({rule.path_type}) is already defined {who}",
+                )
+                continue
+            table[key] = (rule, plan)
+        merged.hosts.update(plan.hosts)
+        if plan.default_backend is not None:
+            for host in plan.hosts:
+                _claim_fallback(merged, host, plan, sink)
+        for entry in plan.tls:
+            merged.hosts.add(entry.host)
+            if entry.host not in merged.tls:
+                merged.tls[entry.host] = (entry.secret, plan, entry.field)
+                continue
+            secret, winner, _ = merged.tls[entry.host]
+            if (winner.ref.namespace, secret) != (plan.ref.namespace, entry.secret):
+                sink.warning(
+                    plan.ref,
+                    entry.field,
+                    f"host {entry.host!r} already gets TLS Secret {winner.ref.namespace}/{secret} from "
+                    f"Ingress {winner.ref.key}; ignored (the oldest Ingress wins)",
+                )
+    return merged
+
+
+def _backend_id(plan: IngressPlan) -> str:
+    assert plan.default_backend is not None
+    return plan.default_backend.service_port + settings_suffix(plan.annotations.upstream)
+
+
+def _claim_fallback(merged: _Merged, host: str, plan: IngressPlan, sink: Sink) -> None:
+    winner = merged.fallbacks.get(host)
+    if winner is None:
+        merged.fallbacks[host] = plan
+    elif _backend_id(winner) != _backend_id(plan):
+        sink.warning(
+            plan.ref,
+            "spec.defaultBackend",
+            f"host {host!r} already falls back to the defaultBackend of Ingress {winner.ref.key}; "
+            "ignored for this host (the oldest Ingress wins)",
+        )
+
+
+class _Emitter:
+    """Turns the merged claims into snapshot parts; every resolution is guarded."""
+
+    def __init__(self, cluster: Cluster, options: TranslateOptions, sink: Sink) -> None:
+        self.cluster = cluster
+        self.options = options
+        self.sink = sink
+        self.builder = UpstreamBuilder(cluster, sink)
+        self.certificates: dict[str, Certificate] = {}
+
+    def forward(self, backend: BackendRef, settings: UpstreamSettings, owner: ObjRef) -> Action | None:
+        try:
+            name = self.builder.resolve(backend, settings, owner)
+        except Exception as exc:
+            _internal(self.sink, owner, exc, f"resolving backend {backend.service_port}")
+            return None
+        return Forward((WeightedBackend(name, 100),))
+
+    def route(self, rule: PathRule, plan: IngressPlan) -> Route | None:
+        action = self.forward(rule.backend, plan.annotations.upstream, plan.ref)
+        if action is None:
+            return None
+        max_body = plan.annotations.max_body_size
+        policy = RoutePolicy(
+            max_body_size=self.options.settings.max_body_size if max_body is None else max_body
+        )
+        return Route(
+            path=rule.path,
+            path_type=rule.path_type,
+            action=action,
+            priority=rule.priority,
+            ingress=plan.ref.key,
+            service=rule.backend.service_port,
+            policy=policy,
+        )
+
+    def tls_secret(self, claim: tuple[str, IngressPlan, str] | None) -> str | None:
+        if claim is None:
+            return None
+        secret, plan, field = claim
+        name = f"{plan.ref.namespace}/{secret}"
+        if name in self.certificates:
+            return name
+        if (plan.ref.namespace, secret) not in self.cluster.secrets:
+            self.sink.error(plan.ref, field, f"Secret {name} not found; the default certificate is used")
+            return None
+        try:
+            certificate = load_certificate(self.cluster, plan.ref.namespace, secret, self.sink)
+        except Exception as exc:
+            _internal(self.sink, ObjRef("Secret", plan.ref.namespace, secret), exc, "reading the certificate")
+            return None
+        if certificate is None:
+            return None
+        self.certificates[name] = certificate
+        return name
+
+    def virtual_host(self, host: str, merged: _Merged) -> VirtualHost:
+        routes = [self.route(rule, plan) for rule, plan in merged.routes.get(host, {}).values()]
+        ordered = sorted(
+            (r for r in routes if r is not None), key=lambda r: (-r.priority, r.path, r.path_type)
+        )
+        fallback: Action | None = None
+        plan = merged.fallbacks.get(host)
+        if plan is not None and plan.default_backend is not None:
+            fallback = self.forward(plan.default_backend, plan.annotations.upstream, plan.ref)
+        return VirtualHost(
+            hostname=host,
+            routes=tuple(ordered),
+            fallback=fallback,
+            tls_secret=self.tls_secret(merged.tls.get(host)),
+        )
+
+    def default_action(self, plans: list[IngressPlan]) -> Action | None:
+        if self.options.default_backend_service is not None:
+            return self._option_default(self.options.default_backend_service)
+        for plan in plans:
+            if plan.default_backend is not None:
+                return self.forward(plan.default_backend, plan.annotations.upstream, plan.ref)
+        return None
+
+    def _option_default(self, value: str) -> Action | None:
+        parts = value.split("/")
+        if len(parts) != 2 or not all(parts):
+            self.sink.error(
+                ObjRef("Service", "", value or "<empty>"),
+                "",
+                "--default-backend-service must be namespace/name; ignored",
+            )
+            return None
+        namespace, name = parts
+        service = self.cluster.services.get((namespace, name))
+        ports = service_ports(service) if service is not None else []
+        if service is not None and not ports:
+            self.sink.error(
+                ObjRef("Service", namespace, name), "spec.ports", "default backend Service has no ports"
+            )
+        port = ports[0][1] if ports else 0
+        return self.forward(
+            BackendRef(namespace, name, port, ""), UpstreamSettings(), ObjRef("Service", namespace, name)
+        )
+
+
+def _plans(cluster: Cluster, options: TranslateOptions, sink: Sink) -> list[IngressPlan]:
+    plans: list[IngressPlan] = []
+    for ref, ingress in cluster.ingresses:
+        try:
+            if not is_ours(ref, ingress, cluster, options, sink):
+                continue
+            plan = parse_ingress(ref, ingress, sink)
+        except Exception as exc:
+            _internal(sink, ref, exc, "reading this Ingress")
+            continue
+        if plan is not None:
+            plans.append(plan)
+    plans.sort(key=lambda p: p.age)
+    return plans
+
+
+def _translate(objects: Iterable[Mapping[str, Any]], options: TranslateOptions, sink: Sink) -> Snapshot:
+    cluster = index_objects(objects, sink)
+    plans = _plans(cluster, options, sink)
+    merged = _merge(plans, sink)
+    emitter = _Emitter(cluster, options, sink)
+    virtual_hosts = tuple(emitter.virtual_host(host, merged) for host in sorted(merged.hosts))
+    default_action = emitter.default_action(plans)
+    upstreams = emitter.builder.upstreams
+    return Snapshot(
+        virtual_hosts=virtual_hosts,
+        upstreams=tuple(upstreams[name] for name in sorted(upstreams)),
+        certificates=tuple(emitter.certificates[name] for name in sorted(emitter.certificates)),
+        default_action=default_action,
+        settings=options.settings,
+    )
+
+
+_DEFAULT_OPTIONS = TranslateOptions()
+
+
+def translate(
+    objects: Iterable[Mapping[str, Any]], options: TranslateOptions = _DEFAULT_OPTIONS
+) -> TranslationResult:
+    """Kubernetes objects (plain dicts) -> snapshot + sorted diagnostics.  Never raises."""
+    sink = Sink()
+    try:
+        snapshot = _translate(objects, options, sink)
+    except Exception as exc:  # last line of defence; the tests assert it is never reached
+        _internal(sink, _TRANSLATOR, exc, "translating")
+        snapshot = Snapshot(settings=options.settings)
+    return TranslationResult(snapshot=snapshot, diagnostics=sink.sorted())

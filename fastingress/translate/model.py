@@ -1,0 +1,104 @@
+"""Public value types of the translator: options in, result and diagnostics out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from fastingress.snapshot.schema import GlobalSettings, Snapshot
+
+Severity = Literal["error", "warning", "info"]
+
+# Kinds that have no namespace (their Diagnostic.namespace is "").
+CLUSTER_SCOPED_KINDS = frozenset({"IngressClass", "File"})
+
+
+class TranslateOptions(msgspec.Struct, frozen=True):
+    controller_class: str = "fastingress.io/ingress-controller"
+    ingress_class: str = "fastingress"  # --ingress-class: also ours by name
+    watch_without_class: bool = True  # standalone default on; controller mode passes False
+    default_backend_service: str | None = None  # "namespace/name"; port: the Service's first port
+    settings: GlobalSettings = GlobalSettings()
+
+
+class Diagnostic(msgspec.Struct, frozen=True):
+    """One finding about one object, meant to be logged as one line."""
+
+    severity: Severity
+    kind: str  # "Ingress", "Service", "Secret", "IngressClass", "EndpointSlice", "File", ...
+    namespace: str
+    name: str
+    field: str  # e.g. "spec.rules[0].http.paths[1].backend.service.port"
+    message: str
+
+    def __str__(self) -> str:
+        obj = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        where = f" {self.field}" if self.field else ""
+        return f"{self.severity} {self.kind} {obj}{where}: {self.message}"
+
+    def sort_key(self) -> tuple[str, str, str, str, str, str]:
+        return (self.namespace, self.name, self.kind, self.field, self.message, self.severity)
+
+
+class TranslationResult(msgspec.Struct, frozen=True):
+    snapshot: Snapshot
+    diagnostics: tuple[Diagnostic, ...]  # sorted by (namespace, name, kind, field, message), no duplicates
+
+
+class ObjRef(msgspec.Struct, frozen=True, order=True):
+    """Names one Kubernetes object, for diagnostics."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+_MAX_TEXT = 1000
+
+
+def clean_text(text: str) -> str:
+    """One printable line: control characters escaped, length capped (log-injection safe)."""
+    if len(text) > _MAX_TEXT:
+        text = text[: _MAX_TEXT - 3] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Sink:
+    """Collects diagnostics during one translate() call (a local, never a global)."""
+
+    def __init__(self) -> None:
+        self._items: set[Diagnostic] = set()
+
+    def add(self, severity: Severity, ref: ObjRef, field: str, message: str) -> None:
+        self._items.add(
+            Diagnostic(
+                severity,
+                clean_text(ref.kind),
+                clean_text(ref.namespace),
+                clean_text(ref.name),
+                clean_text(field),
+                clean_text(message),
+            )
+        )
+
+    def error(self, ref: ObjRef, field: str, message: str) -> None:
+        self.add("error", ref, field, message)
+
+    def warning(self, ref: ObjRef, field: str, message: str) -> None:
+        self.add("warning", ref, field, message)
+
+    def info(self, ref: ObjRef, field: str, message: str) -> None:
+        self.add("info", ref, field, message)
+
+    def extend(self, diagnostics: tuple[Diagnostic, ...] | list[Diagnostic]) -> None:
+        self._items.update(diagnostics)
+
+    def sorted(self) -> tuple[Diagnostic, ...]:
+        return tuple(sorted(self._items, key=Diagnostic.sort_key))

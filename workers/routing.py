@@ -1,0 +1,153 @@
+"""The compiled route table of a worker (sans-I/O): ``match(host, path) -> RouteMatch``.
+
+Theory of operation
+-------------------
+A snapshot is compiled once per generation into plain dicts, so matching a request is a
+handful of dict lookups and never scans the route list:
+
+* hosts: ``exact[host]``, then ``wildcard[host minus its first label]`` (``*.example.com``
+  covers exactly one label), then the catch-all host ``""`` (rules without a host).  The most
+  precise host wins and, as in nginx, there is no fall-through to a less precise host: a
+  request for a known host that matches none of its paths gets the host's fallback (its
+  Ingress's defaultBackend), then the snapshot's default action, then 404;
+* paths: ``exact[path]`` first, since an Exact match always wins (its path is at least as long
+  as any Prefix that matches); then the Prefix rules by element-wise prefix, longest first: the
+  request path is cut back one segment at a time (``/a/b/c`` → ``/a/b`` → ``/a`` → ``/``) and each
+  cut is looked up in ``prefix`` whose keys have their trailing ``/`` removed (Kubernetes: Prefix
+  ``/foo/`` and ``/foo`` are the same rule and both match ``/foo``, ``/foo/`` and ``/foo/bar`` but
+  not ``/foobar``).
+
+Host normalisation (lower case, port and trailing dot removed) is memoised in a small
+per-table dict, since the same few Host headers arrive over and over.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fastingress.snapshot.schema import Action, Route, Snapshot, Upstream, VirtualHost
+
+_HOST_CACHE_MAX = 4096
+
+
+class RouteMatch(NamedTuple):
+    vhost: VirtualHost | None  # the matched virtual host (None: no host matched)
+    route: Route | None  # the matched route (None: fallback, default action or 404)
+    action: Action | None  # what to do; None means 404
+
+
+class _Host:
+    __slots__ = ("exact", "fallback", "prefix", "vhost")
+
+    def __init__(self, vhost: VirtualHost) -> None:
+        self.vhost = vhost
+        self.exact: dict[str, Route] = {}
+        self.prefix: dict[str, Route] = {}
+        self.fallback = vhost.fallback
+        # Highest priority first, so the first rule seen for a key wins.
+        for route in sorted(vhost.routes, key=lambda r: -r.priority):
+            if route.path_type == "Exact":
+                self.exact.setdefault(route.path, route)
+            else:
+                self.prefix.setdefault(prefix_key(route.path), route)
+
+    def match_path(self, path: str) -> Route | None:
+        route = self.exact.get(path)
+        if route is not None:
+            return route
+        prefix = self.prefix
+        if not prefix:
+            return None
+        p = path
+        while True:
+            route = prefix.get(p)
+            if route is not None:
+                return route
+            if p == "/":
+                return None
+            cut = p.rfind("/")
+            p = p[:cut] if cut > 0 else "/"
+
+
+def prefix_key(path: str) -> str:
+    """The lookup key of a Prefix rule: its path without trailing slashes ("/" stays)."""
+    stripped = path.rstrip("/")
+    return stripped or "/"
+
+
+def normalize_host(host: str) -> str:
+    """``Example.COM:8080`` → ``example.com``; ``[::1]:80`` → ``[::1]``; trailing dot dropped."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[: end + 1] if end != -1 else h
+    colon = h.rfind(":")
+    if colon != -1:
+        h = h[:colon]
+    return h.rstrip(".")
+
+
+class RouteTable:
+    """An immutable compiled view of one snapshot."""
+
+    __slots__ = (
+        "_catch_all", "_exact", "_host_cache", "_wildcard", "default_action", "snapshot", "upstreams",
+    )
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.upstreams: dict[str, Upstream] = {u.name: u for u in snapshot.upstreams}
+        self.default_action = snapshot.default_action
+        self._exact: dict[str, _Host] = {}
+        self._wildcard: dict[str, _Host] = {}
+        self._catch_all: _Host | None = None
+        self._host_cache: dict[str, _Host | None] = {}
+        for vhost in snapshot.virtual_hosts:
+            self._add_host(vhost)
+
+    @classmethod
+    def compile(cls, snapshot: Snapshot) -> RouteTable:
+        return cls(snapshot)
+
+    def _add_host(self, vhost: VirtualHost) -> None:
+        name = vhost.hostname.lower()
+        compiled = _Host(vhost)
+        if name == "":
+            self._catch_all = self._catch_all or compiled
+        elif name.startswith("*."):
+            self._wildcard.setdefault(name[2:], compiled)
+        else:
+            self._exact.setdefault(name, compiled)
+
+    def _find_host(self, raw: str) -> _Host | None:
+        cache = self._host_cache
+        try:
+            return cache[raw]
+        except KeyError:
+            pass
+        found = self._lookup_host(normalize_host(raw))
+        if len(cache) >= _HOST_CACHE_MAX:
+            cache.clear()
+        cache[raw] = found
+        return found
+
+    def _lookup_host(self, host: str) -> _Host | None:
+        found = self._exact.get(host)
+        if found is not None:
+            return found
+        label, dot, rest = host.partition(".")
+        if dot and label and rest:
+            found = self._wildcard.get(rest)
+            if found is not None:
+                return found
+        return self._catch_all
+
+    def match(self, host: str, path: str) -> RouteMatch:
+        compiled = self._find_host(host)
+        if compiled is None:
+            return RouteMatch(None, None, self.default_action)
+        route = compiled.match_path(path)
+        if route is not None:
+            return RouteMatch(compiled.vhost, route, route.action)
+        action = compiled.fallback if compiled.fallback is not None else self.default_action
+        return RouteMatch(compiled.vhost, None, action)

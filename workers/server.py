@@ -1,0 +1,286 @@
+"""The only place a worker touches sockets: listener, upstream connects, stats socket,
+snapshot notifications and signals.
+
+Theory of operation
+-------------------
+``run_worker(settings)`` is the whole life of one worker process:
+
+* the HTTP listener is the worker's own socket bound with SO_REUSEPORT (the kernel spreads
+  connections over the N workers); each accepted connection runs ``proxy.serve_client``
+  in the connection nursery;
+* the snapshot watcher waits on the supervisor's notify pipe (a byte per publication;
+  EOF means the supervisor died: drain and exit) with a 1 s fallback poll, reads the shared
+  memory segment when the generation moved, decodes, compiles and swaps the table in.  A
+  snapshot that does not decode or compile is refused with one log line and counted; the
+  previous table stays.  The same tick reaps expired idle upstream connections;
+* the stats socket answers every connection with the msgpack-encoded ``WorkerStats``;
+* SIGTERM/SIGINT (or notify EOF) drains: stop accepting, close idle keep-alive
+  connections, let in-flight requests finish (answered with ``Connection: close``) for up
+  to ``grace_period`` seconds, then cancel what is left and return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import trio
+
+from fastingress.errors import SnapshotError
+from fastingress.snapshot.codec import decode_msgpack
+from fastingress.snapshot.shm import ShmReader
+from workers.config import WorkerSettings
+from workers.pool import Connect, Pool
+from workers.proxy import Worker, serve_client
+from workers.routing import RouteTable
+
+log = logging.getLogger("fastingress.worker")
+
+POLL_INTERVAL = 1.0
+LISTEN_BACKLOG = 1024
+
+
+async def tcp_connect(host: str, port: int, timeout: float) -> trio.abc.Stream:
+    """Connect to an IP literal (the proxy applies ``timeout`` around this call)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def open_listener(bind: str, port: int, backlog: int = LISTEN_BACKLOG) -> trio.SocketListener:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind((bind, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "-"
+
+
+async def _serve_socket(worker: Worker, stream: trio.SocketStream) -> None:
+    await serve_client(worker, stream, _peer_ip(stream))
+
+
+async def _accept_loop(
+    listener: trio.SocketListener, worker: Worker, nursery: trio.Nursery, scope: trio.CancelScope
+) -> None:
+    with scope:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    # EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
+                    log.error(  # noqa: TRY400 (one line, no traceback)
+                        "accept failed: %s", os.strerror(exc.errno or errno.EIO))
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(_serve_socket, worker, stream)
+
+
+class SnapshotLoader:
+    """Reads the shared-memory segment and installs new generations into a Worker."""
+
+    def __init__(self, worker: Worker, shm_path: str) -> None:
+        self.worker = worker
+        self.shm_path = shm_path
+        self.reader: ShmReader | None = None
+        self._open_error_logged = False
+        self._refused_generation = 0
+
+    def _open(self) -> ShmReader | None:
+        if self.reader is None:
+            try:
+                self.reader = ShmReader(self.shm_path)
+            except SnapshotError as exc:
+                if not self._open_error_logged:
+                    log.warning("worker %d: %s (will retry)", self.worker.index, exc)
+                    self._open_error_logged = True
+        return self.reader
+
+    def check(self) -> None:
+        reader = self._open()
+        if reader is None:
+            return
+        worker = self.worker
+        generation = 0
+        try:
+            generation = reader.generation()
+            if generation in (0, worker.generation, self._refused_generation):
+                return
+            got = reader.read()
+            if got is None:
+                return
+            generation, data = got
+            if generation in (worker.generation, self._refused_generation):
+                return
+            table = RouteTable.compile(decode_msgpack(data))
+        except Exception as exc:  # any failure to decode/compile refuses the snapshot
+            worker.metrics.snapshot_errors += 1
+            self._refused_generation = generation
+            log.error(  # noqa: TRY400 (one line, no traceback)
+                "worker %d: snapshot generation %d refused, keeping generation %d: %s",
+                      worker.index, generation, worker.generation, exc)
+            return
+        worker.install(table, generation)
+        log.info("worker %d: snapshot generation %d in force", worker.index, generation)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+
+def _drain_pipe(fd: int) -> bool:
+    """Read everything pending; False on EOF (the supervisor is gone)."""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        if len(data) < 4096:
+            return True
+
+
+async def _watch_snapshots(
+    loader: SnapshotLoader, pool: Pool, notify_fd: int, stop: trio.Event
+) -> None:
+    worker = loader.worker
+    if notify_fd >= 0:
+        os.set_blocking(notify_fd, False)
+    next_reap = trio.current_time() + POLL_INTERVAL
+    while True:
+        loader.check()
+        if notify_fd >= 0:
+            with trio.move_on_after(POLL_INTERVAL):
+                await trio.lowlevel.wait_readable(notify_fd)
+                if not _drain_pipe(notify_fd):
+                    log.warning("worker %d: supervisor notify pipe closed; draining", worker.index)
+                    loader.check()
+                    stop.set()
+                    return
+        else:
+            await trio.sleep(POLL_INTERVAL)
+        if trio.current_time() >= next_reap:
+            next_reap = trio.current_time() + POLL_INTERVAL
+            await pool.reap(worker.settings.upstream_keepalive_timeout)
+
+
+async def open_stats_listener(path: str) -> trio.SocketListener:
+    """The unix socket the stats are served on (a stale socket file is removed first)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def _serve_stats(worker: Worker, listener: trio.SocketListener) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                log.error(  # noqa: TRY400 (one line, no traceback)
+                    "stats accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            try:
+                await stream.send_all(worker.stats_bytes())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                await trio.aclose_forcefully(stream)
+
+
+async def _watch_signals(stop: trio.Event, receiver: AsyncIterator[int] | None) -> None:
+    if receiver is None:
+        return
+    async for signum in receiver:
+        log.info("received %s; draining", signal.Signals(signum).name)
+        stop.set()
+
+
+async def run_worker(
+    settings: WorkerSettings,
+    *,
+    connect: Connect = tcp_connect,
+    stop: trio.Event | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one worker until it is told to stop (signal, notify EOF or ``stop``), then drain."""
+    if stop is None:
+        stop = trio.Event()
+    pool = Pool(connect)
+    listener = await open_listener(settings.bind, settings.http_port)
+    try:
+        stats_listener = await open_stats_listener(settings.stats_socket)
+    except BaseException:
+        await listener.aclose()
+        raise
+    port = int(listener.socket.getsockname()[1])
+    worker = Worker(pool, index=settings.index, listen_port=port, access_log=settings.access_log)
+    loader = SnapshotLoader(worker, settings.shm_path)
+    signals = (
+        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+        if handle_signals
+        else contextlib.nullcontext(None)
+    )
+    try:
+        with signals as receiver:
+            async with trio.open_nursery() as background:
+                background.start_soon(_watch_signals, stop, receiver)
+                background.start_soon(_watch_snapshots, loader, pool, settings.notify_fd, stop)
+                background.start_soon(_serve_stats, worker, stats_listener)
+                async with trio.open_nursery() as connections:
+                    accept_scope = trio.CancelScope()
+                    connections.start_soon(_accept_loop, listener, worker, connections, accept_scope)
+                    task_status.started(worker)
+                    await stop.wait()
+                    accept_scope.cancel()
+                    worker.start_drain()
+                    with trio.move_on_after(settings.grace_period):
+                        await worker.drained.wait()
+                    if worker.sessions:
+                        log.warning("worker %d: grace period over, closing %d connection(s)",
+                                    worker.index, len(worker.sessions))
+                    connections.cancel_scope.cancel()
+                background.cancel_scope.cancel()
+    finally:
+        loader.close()
+        with trio.CancelScope(shield=True):
+            await pool.close()
+        with contextlib.suppress(OSError):
+            os.unlink(settings.stats_socket)
+    log.info("worker %d: stopped", worker.index)
