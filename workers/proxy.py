@@ -13,8 +13,8 @@ One request cycle:
 1. read the request head (``ServerCodec``) under ONE cancel scope per connection (renewed
    only after it fired) whose deadline is moved before every blocking operation (``_arm``);
    ``phase`` records which kind of operation the deadline belongs to, so when it fires we
-   know whether it was a client timeout
-   (close quietly) or an upstream timeout (504 if no response byte went out yet);
+   know whether it was a client timeout (close quietly) or an upstream timeout (504 if no
+   response byte went out yet);
 2. take the route table *now* (a snapshot swap later does not affect this request),
    normalise the target, match, then answer directly (redirect, respond, errors) or
    forward;
@@ -26,7 +26,13 @@ One request cycle:
    relayed, so an upstream that answers early is relayed at once;
 4. a pooled connection that dies before any response byte is retried once on a fresh one
    when no body byte was consumed;  ``101 Switching Protocols`` turns the two connections
-   into a raw byte tunnel.
+   into a raw byte tunnel (closed when either side closes, or after the upstream's
+   ``read_timeout`` without a byte from it, as nginx does).
+
+Timeouts are per operation (nginx semantics): ``client_header_timeout`` for a head and for
+each read of a request body, ``keepalive_timeout`` between requests, the upstream's
+``connect_timeout``, ``send_timeout`` (also used for writes to the client) and
+``read_timeout``, which starts once the request body has been sent.
 
 Errors are ``fastingress.errors`` exceptions carrying ``status_hint``; before the response
 started they become a short text answer, after it they abort the client connection.
@@ -150,6 +156,11 @@ def scan_request(headers: Headers) -> RequestInfo:
             upgrade = value
         elif name == b"x-request-id":
             info.request_id = value
+    if info.chunked and info.content_length is not None:
+        # Both framings: the chunked one wins (as h11 reads it) and Content-Length must not
+        # reach the upstream, or it could frame the body differently (request smuggling).
+        info.content_length = None
+        out[:] = [(n, v) for n, v in out if n != b"content-length"]
     if connection:
         if upgrade is not None and b"upgrade" in connection:
             info.upgrade = upgrade
@@ -705,6 +716,8 @@ class Session:
                         await ustream.send_all(out)
                     if ev is _END:
                         self.pump_done = True
+                        if self.phase == PH_UPSTREAM:
+                            _arm(self.scope, upstream.read_timeout)
                         return
             if scope.cancelled_caught:
                 self.pump_error = (
@@ -743,7 +756,12 @@ class Session:
                     await stream.send_all(b"".join(out))
                     out.clear()
                 self.phase = PH_UPSTREAM
-                _arm(scope, upstream.read_timeout)
+                if got or self.pump_done:
+                    _arm(scope, upstream.read_timeout)
+                else:
+                    # Like nginx, the read timeout starts once the request is sent: the
+                    # pump arms it when the body is done (a slow upload is not a slow upstream).
+                    scope.deadline = _INF
                 try:
                     data = await ustream.receive_some(RECV_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -763,7 +781,7 @@ class Session:
                 assert isinstance(ev, ResponseHead)
                 if ev.status < 200:
                     if ev.status == 101:
-                        return await self._tunnel(conn, ev, out)
+                        return await self._tunnel(conn, ev, out, upstream.read_timeout)
                     continue  # 100 Continue and friends: we speak for ourselves
                 headers = response_headers(ev.headers, self.worker.server_header)
                 if self.worker.draining or not self.pump_done:
@@ -779,7 +797,9 @@ class Session:
             else:
                 raise UpstreamFailed(f"upstream {upstream.name} closed the connection mid-response")
 
-    async def _tunnel(self, conn: UpstreamConn, ev: ResponseHead, out: list[bytes]) -> bool:
+    async def _tunnel(
+        self, conn: UpstreamConn, ev: ResponseHead, out: list[bytes], read_timeout: float
+    ) -> bool:
         """After a 101: copy raw bytes both ways until either side closes."""
         codec = self.codec
         headers = response_headers(ev.headers, self.worker.server_header, upgrade=True)
@@ -794,23 +814,30 @@ class Session:
         ustream = conn.stream
         if client_extra:
             await ustream.send_all(client_extra)
+        # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
+        # from the upstream for that long closes it); a client may stay silent.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_copy, self.stream, ustream, nursery.cancel_scope)
-            nursery.start_soon(_copy, ustream, self.stream, nursery.cancel_scope)
+            nursery.start_soon(_copy, self.stream, ustream, nursery.cancel_scope, _INF)
+            nursery.start_soon(_copy, ustream, self.stream, nursery.cancel_scope, read_timeout)
         await trio.aclose_forcefully(ustream)
         return False
 
 
-async def _copy(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
+async def _copy(
+    src: trio.abc.Stream, dst: trio.abc.Stream, tunnel: trio.CancelScope, idle_timeout: float
+) -> None:
+    """Copy bytes until EOF, an error or ``idle_timeout`` seconds without a byte from ``src``."""
     try:
-        while True:
-            data = await src.receive_some(RECV_SIZE)
-            if not data:
-                break
-            await dst.send_all(data)
+        with trio.CancelScope() as scope:
+            while True:
+                _arm(scope, idle_timeout)
+                data = await src.receive_some(RECV_SIZE)
+                if not data:
+                    break
+                await dst.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
-    scope.cancel()
+    tunnel.cancel()
 
 
 __all__ = ["RequestInfo", "Session", "Worker", "response_headers", "scan_request", "serve_client"]

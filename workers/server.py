@@ -172,7 +172,14 @@ async def _watch_snapshots(
 ) -> None:
     worker = loader.worker
     if notify_fd >= 0:
-        os.set_blocking(notify_fd, False)
+        try:
+            os.set_blocking(notify_fd, False)
+        except OSError as exc:
+            log.error(  # noqa: TRY400 (one line, no traceback)
+                "worker %d: notify fd %d unusable (%s); polling every %gs instead",
+                worker.index, notify_fd, exc.strerror or exc, POLL_INTERVAL,
+            )
+            notify_fd = -1
     next_reap = trio.current_time() + POLL_INTERVAL
     while True:
         loader.check()

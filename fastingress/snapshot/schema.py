@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: TLS, redirects, upstream TLS, HTTP/2 settings (all appended with defaults)
 
 MIB = 1024 * 1024
 
@@ -55,6 +55,11 @@ class Upstream(msgspec.Struct, frozen=True):
     read_timeout: float = 60.0
     send_timeout: float = 60.0
     service: str = ""  # "namespace/name" of the Service, for metrics and logs
+    # -- schema 2: upstream TLS (backend-protocol HTTPS/GRPCS) --------------------------
+    tls_verify: bool = False  # proxy-ssl-verify; off by default like nginx
+    tls_ca_pem: str | None = None  # proxy-ssl-secret's ca.crt, used when tls_verify
+    tls_server_name: str | None = None  # proxy-ssl-name; SNI/verification name (else host_override/external_name)
+    tls_sni: bool = True  # proxy-ssl-server-name (send SNI at all)
 
 
 class WeightedBackend(msgspec.Struct, frozen=True):
@@ -90,6 +95,9 @@ class RoutePolicy(msgspec.Struct, frozen=True):
     """Per-route policies from annotations (grows with every annotation we support)."""
 
     max_body_size: int = MIB  # bytes; 0 means unlimited (nginx client_max_body_size)
+    # -- schema 2 -----------------------------------------------------------------------
+    ssl_redirect: bool = False  # plain-HTTP requests get a 308 to https (host has TLS, ssl-redirect not "false")
+    force_ssl_redirect: bool = False  # redirect even when the host has no TLS of its own
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -123,14 +131,19 @@ class VirtualHost(msgspec.Struct, frozen=True):
     routes: tuple[Route, ...] = ()
     fallback: Action | None = None
     tls_secret: str | None = None  # "namespace/name" key into Snapshot.certificates
+    # -- schema 2 -----------------------------------------------------------------------
+    passthrough_upstream: str | None = None  # ssl-passthrough: raw TCP to this Upstream.name, no termination
 
 
 class Certificate(msgspec.Struct, frozen=True):
     """A kubernetes.io/tls Secret: PEM data. Never logged."""
 
     name: str  # "namespace/name"
-    cert_pem: str
+    cert_pem: str  # leaf first, then the chain
     key_pem: str
+    # -- schema 2 -----------------------------------------------------------------------
+    hosts: tuple[str, ...] = ()  # DNS names the leaf certificate covers (SANs, lower-case; "*.x" wildcards)
+    not_after: str = ""  # ISO-8601 UTC expiry of the leaf, for logs and metrics
 
 
 class GlobalSettings(msgspec.Struct, frozen=True):
@@ -144,6 +157,15 @@ class GlobalSettings(msgspec.Struct, frozen=True):
     upstream_keepalive_timeout: float = 60.0
     upstream_keepalive_requests: int = 10000
     server_header: str = "fastingress"
+    # -- schema 2 -----------------------------------------------------------------------
+    default_certificate: str | None = None  # Certificate.name of --default-ssl-certificate
+    hsts: bool = False  # add Strict-Transport-Security on HTTPS answers
+    hsts_max_age: int = 31536000
+    hsts_include_subdomains: bool = True
+    hsts_preload: bool = False
+    ssl_passthrough: bool = False  # --enable-ssl-passthrough
+    http2: bool = True  # offer h2 in ALPN and accept h2c prior knowledge
+    http2_max_concurrent_streams: int = 128
 
 
 class Snapshot(msgspec.Struct, frozen=True):

@@ -776,3 +776,87 @@ async def test_bad_requests_get_an_answer_or_a_close(raw: bytes) -> None:
             status = int(answer.split(b" ", 2)[1])
             assert status in (400, 404, 418, 501, 502, 505), answer
         nursery.cancel_scope.cancel()
+
+
+async def test_content_length_and_chunked_forwards_only_chunked() -> None:
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream()
+        h = Harness(nursery, make_snapshot(), up)
+        client = h.client()
+        await client.stream.send_all(
+            b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        resp = await client.read_response()
+        assert resp.status == 200
+        assert up.requests[0].body == b"abc"
+        assert up.requests[0].header(b"content-length") is None
+        assert up.requests[0].header(b"transfer-encoding") == b"chunked"
+        nursery.cancel_scope.cancel()
+
+
+async def test_slow_upload_is_not_an_upstream_read_timeout(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream()
+        h = Harness(nursery, make_snapshot())  # read_timeout=5, client_header_timeout=60
+        h.upstream = up
+        client = h.client()
+        await client.send_head(b"POST", b"/upload", [(b"transfer-encoding", b"chunked")])
+        for piece in (b"aa", b"bb", b"cc", b"dd"):
+            await trio.sleep(3)  # 12 s in all, each gap under every timeout
+            await client.send_body(piece, end=False)
+        await client.send_body()
+        resp = await client.read_response()
+        assert resp.status == 200
+        assert up.requests[0].body == b"aabbccdd"
+        nursery.cancel_scope.cancel()
+
+
+async def test_read_timeout_starts_when_the_body_is_sent(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0
+
+    async def upstream(stream: trio.abc.Stream, address: tuple[str, int]) -> None:
+        while await stream.receive_some(65536):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, make_snapshot(), upstream)
+        client = h.client()
+        await client.send_head(b"POST", b"/upload", [(b"content-length", b"4")])
+        await trio.sleep(10)
+        start = trio.current_time()
+        await client.send_body(b"abcd")
+        resp = await client.read_response()
+        assert resp.status == 504
+        assert 5.0 <= trio.current_time() - start < 5.5
+        nursery.cancel_scope.cancel()
+
+
+async def test_tunnel_closes_after_upstream_read_timeout(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0
+
+    async def upstream(stream: trio.abc.Stream, address: tuple[str, int]) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+        )
+        for _ in range(3):
+            await trio.sleep(4)  # under read_timeout=5: the tunnel stays up
+            await stream.send_all(b"tick")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, make_snapshot(), upstream)
+        client = h.client()
+        await client.send_head(b"GET", b"/ws", [(b"upgrade", b"x"), (b"connection", b"upgrade")])
+        await client.send_body()
+        ev = await client.next_event()
+        assert isinstance(ev, h11.InformationalResponse) and ev.status_code == 101
+        start = trio.current_time()
+        got = client.conn.trailing_data[0]
+        while data := await client.stream.receive_some(65536):
+            got += data
+        assert got == b"tick" * 3
+        assert 17.0 <= trio.current_time() - start < 17.5  # 3 x 4 s, then 5 s of silence
+        nursery.cancel_scope.cancel()

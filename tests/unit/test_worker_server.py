@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -124,16 +124,24 @@ async def test_in_process_server_with_real_upstream(private_dir: Path, echo: Ech
             os.close(write_fd)
 
 
-async def test_websocket_through_the_proxy(private_dir: Path) -> None:
+async def test_websocket_through_the_proxy_survives_a_new_snapshot(private_dir: Path) -> None:
     shm = str(private_dir / "snapshot")
     publisher = ShmPublisher(shm)
+    read_fd, write_fd = os.pipe()
     stop = trio.Event()
     with WebSocketEchoServer() as ws_up:
         publisher.publish(encode_msgpack(_snapshot(ws_up.port)))
         settings = WorkerSettings(
-            index=0, shm_path=shm, stats_socket=str(private_dir / "w0.sock"),
+            index=0, shm_path=shm, stats_socket=str(private_dir / "w0.sock"), notify_fd=read_fd,
             bind="127.0.0.1", http_port=0, grace_period=1.0,
         )
+
+        def new_generation() -> None:  # runs in the client thread, between two messages
+            snapshot = make_snapshot(endpoints=(Endpoint("127.0.0.1", ws_up.port),), path="/chat")
+            publisher.publish(encode_msgpack(snapshot))
+            os.write(write_fd, b"x")
+            trio.from_thread.run(_until, lambda: worker.generation == 2, "generation 2")
+
         try:
             async with trio.open_nursery() as nursery:
                 worker: Worker = await nursery.start(
@@ -141,20 +149,25 @@ async def test_websocket_through_the_proxy(private_dir: Path) -> None:
                 )
                 await _until(lambda: worker.generation == 1, "generation 1", timeout=5)
                 # websockets' asyncio client runs in a thread with its own event loop
-                await trio.to_thread.run_sync(_ws_roundtrip, worker.listen_port)
+                await trio.to_thread.run_sync(_ws_roundtrip, worker.listen_port, new_generation)
+                assert worker.generation == 2
                 stop.set()
         finally:
             publisher.close()
+            os.close(read_fd)
+            os.close(write_fd)
 
 
-def _ws_roundtrip(port: int) -> None:
+def _ws_roundtrip(port: int, between: Callable[[], None]) -> None:
     import asyncio
 
     async def go() -> None:
         # Host: example.com:<port> (from the URI), connected to 127.0.0.1
         url = f"ws://example.com:{port}/chat"
         async with ws_client.connect(url, host="127.0.0.1", port=port) as ws:
-            for i in range(3):
+            for i in range(4):
+                if i == 2:
+                    between()
                 await ws.send(f"message {i}")
                 assert await ws.recv() == f"message {i}"
 
