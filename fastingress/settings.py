@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import Literal
 
 import msgspec
 
 from fastingress.errors import ConfigError
+from fastingress.snapshot.schema import GlobalSettings
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -29,6 +31,20 @@ class TranslationSettings(msgspec.Struct, frozen=True):
     ingress_class: str = DEFAULT_INGRESS_CLASS
     watch_without_class: bool = True
     default_backend_service: str | None = None  # "namespace/name"
+    # -- TLS (issue 4) --------------------------------------------------------------------
+    default_ssl_certificate: str | None = None  # "namespace/name" of a kubernetes.io/tls Secret
+    enable_ssl_passthrough: bool = False  # honour the ssl-passthrough annotation
+    hsts: bool = False  # Strict-Transport-Security on HTTPS answers (off by default, see README)
+    hsts_max_age: int = 31536000
+
+    def global_settings(self) -> GlobalSettings:
+        """The data-plane settings these flags decide (the rest keeps its defaults)."""
+        return GlobalSettings(
+            default_certificate=self.default_ssl_certificate,
+            ssl_passthrough=self.enable_ssl_passthrough,
+            hsts=self.hsts,
+            hsts_max_age=self.hsts_max_age,
+        )
 
 
 class StandaloneSettings(msgspec.Struct, frozen=True):
@@ -37,7 +53,7 @@ class StandaloneSettings(msgspec.Struct, frozen=True):
     manifests: tuple[str, ...] = ()
     snapshot: str | None = None
     http_port: int = 80
-    https_port: int = 443  # accepted; workers get 0 until TLS lands
+    https_port: int = 443  # 0: no HTTPS listener
     admin_port: int = 10254  # 0 = any free port (logged)
     workers: int = msgspec.field(default_factory=default_workers)
     bind: str = "0.0.0.0"
@@ -103,8 +119,15 @@ def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
         )
     if settings.log_level not in LOG_LEVELS:
         raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
-    _check_service_ref("--default-backend-service", settings.translation.default_backend_service)
+    _check_translation(settings.translation)
     return settings
+
+
+def _check_translation(translation: TranslationSettings) -> None:
+    _check_service_ref("--default-backend-service", translation.default_backend_service)
+    _check_service_ref("--default-ssl-certificate", translation.default_ssl_certificate)
+    if not 0 <= translation.hsts_max_age <= 10 * 365 * 86400:
+        raise ConfigError(f"--hsts-max-age must be between 0 and 315360000, got {translation.hsts_max_age}")
 
 
 def validate_build(settings: BuildSettings) -> BuildSettings:
@@ -112,5 +135,88 @@ def validate_build(settings: BuildSettings) -> BuildSettings:
         raise ConfigError("--manifests is required")
     if not settings.output:
         raise ConfigError("-o/--output must not be empty")
-    _check_service_ref("--default-backend-service", settings.translation.default_backend_service)
+    _check_translation(settings.translation)
+    return settings
+
+
+DEFAULT_ELECTION_ID = "fastingress-leader"
+
+
+class ControllerSettings(msgspec.Struct, frozen=True):
+    """``fastingress controller``.  The serving fields have the same names and meaning as in
+    ``StandaloneSettings`` (the supervisor reads them from either)."""
+
+    kubeconfig: str | None = None  # None: $KUBECONFIG, else the in-cluster service account
+    watch_namespace: str | None = None  # None: all namespaces
+    publish_service: str | None = None  # "namespace/name"
+    publish_status_address: tuple[str, ...] = ()
+    election_id: str = DEFAULT_ELECTION_ID
+    election_namespace: str = "default"
+    default_ssl_certificate: str | None = None  # "namespace/name"; also in translation (used there)
+    api_outage_grace: float = 60.0
+    lease_ttl: float = 30.0
+    lease_renew: float = 15.0
+    debounce_hold_off: float = 0.03
+    debounce_max_delay: float = 0.5
+    watch_timeout: int = 300  # server-side timeoutSeconds of each watch
+    identity: str = ""  # leader election identity; "" = $POD_NAME or hostname, plus the pid
+    http_port: int = 80
+    https_port: int = 443
+    admin_port: int = 10254
+    workers: int = msgspec.field(default_factory=default_workers)
+    bind: str = "0.0.0.0"
+    admin_bind: str = "0.0.0.0"
+    translation: TranslationSettings = TranslationSettings(watch_without_class=False)
+    grace_period: float = 30.0
+    log_level: LogLevel = "info"
+    access_log: bool = False
+    worker_command: tuple[str, ...] = ()
+    runtime_dir: str | None = None
+    standby_worker: bool = True
+
+
+_DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _check_name(name: str, value: str | None) -> None:
+    if value is not None and (len(value) > 253 or not _DNS_LABELS.match(value)):
+        raise ConfigError(f"{name} must be a Kubernetes object name (lower-case DNS name), got {value!r}")
+
+
+def validate_controller(settings: ControllerSettings) -> ControllerSettings:
+    """Raise ConfigError (one line) for a bad value; return the settings unchanged."""
+    _check_port("--http-port", settings.http_port, allow_zero=False)
+    _check_port("--https-port", settings.https_port, allow_zero=True)
+    _check_port("--admin-port", settings.admin_port, allow_zero=True)
+    if not 1 <= settings.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, got {settings.workers}")
+    _check_address("--bind", settings.bind)
+    _check_address("--admin-bind", settings.admin_bind)
+    if not 0 <= settings.grace_period <= 3600:
+        raise ConfigError(f"--grace-period must be between 0 and 3600 seconds, got {settings.grace_period}")
+    if settings.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    _check_translation(settings.translation)
+    _check_service_ref("--publish-service", settings.publish_service)
+    _check_service_ref("--default-ssl-certificate", settings.default_ssl_certificate)
+    if settings.publish_service and settings.publish_status_address:
+        raise ConfigError("use either --publish-service or --publish-status-address, not both")
+    for address in settings.publish_status_address:
+        if not address or len(address) > 253 or any(c.isspace() for c in address):
+            raise ConfigError(f"--publish-status-address: not an IP address or host name: {address!r}")
+    _check_name("--watch-namespace", settings.watch_namespace)
+    _check_name("--election-id", settings.election_id)
+    _check_name("--election-namespace", settings.election_namespace)
+    if not 0 <= settings.api_outage_grace <= 86400:
+        raise ConfigError(
+            f"--api-outage-grace must be between 0 and 86400 seconds, got {settings.api_outage_grace}"
+        )
+    if not 0.1 <= settings.lease_ttl <= 3600:
+        raise ConfigError(f"--lease-ttl must be between 0.1 and 3600 seconds, got {settings.lease_ttl}")
+    if not 0 < settings.lease_renew < settings.lease_ttl:
+        raise ConfigError("--lease-renew must be positive and shorter than --lease-ttl")
+    if not 0 <= settings.debounce_hold_off <= settings.debounce_max_delay <= 60:
+        raise ConfigError("--debounce-hold-off must be between 0 and --debounce-max-delay (at most 60 s)")
+    if not 1 <= settings.watch_timeout <= 3600:
+        raise ConfigError(f"--watch-timeout must be between 1 and 3600 seconds, got {settings.watch_timeout}")
     return settings

@@ -37,6 +37,12 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 
 
+class TLSCount(msgspec.Struct, frozen=True, array_like=True):
+    version: str  # "TLSv1.2" / "TLSv1.3"
+    alpn: str  # "h2", "http/1.1" or "-" (none negotiated)
+    count: int
+
+
 class WorkerStats(msgspec.Struct, frozen=True):
     index: int
     pid: int
@@ -49,6 +55,11 @@ class WorkerStats(msgspec.Struct, frozen=True):
     upstream_errors: int = 0  # connect/read failures towards upstreams
     active_connections: int = 0
     draining: bool = False
+    # -- TLS (appended; issue 4) ------------------------------------------------------
+    tls_handshakes: tuple[TLSCount, ...] = ()  # completed handshakes by version and ALPN
+    tls_handshake_errors: int = 0  # failed or timed-out handshakes
+    tls_resumed: int = 0  # handshakes that resumed a session (ticket or id)
+    tls_passthrough: int = 0  # connections relayed raw (ssl-passthrough)
 
 
 def encode_settings(settings: WorkerSettings) -> str:

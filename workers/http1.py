@@ -74,11 +74,19 @@ def valid_value(value: bytes) -> bool:
     return _FIELD_VALUE.fullmatch(value) is not None
 
 _DONE = h11.DONE
+
+# Raised when we (not the peer) try to send something the protocol forbids, e.g. more body
+# than the Content-Length we declared.  Re-exported so only this module imports h11.
+LocalProtocolError = h11.LocalProtocolError
 _HTTP1 = (b"1.1", b"1.0")
 
 
 class _Codec:
     __slots__ = ("_conn", "_fed")
+
+    # HTTP/1.1 carries trailers only in a chunked body; callers pass them to ``end`` only then.
+    # (An HTTP/2 stream's codec carries them whatever the framing.)
+    trailers_need_chunked = True
 
     def __init__(self, conn: h11.Connection) -> None:
         self._conn = conn
@@ -98,7 +106,10 @@ class _Codec:
     def data(self, data: bytes) -> bytes:
         return self._conn.send(h11.Data(data=data)) or b""
 
-    def end(self) -> bytes:
+    def end(self, trailers: Headers = ()) -> bytes:
+        """End of message; ``trailers`` only on a chunked message (see ``trailers_need_chunked``)."""
+        if trailers:
+            return self._conn.send(h11.EndOfMessage(headers=list(trailers))) or b""
         return self._conn.send(h11.EndOfMessage()) or b""
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import os
 
-from workers.config import DURATION_BUCKETS, RequestCount, WorkerStats
+from workers.config import DURATION_BUCKETS, RequestCount, TLSCount, WorkerStats
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
@@ -18,6 +18,10 @@ class Metrics:
         "duration_sum",
         "requests",
         "snapshot_errors",
+        "tls",
+        "tls_errors",
+        "tls_passthrough",
+        "tls_resumed",
         "upstream_errors",
     )
 
@@ -30,6 +34,16 @@ class Metrics:
         self.snapshot_errors = 0
         self.upstream_errors = 0
         self.active_connections = 0
+        self.tls: dict[tuple[str, str], int] = {}  # (version, alpn) -> handshakes
+        self.tls_errors = 0
+        self.tls_resumed = 0
+        self.tls_passthrough = 0
+
+    def observe_tls(self, version: str, alpn: str, resumed: bool) -> None:
+        key = (version, alpn)
+        self.tls[key] = self.tls.get(key, 0) + 1
+        if resumed:
+            self.tls_resumed += 1
 
     def observe(self, status: int, host: str, ingress: str, service: str, duration: float) -> None:
         key = (_STATUS_CLASS.get(status // 100, "5xx"), host, ingress, service)
@@ -60,4 +74,8 @@ class Metrics:
             upstream_errors=self.upstream_errors,
             active_connections=self.active_connections,
             draining=draining,
+            tls_handshakes=tuple(TLSCount(k[0], k[1], v) for k, v in sorted(self.tls.items())),
+            tls_handshake_errors=self.tls_errors,
+            tls_resumed=self.tls_resumed,
+            tls_passthrough=self.tls_passthrough,
         )

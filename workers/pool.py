@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-* ``Pool`` keeps idle keep-alive connections per endpoint ``(host, port)`` in a LIFO
+* ``Pool`` keeps idle keep-alive connections per endpoint and TLS parameters
+  ``(host, port, ClientTLS | None)`` (see ``upstream_tls``: HTTPS upstreams get the TLS
+  handshake inside ``connect``, under the connect timeout) in a LIFO
   list (the most recently used connection is the most likely to be alive and warm).
   A connection idle longer than the keep-alive timeout is closed when it is found
   (LIFO order means everything under an expired one is expired too) or by ``reap``,
@@ -26,22 +28,26 @@ import trio
 
 from fastingress.errors import NoEndpoint, UpstreamFailed, UpstreamTimeout
 from fastingress.snapshot.schema import Forward, Upstream
+from workers.h2upstream import H2Pool
 from workers.http1 import ClientCodec
+from workers.upstream_tls import ClientTLS, TLSContexts
 
 Connect = Callable[[str, int, float], Awaitable[trio.abc.Stream]]
 Resolve = Callable[[str, int], Awaitable[tuple[str, ...]]]
 Address = tuple[str, int]
+PoolKey = tuple[str, int, ClientTLS | None]  # endpoint + TLS parameters (None: cleartext)
 
 
 class UpstreamConn:
     """One connection to an upstream endpoint and its HTTP/1.1 client state."""
 
-    __slots__ = ("codec", "idle_since", "key", "requests", "stream")
+    __slots__ = ("codec", "idle_since", "key", "requests", "stream", "tls")
 
-    def __init__(self, stream: trio.abc.Stream, key: Address) -> None:
+    def __init__(self, stream: trio.abc.Stream, key: Address, tls: ClientTLS | None = None) -> None:
         self.stream = stream
         self.codec = ClientCodec()
         self.key = key
+        self.tls = tls
         self.requests = 0
         self.idle_since = 0.0
 
@@ -56,30 +62,50 @@ async def resolve_host(name: str, port: int) -> tuple[str, ...]:
 
 
 class Pool:
-    __slots__ = ("_connect", "_dns", "_idle", "_resolve")
+    __slots__ = ("_connect", "_dns", "_idle", "_prune_pending", "_resolve", "_retired", "h2", "tls")
 
     def __init__(self, connect: Connect, resolve: Resolve = resolve_host) -> None:
         self._connect = connect
         self._resolve = resolve
-        self._idle: dict[Address, list[UpstreamConn]] = {}
+        self.tls = TLSContexts()  # upstream TLS contexts and sessions (HTTPS/GRPCS)
+        self.h2 = H2Pool()  # HTTP/2 upstream connections (GRPC/GRPCS/H2C)
+        self._idle: dict[PoolKey, list[UpstreamConn]] = {}
         self._dns: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
+        self._retired: frozenset[Address] = frozenset()  # endpoints the last snapshot removed
+        self._prune_pending = False
 
-    async def connect(self, key: Address, timeout: float) -> UpstreamConn:
-        """A fresh connection; UpstreamTimeout / UpstreamFailed on failure."""
+    async def connect(
+        self, key: Address, timeout: float, tls: ClientTLS | None = None, label: str = ""
+    ) -> UpstreamConn:
+        """A fresh connection (TLS handshake included, under the same timeout); UpstreamTimeout /
+        UpstreamFailed on failure, named after ``label`` (the upstream) when given."""
         host, port = key
+        prefix = f"upstream {label}: " if label else ""
         stream: trio.abc.Stream | None = None
         with trio.move_on_after(timeout):
             try:
                 stream = await self._connect(host, port, timeout)
             except (OSError, trio.BrokenResourceError) as exc:
-                raise UpstreamFailed(f"connect to {host}:{port} failed: {exc}") from None
+                raise UpstreamFailed(f"{prefix}connect to {host}:{port} failed: {exc}") from None
+            if tls is not None:
+                try:
+                    stream = await self.tls.handshake(stream, key, tls)
+                except UpstreamFailed as exc:
+                    await trio.aclose_forcefully(stream)
+                    raise UpstreamFailed(f"{prefix}{exc}") from None
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
         if stream is None:
-            raise UpstreamTimeout(f"connect to {host}:{port} timed out after {timeout:g}s")
-        return UpstreamConn(stream, key)
+            raise UpstreamTimeout(f"{prefix}connect to {host}:{port} timed out after {timeout:g}s")
+        if tls is not None and not isinstance(stream, trio.SSLStream):  # timed out mid-handshake
+            await trio.aclose_forcefully(stream)
+            raise UpstreamTimeout(f"{prefix}TLS handshake with {host}:{port} timed out after {timeout:g}s")
+        return UpstreamConn(stream, key, tls)
 
-    async def take(self, key: Address, max_idle: float) -> UpstreamConn | None:
+    async def take(self, key: Address, max_idle: float, tls: ClientTLS | None = None) -> UpstreamConn | None:
         """The most recently released idle connection to ``key``, if one is fresh enough."""
-        idle = self._idle.get(key)
+        idle = self._idle.get((key[0], key[1], tls))
         if not idle:
             return None
         conn = idle.pop()
@@ -91,19 +117,39 @@ class Pool:
 
     async def release(self, conn: UpstreamConn, max_idle_conns: int, max_requests: int) -> None:
         """Return a connection whose exchange finished cleanly (codec reusable)."""
-        if conn.requests >= max_requests:
+        if conn.requests >= max_requests or conn.key in self._retired:
             await trio.aclose_forcefully(conn.stream)
             return
         if conn.codec.reusable:  # (a connection that never carried a request is already idle)
             conn.codec.start_next_cycle()
-        idle = self._idle.get(conn.key)
+        pool_key = (conn.key[0], conn.key[1], conn.tls)
+        if conn.tls is not None and conn.requests == 1:  # once per connection: it costs ~0.5 ms
+            self.tls.remember(conn.stream, conn.key, conn.tls)
+        idle = self._idle.get(pool_key)
         if idle is None:
-            idle = self._idle[conn.key] = []
+            idle = self._idle[pool_key] = []
         if len(idle) >= max_idle_conns:
             await trio.aclose_forcefully(conn.stream)
             return
         conn.idle_since = trio.current_time()
         idle.append(conn)
+
+    def retire(self, removed: frozenset[Address]) -> None:
+        """Endpoints that left the snapshot: their idle connections close at the next
+        :meth:`prune`, and busy ones close when released instead of returning to the pool
+        (an endpoint that comes back in a later snapshot is pooled again)."""
+        self._retired = removed
+        self._prune_pending = bool(removed)
+
+    async def prune(self) -> None:
+        """Close the idle connections (HTTP/1.1 and HTTP/2) of retired endpoints."""
+        if not self._prune_pending:
+            return
+        self._prune_pending = False
+        retired = self._retired
+        for key in [k for k in self._idle if (k[0], k[1]) in retired]:
+            await self._close_all(self._idle.pop(key))
+        await self.h2.prune(retired)
 
     async def reap(self, max_idle: float) -> None:
         """Close idle connections older than ``max_idle`` seconds."""
@@ -117,14 +163,16 @@ class Pool:
             else:
                 del self._idle[key]
             await self._close_all(stale)
+        await self.h2.reap(max_idle)
 
     async def close(self) -> None:
         for idle in self._idle.values():
             await self._close_all(idle)
         self._idle.clear()
+        await self.h2.close()
 
-    def idle_count(self, key: Address) -> int:
-        return len(self._idle.get(key, ()))
+    def idle_count(self, key: Address, tls: ClientTLS | None = None) -> int:
+        return len(self._idle.get((key[0], key[1], tls), ()))
 
     @staticmethod
     async def _close_all(conns: list[UpstreamConn]) -> None:

@@ -34,6 +34,11 @@ each read of a request body, ``keepalive_timeout`` between requests, the upstrea
 ``connect_timeout``, ``send_timeout`` (also used for writes to the client) and
 ``read_timeout``, which starts once the request body has been sent.
 
+HTTP/2 (``workers/http2.py``) runs one ``Session`` per stream with an h2-backed codec and
+stream in place of ``ServerCodec`` and the socket, so every request takes this same path; a
+plain connection whose first bytes are the HTTP/2 preface (h2c prior knowledge) or a TLS one
+that negotiated ALPN "h2" is handed over to it by ``serve_client``.
+
 Errors are ``fastingress.errors`` exceptions carrying ``status_hint``; before the response
 started they become a short text answer, after it they abort the client connection.
 """
@@ -45,6 +50,7 @@ import random
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Protocol
 
 import trio
 
@@ -59,11 +65,14 @@ from fastingress.errors import (
 )
 from fastingress.snapshot.schema import Forward, GlobalSettings, Redirect, Respond, Upstream
 from workers.config import stats_encoder
+from workers.h2upstream import forward_h2
 from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, ServerCodec, Signal, valid_value
 from workers.metrics import Metrics
 from workers.pathnorm import normalize_target
 from workers.pool import Balancer, Pool, UpstreamConn
 from workers.routing import RouteMatch, RouteTable
+from workers.tlspolicy import add_hsts, hsts_value, redirect_location, wants_https
+from workers.upstream_tls import H2_PROTOCOLS, client_tls
 
 log = logging.getLogger("fastingress.worker")
 
@@ -79,6 +88,7 @@ PH_CLIENT = 1  # reading the body from / writing the answer to the client
 PH_UPSTREAM = 2  # sending to / reading from the upstream
 
 _NEED_DATA = Signal.NEED_DATA
+_H2_PREFACE_START = b"PRI * HTTP/2.0"
 _END = Signal.END
 
 # Request headers we drop (hop-by-hop) or set ourselves.
@@ -98,7 +108,7 @@ _RESP_DROP = frozenset(
 )
 _CONN_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade"})
 _TEXT = b"text/plain; charset=utf-8"
-_PLAIN_HTTP = frozenset({"HTTP", "AUTO_HTTP"})  # HTTPS/GRPC/H2C/FCGI upstreams land later
+_HTTP1_PROTOCOLS = frozenset({"HTTP", "AUTO_HTTP", "HTTPS"})  # GRPC/GRPCS/H2C: h2upstream; FCGI: later
 
 
 def _connection_tokens(value: bytes) -> list[bytes]:
@@ -211,6 +221,25 @@ class _ClientGone(Exception):
     """The client went away or timed out while its body was being read."""
 
 
+class _H2Preface(Exception):
+    """The first bytes of a plain connection are the HTTP/2 preface (h2c prior knowledge)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("HTTP/2 preface")
+        self.data = data
+
+
+class Multiplexed(Protocol):
+    """A connection carrying many requests at once (``workers.http2.H2Server``)."""
+
+    def start_drain(self) -> None: ...
+
+
+def endpoint_addresses(table: RouteTable) -> frozenset[tuple[str, int]]:
+    """Every (address, port) the table's upstreams list (ExternalName ones resolve later)."""
+    return frozenset((e.address, e.port) for u in table.snapshot.upstreams for e in u.endpoints)
+
+
 class Worker:
     """Per-process state shared by every client connection."""
 
@@ -222,8 +251,12 @@ class Worker:
         listen_port: int = 80,
         scheme: str = "http",
         access_log: bool = False,
+        https_port: int = 0,
     ) -> None:
         self.pool = pool
+        self.https_port = https_port  # 0: no HTTPS listener (no ssl-redirect then)
+        self.https_port_bytes = str(https_port).encode()
+        self.hsts: bytes | None = None  # Strict-Transport-Security value for HTTPS answers
         self.index = index
         self.listen_port = listen_port
         self.port_bytes = str(listen_port).encode()
@@ -231,16 +264,21 @@ class Worker:
         self.access_log = access_log
         self.metrics = Metrics()
         self.table: RouteTable | None = None
+        self.endpoints: frozenset[tuple[str, int]] = frozenset()  # of the table in force
         self.balancer = Balancer()
         self.settings = GlobalSettings()
         self.server_header = self.settings.server_header.encode()
         self.generation = 0
         self.draining = False
         self.sessions: set[Session] = set()
+        self.multiplexed: set[Multiplexed] = set()  # HTTP/2 connections (streams run Sessions)
         self.drained = trio.Event()
 
     def install(self, table: RouteTable, generation: int) -> None:
         """Swap in a new route table; requests already parsed keep the old one."""
+        endpoints = endpoint_addresses(table)
+        self.pool.retire(self.endpoints - endpoints)
+        self.endpoints = endpoints
         self.table = table
         self.balancer = Balancer()
         self.settings = table.snapshot.settings
@@ -250,6 +288,7 @@ class Worker:
                       generation, self.settings.server_header)
             server = b"fastingress"
         self.server_header = server
+        self.hsts = hsts_value(self.settings)
         self.generation = generation
 
     def start_drain(self) -> None:
@@ -258,7 +297,9 @@ class Worker:
         for session in list(self.sessions):
             if session.idle:
                 session.scope.cancel()
-        if not self.sessions:
+        for mux in list(self.multiplexed):
+            mux.start_drain()  # GOAWAY; in-flight streams finish
+        if not self.sessions and not self.multiplexed:
             self.drained.set()
 
     def _opened(self, session: Session) -> None:
@@ -268,19 +309,38 @@ class Worker:
     def _closed(self, session: Session) -> None:
         self.sessions.discard(session)
         self.metrics.active_connections -= 1
-        if self.draining and not self.sessions:
+        if self.draining and not self.sessions and not self.multiplexed:
+            self.drained.set()
+
+    def mux_opened(self, mux: Multiplexed) -> None:
+        self.multiplexed.add(mux)
+        self.metrics.active_connections += 1
+
+    def mux_closed(self, mux: Multiplexed) -> None:
+        self.multiplexed.discard(mux)
+        self.metrics.active_connections -= 1
+        if self.draining and not self.sessions and not self.multiplexed:
             self.drained.set()
 
     def stats_bytes(self) -> bytes:
         return stats_encoder.encode(self.metrics.stats(self.index, self.generation, self.draining))
 
 
-async def serve_client(worker: Worker, stream: trio.abc.Stream, client_ip: str) -> None:
-    """Serve one client connection until it closes, times out or the worker drains."""
-    session = Session(worker, stream, client_ip)
+async def serve_client(worker: Worker, stream: trio.abc.Stream, client_ip: str, *, tls: str = "") -> None:
+    """Serve one client connection until it closes, times out or the worker drains.
+
+    ``tls`` is "" for plain HTTP, else what the access log records of the TLS session
+    (``TLSv1.3/http/1.1``); the request is then HTTPS (X-Forwarded-Proto, HSTS, no ssl-redirect).
+    """
+    if tls and getattr(stream, "selected_alpn", None) == "h2":  # (offered only with settings.http2)
+        return await _serve_h2(worker, stream, client_ip, b"", tls)
+    session = Session(worker, stream, client_ip, tls)
     worker._opened(session)
+    preface = b""
     try:
         await session.run()
+    except _H2Preface as exc:
+        preface = exc.data
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except Exception:
@@ -291,7 +351,18 @@ async def serve_client(worker: Worker, stream: trio.abc.Stream, client_ip: str) 
     finally:
         session.finish_request(499)
         worker._closed(session)
-        await trio.aclose_forcefully(stream)
+        if not preface:
+            await trio.aclose_forcefully(stream)
+    if preface:
+        await _serve_h2(worker, stream, client_ip, preface, tls)
+
+
+async def _serve_h2(
+    worker: Worker, stream: trio.abc.Stream, client_ip: str, initial: bytes, tls: str
+) -> None:
+    from workers.http2 import serve_h2  # (imported here: http2 builds on this module)
+
+    await serve_h2(worker, stream, client_ip, initial, tls=tls)
 
 
 class Session:
@@ -299,11 +370,12 @@ class Session:
 
     __slots__ = (
         "body_consumed", "client_ip", "codec", "idle", "in_request", "labels", "method", "phase",
-        "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "worker",
+        "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "tls", "worker",
     )
 
-    def __init__(self, worker: Worker, stream: trio.abc.Stream, client_ip: str) -> None:
+    def __init__(self, worker: Worker, stream: trio.abc.Stream, client_ip: str, tls: str = "") -> None:
         self.worker = worker
+        self.tls = tls  # "" for plain HTTP
         self.stream = stream
         self.client_ip = client_ip.encode()
         self.codec = ServerCodec(worker.settings.max_header_bytes)
@@ -355,9 +427,10 @@ class Session:
         worker.metrics.observe(status, host, ingress, service, duration)
         if worker.access_log:
             log.info(
-                "%s %s %s %d %.6f %s %s",
+                "%s %s %s %d %.6f %s %s%s",
                 self.client_ip.decode(), self.method.decode("latin-1"),
                 self.target.decode("latin-1"), status, duration, host, service,
+                " " + self.tls if self.tls else "",
             )
 
     async def _cycle(self, first: bool) -> bool:
@@ -412,6 +485,9 @@ class Session:
             self.idle = False
             if not data:
                 return None
+            if first and not pending and data[:14] == _H2_PREFACE_START and not self.tls \
+                    and self.worker.settings.http2:
+                raise _H2Preface(bytes(data))  # h2c prior knowledge: serve_client hands over
             pending = True
             codec.receive_data(data)
 
@@ -461,6 +537,8 @@ class Session:
             (b"server", self.worker.server_header),
             *extra,
         ]
+        if self.tls and self.worker.hsts is not None:
+            headers.append((b"strict-transport-security", self.worker.hsts))
         if close:
             headers.append((b"connection", b"close"))
         self.status = status
@@ -492,6 +570,12 @@ class Session:
             route.service or "-" if route is not None else "-",
         )
         action = match.action
+        if not self.tls and route is not None and wants_https(route.policy):
+            location = redirect_location(info.host, head.target, path, worker.https_port)
+            if location is not None:
+                return await self._send_simple(
+                    308, _reason_body(308), _TEXT, extra=((b"location", location),)
+                )
         if action is None:
             return await self._send_error(404)
         kind = type(action)
@@ -533,7 +617,10 @@ class Session:
         upstream = table.upstreams.get(name)
         if upstream is None:
             raise NoEndpoint(f"upstream {name} is not in the snapshot")
-        if upstream.protocol not in _PLAIN_HTTP:
+        if upstream.protocol in H2_PROTOCOLS:  # HTTP/2 upstream (workers/h2upstream.py)
+            return await forward_h2(self, head, info, path=path, query=query, upstream=upstream,
+                                    balancer=balancer, limit=limit)
+        if upstream.protocol not in _HTTP1_PROTOCOLS:
             raise UpstreamFailed(f"upstream {name}: protocol {upstream.protocol} is not supported yet")
         if upstream.external_name and not upstream.endpoints:
             addrs = tuple((a, upstream.port) for a in await worker.pool.resolve(upstream))
@@ -556,9 +643,9 @@ class Session:
         ip = self.client_ip
         headers.append((b"x-forwarded-for", ip))
         headers.append((b"x-real-ip", ip))
-        headers.append((b"x-forwarded-proto", worker.scheme_bytes))
+        headers.append((b"x-forwarded-proto", b"https" if self.tls else worker.scheme_bytes))
         headers.append((b"x-forwarded-host", host))
-        headers.append((b"x-forwarded-port", worker.port_bytes))
+        headers.append((b"x-forwarded-port", worker.https_port_bytes if self.tls else worker.port_bytes))
         headers.append((b"x-request-id", info.request_id or b"%032x" % random.getrandbits(128)))
         if info.upgrade is not None:
             headers.append((b"connection", b"upgrade"))
@@ -607,23 +694,24 @@ class Session:
         fresh: bool = False,
     ) -> tuple[UpstreamConn, bool]:
         pool = self.worker.pool
+        tls = client_tls(upstream)  # None for cleartext; HTTPS: TLS inside connect
         if not fresh:
-            conn = await pool.take(primary, settings.upstream_keepalive_timeout)
+            conn = await pool.take(primary, settings.upstream_keepalive_timeout, tls)
             if conn is not None:
                 return conn, True
         self.phase = PH_CLIENT
         self.scope.deadline = _INF  # connect has its own timeout
         try:
-            return await pool.connect(primary, upstream.connect_timeout), False
+            return await pool.connect(primary, upstream.connect_timeout, tls, upstream.name), False
         except (UpstreamFailed, UpstreamTimeout) as exc:
             if alternate is None:
                 raise
             self.worker.metrics.upstream_errors += 1
             log.warning("upstream %s: %s; trying %s:%d", upstream.name, exc, *alternate)
-        conn = await pool.take(alternate, settings.upstream_keepalive_timeout)
+        conn = await pool.take(alternate, settings.upstream_keepalive_timeout, tls)
         if conn is not None:
             return conn, True
-        return await pool.connect(alternate, upstream.connect_timeout), False
+        return await pool.connect(alternate, upstream.connect_timeout, tls, upstream.name), False
 
     async def _exchange(
         self,
@@ -784,6 +872,8 @@ class Session:
                         return await self._tunnel(conn, ev, out, upstream.read_timeout)
                     continue  # 100 Continue and friends: we speak for ourselves
                 headers = response_headers(ev.headers, self.worker.server_header)
+                if self.tls and self.worker.hsts is not None:
+                    add_hsts(headers, self.worker.hsts)
                 if self.worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
                 self.status = ev.status

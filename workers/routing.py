@@ -19,6 +19,12 @@ handful of dict lookups and never scans the route list:
 
 Host normalisation (lower case, port and trailing dot removed) is memoised in a small
 per-table dict, since the same few Host headers arrive over and over.
+
+Compiling is lazy per host: a new table only files each VirtualHost under its name, and a
+host's path dicts are built the first time a request asks for that host (then kept).  With
+10,000 hosts a new generation is in force in milliseconds, and the first request to a host
+pays microseconds; what a lookup answers is the same as if everything had been compiled up
+front.
 """
 
 from __future__ import annotations
@@ -98,26 +104,38 @@ class RouteTable:
         self.snapshot = snapshot
         self.upstreams: dict[str, Upstream] = {u.name: u for u in snapshot.upstreams}
         self.default_action = snapshot.default_action
-        self._exact: dict[str, _Host] = {}
-        self._wildcard: dict[str, _Host] = {}
-        self._catch_all: _Host | None = None
+        # Filed as VirtualHost, replaced by its _Host on first use (the first vhost of a name wins).
+        self._exact: dict[str, _Host | VirtualHost] = {}
+        self._wildcard: dict[str, _Host | VirtualHost] = {}
+        self._catch_all: _Host | VirtualHost | None = None
         self._host_cache: dict[str, _Host | None] = {}
+        exact = self._exact
         for vhost in snapshot.virtual_hosts:
-            self._add_host(vhost)
+            name = vhost.hostname.lower()
+            if name in exact:
+                continue
+            if name == "" or name.startswith("*."):
+                self._add_host(name, vhost)
+            else:
+                exact[name] = vhost
 
     @classmethod
     def compile(cls, snapshot: Snapshot) -> RouteTable:
         return cls(snapshot)
 
-    def _add_host(self, vhost: VirtualHost) -> None:
-        name = vhost.hostname.lower()
-        compiled = _Host(vhost)
+    def _add_host(self, name: str, vhost: VirtualHost) -> None:
         if name == "":
-            self._catch_all = self._catch_all or compiled
-        elif name.startswith("*."):
-            self._wildcard.setdefault(name[2:], compiled)
+            self._catch_all = self._catch_all or vhost
         else:
-            self._exact.setdefault(name, compiled)
+            self._wildcard.setdefault(name[2:], vhost)
+
+    @staticmethod
+    def _compiled(table: dict[str, _Host | VirtualHost], key: str) -> _Host | None:
+        found = table.get(key)
+        if found is None or isinstance(found, _Host):
+            return found
+        compiled = table[key] = _Host(found)
+        return compiled
 
     def _find_host(self, raw: str) -> _Host | None:
         cache = self._host_cache
@@ -132,15 +150,18 @@ class RouteTable:
         return found
 
     def _lookup_host(self, host: str) -> _Host | None:
-        found = self._exact.get(host)
+        found = self._compiled(self._exact, host)
         if found is not None:
             return found
         label, dot, rest = host.partition(".")
         if dot and label and rest:
-            found = self._wildcard.get(rest)
+            found = self._compiled(self._wildcard, rest)
             if found is not None:
                 return found
-        return self._catch_all
+        catch_all = self._catch_all
+        if isinstance(catch_all, VirtualHost):
+            catch_all = self._catch_all = _Host(catch_all)
+        return catch_all
 
     def match(self, host: str, path: str) -> RouteMatch:
         compiled = self._find_host(host)

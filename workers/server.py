@@ -8,9 +8,17 @@ Theory of operation
 * the HTTP listener is the worker's own socket bound with SO_REUSEPORT (the kernel spreads
   connections over the N workers); each accepted connection runs ``proxy.serve_client``
   in the connection nursery;
+* the HTTPS listener (when ``https_port`` is not 0) works the same way, but each connection
+  first goes through ``_serve_tls``: with ssl-passthrough hosts, the ClientHello's SNI is
+  peeked and a passthrough name is relayed raw (``passthrough.relay``); otherwise a
+  ``TLSStream`` does the handshake (under ``client_header_timeout``, nginx's
+  ``ssl_handshake_timeout`` role) with the ``CertStore`` in force (``certs``), the TLS
+  version and ALPN are counted, and the stream is served as HTTPS (``serve_client`` hands it
+  to HTTP/2 when ALPN says ``h2``);
 * the snapshot watcher waits on the supervisor's notify pipe (a byte per publication;
   EOF means the supervisor died: drain and exit) with a 1 s fallback poll, reads the shared
-  memory segment when the generation moved, decodes, compiles and swaps the table in.  A
+  memory segment when the generation moved, decodes, compiles and swaps the table in
+  (and the certificates: ``CertCache.install``).  A
   snapshot that does not decode or compile is refused with one log line and counted; the
   previous table stays.  The same tick reaps expired idle upstream connections;
 * the stats socket answers every connection with the msgpack-encoded ``WorkerStats``;
@@ -27,17 +35,22 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import trio
 
 from fastingress.errors import SnapshotError
 from fastingress.snapshot.codec import decode_msgpack
+from fastingress.snapshot.schema import Snapshot
 from fastingress.snapshot.shm import ShmReader
+from workers.certs import CertCache
 from workers.config import WorkerSettings
+from workers.passthrough import NOT_TLS, Hello, peek_client_hello, relay
 from workers.pool import Connect, Pool
 from workers.proxy import Worker, serve_client
 from workers.routing import RouteTable
+from workers.tls import TLSStream
 
 log = logging.getLogger("fastingress.worker")
 
@@ -82,8 +95,54 @@ async def _serve_socket(worker: Worker, stream: trio.SocketStream) -> None:
     await serve_client(worker, stream, _peer_ip(stream))
 
 
+async def _serve_tls(certs: CertCache, worker: Worker, stream: trio.SocketStream) -> None:
+    """One HTTPS connection: passthrough by SNI, or terminate TLS and serve HTTP."""
+    client_ip = _peer_ip(stream)
+    store = certs.current
+    timeout = worker.settings.client_header_timeout
+    first = b""
+    if store is not None and store.passthrough:
+        try:
+            first, hello = await peek_client_hello(stream, timeout)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await trio.aclose_forcefully(stream)
+            return
+        if hello is NOT_TLS and not first:
+            await trio.aclose_forcefully(stream)
+            return
+        name = hello.server_name if isinstance(hello, Hello) else None
+        upstream = store.passthrough_upstream(name)
+        if upstream is not None and name is not None:
+            worker.metrics.tls_passthrough += 1
+            try:
+                await relay(worker, stream, first, upstream, name)
+            finally:
+                await trio.aclose_forcefully(stream)
+            return
+    if store is None:
+        await trio.aclose_forcefully(stream)
+        return
+    tls = TLSStream(stream, store.base, initial=first)
+    try:
+        with trio.fail_after(timeout):
+            await tls.do_handshake()
+    except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        worker.metrics.tls_errors += 1
+        log.debug("TLS handshake from %s failed: %s", client_ip, exc)
+        await trio.aclose_forcefully(tls)
+        return
+    alpn = tls.selected_alpn or "-"
+    worker.metrics.observe_tls(tls.tls_version, alpn, tls.resumed)
+    # serve_client hands a stream whose ALPN is "h2" over to HTTP/2.
+    await serve_client(worker, tls, client_ip, tls=f"{tls.tls_version}/{alpn}")
+
+
 async def _accept_loop(
-    listener: trio.SocketListener, worker: Worker, nursery: trio.Nursery, scope: trio.CancelScope
+    listener: trio.SocketListener,
+    worker: Worker,
+    nursery: trio.Nursery,
+    scope: trio.CancelScope,
+    serve: Callable[[Worker, trio.SocketStream], Awaitable[None]] = _serve_socket,
 ) -> None:
     with scope:
         async with listener:
@@ -96,14 +155,15 @@ async def _accept_loop(
                         "accept failed: %s", os.strerror(exc.errno or errno.EIO))
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(_serve_socket, worker, stream)
+                nursery.start_soon(serve, worker, stream)
 
 
 class SnapshotLoader:
     """Reads the shared-memory segment and installs new generations into a Worker."""
 
-    def __init__(self, worker: Worker, shm_path: str) -> None:
+    def __init__(self, worker: Worker, shm_path: str, certs: CertCache | None = None) -> None:
         self.worker = worker
+        self.certs = certs
         self.shm_path = shm_path
         self.reader: ShmReader | None = None
         self._open_error_logged = False
@@ -136,6 +196,8 @@ class SnapshotLoader:
             if generation in (worker.generation, self._refused_generation):
                 return
             table = RouteTable.compile(decode_msgpack(data))
+            if self.certs is not None:
+                self.certs.install(table.snapshot)  # a bad certificate is logged and skipped inside
         except Exception as exc:  # any failure to decode/compile refuses the snapshot
             worker.metrics.snapshot_errors += 1
             self._refused_generation = generation
@@ -183,6 +245,7 @@ async def _watch_snapshots(
     next_reap = trio.current_time() + POLL_INTERVAL
     while True:
         loader.check()
+        await worker.pool.prune()  # idle connections of endpoints the new snapshot removed
         if notify_fd >= 0:
             with trio.move_on_after(POLL_INTERVAL):
                 await trio.lowlevel.wait_readable(notify_fd)
@@ -251,14 +314,23 @@ async def run_worker(
         stop = trio.Event()
     pool = Pool(connect)
     listener = await open_listener(settings.bind, settings.http_port)
+    tls_listener: trio.SocketListener | None = None
     try:
+        if settings.https_port:
+            tls_listener = await open_listener(settings.bind, settings.https_port)
         stats_listener = await open_stats_listener(settings.stats_socket)
     except BaseException:
         await listener.aclose()
+        if tls_listener is not None:
+            await tls_listener.aclose()
         raise
     port = int(listener.socket.getsockname()[1])
-    worker = Worker(pool, index=settings.index, listen_port=port, access_log=settings.access_log)
-    loader = SnapshotLoader(worker, settings.shm_path)
+    https_port = int(tls_listener.socket.getsockname()[1]) if tls_listener is not None else 0
+    worker = Worker(pool, index=settings.index, listen_port=port, access_log=settings.access_log,
+                    https_port=https_port)
+    certs = CertCache()
+    certs.install(Snapshot())  # the self-signed default until the first snapshot arrives
+    loader = SnapshotLoader(worker, settings.shm_path, certs)
     signals = (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
         if handle_signals
@@ -273,9 +345,14 @@ async def run_worker(
                 async with trio.open_nursery() as connections:
                     accept_scope = trio.CancelScope()
                     connections.start_soon(_accept_loop, listener, worker, connections, accept_scope)
+                    tls_scope = trio.CancelScope()
+                    if tls_listener is not None:
+                        connections.start_soon(_accept_loop, tls_listener, worker, connections, tls_scope,
+                                               partial(_serve_tls, certs))
                     task_status.started(worker)
                     await stop.wait()
                     accept_scope.cancel()
+                    tls_scope.cancel()
                     worker.start_drain()
                     with trio.move_on_after(settings.grace_period):
                         await worker.drained.wait()

@@ -1,12 +1,15 @@
-"""The standalone supervisor: load → publish → spawn workers → watch → republish; admin; signals.
+"""The supervisor: load → publish → spawn workers → watch → republish; admin; signals.
 
 Theory of operation
 -------------------
-``run_standalone`` is one trio program:
+``run_supervisor(settings, source)`` is one trio program; where the configuration comes
+from is a pluggable ``ConfigSource`` (``source.py``): files in standalone mode
+(``run_standalone``), the Kubernetes API in controller mode (``fastingress.k8s``).
 
-1. **Initial load** (in a thread): read the manifests and translate them, or read the
-   snapshot file.  Failure raises ``ConfigError``/``SnapshotError`` before anything was
-   created (the CLI prints one line, exit 2).  Each diagnostic becomes one log line.
+1. **Initial load** (``source.initial()``): standalone reads the manifests and translates
+   them, or reads the snapshot file; the controller lists the cluster.  Failure raises
+   ``ConfigError``/``SnapshotError`` before anything was created (the CLI prints one line,
+   exit 2).  Each diagnostic becomes one log line.
 2. Bind the **admin listener** (a busy port is also a one-line exit 2), create the private
    **runtime dir**, the ``ShmPublisher`` at ``<dir>/snapshot``, and publish **generation 1
    before any worker starts**.
@@ -14,11 +17,13 @@ Theory of operation
    of the slot's notification pipe passed via ``pass_fds``), wait for it; if it exits while
    we are not stopping, log the slot, pid and exit status and respawn it after a backoff
    (50 ms doubling to 5 s, reset once a worker ran 10 s).
-4. The **watcher** polls the input files' (mtime_ns, size, inode) every
-   ``watch_interval``; on a change it waits until the fingerprint is stable for one more
-   interval (debounce), then reloads.  SIGHUP reloads at once.  A reload publishes only if
-   the msgpack bytes differ from the last published ones, then writes one byte to each
-   worker's pipe.  A failed reload logs one line and keeps the snapshot in force.
+4. The **source task** (``source.run(trigger)``) watches for changes: the file source
+   polls the input files' (mtime_ns, size, inode) every ``watch_interval`` and, once the
+   fingerprint held still for one more interval, triggers a reload; the controller
+   triggers after its debounce.  SIGHUP reloads at once.  A reload (``source.reload()``)
+   publishes only if the msgpack bytes differ from the last published ones, then writes
+   one byte to each worker's pipe.  A failed reload logs one line and keeps the snapshot
+   in force.  The source also adds to /readyz, /status and /metrics.
 5. **SIGTERM/SIGINT**: SIGTERM to every worker, wait up to grace period + 5 s, SIGKILL the
    rest, stop the admin server and the watcher, remove the runtime dir; return 0.
 
@@ -41,7 +46,7 @@ import msgspec
 import trio
 
 from fastingress.errors import ConfigError, FastIngressError
-from fastingress.settings import StandaloneSettings
+from fastingress.settings import ControllerSettings, StandaloneSettings
 from fastingress.snapshot.shm import ShmPublisher, default_runtime_dir
 from fastingress.supervisor import admin
 from fastingress.supervisor.metrics import SupervisorView, Totals, WorkerView, readiness, render_metrics
@@ -57,13 +62,12 @@ from fastingress.supervisor.procs import (
     wait_ready,
 )
 from fastingress.supervisor.source import (
+    ConfigSource,
     DiagnosticLike,
-    Fingerprint,
+    FileSource,
     InputSpec,
     Loaded,
     count_errors,
-    fingerprint,
-    load,
 )
 from workers.config import WorkerSettings, WorkerStats
 
@@ -71,7 +75,6 @@ log = logging.getLogger("fastingress.supervisor")
 
 STATS_TIMEOUT = 0.5
 KILL_MARGIN = 5.0  # seconds past the grace period before SIGKILL
-DEBOUNCE_MAX_ROUNDS = 10
 STANDBY_DELAY = 0.25  # seconds between handing out the standby and starting the next one
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, NUL included
 
@@ -89,25 +92,26 @@ def input_spec(settings: StandaloneSettings) -> InputSpec:
     return InputSpec(settings.manifests, settings.snapshot, settings.translation)
 
 
+ServingSettings = StandaloneSettings | ControllerSettings
+
+
 class Supervisor:
-    """All the state of one standalone run (owned by ``run_standalone``)."""
+    """All the state of one run (owned by ``run_supervisor``)."""
 
     def __init__(
         self,
-        settings: StandaloneSettings,
+        settings: ServingSettings,
         *,
-        spec: InputSpec,
+        source: ConfigSource,
         initial: Loaded,
-        initial_fingerprint: Fingerprint,
         runtime_dir: str,
         publisher: ShmPublisher,
     ) -> None:
         self.settings = settings
-        self.spec = spec
+        self.source = source
         self.runtime_dir = runtime_dir
         self.publisher = publisher
         self.current = initial
-        self.fingerprint = initial_fingerprint
         self.reload_failures = 0
         self.slots: list[WorkerSlot] = []
         self.stopping = trio.Event()
@@ -142,17 +146,14 @@ class Supervisor:
 
     async def reload(self, reason: str) -> None:
         async with self._reload_lock:
-            new_fingerprint = await trio.to_thread.run_sync(fingerprint, self.spec, abandon_on_cancel=True)
             try:
-                loaded = await trio.to_thread.run_sync(load, self.spec, abandon_on_cancel=True)
+                loaded = await self.source.reload()
             except FastIngressError as exc:
                 self._reload_failed(reason, str(exc))
                 return
             except Exception as exc:  # translation must never raise; never let it kill us
                 self._reload_failed(reason, f"{type(exc).__name__}: {exc}")
                 return
-            finally:
-                self.fingerprint = new_fingerprint
             log_diagnostics(loaded.diagnostics, only_new=frozenset(str(d) for d in self.current.diagnostics))
             if loaded.payload == self.current.payload:
                 self.current = loaded
@@ -167,22 +168,6 @@ class Supervisor:
     def _reload_failed(self, reason: str, message: str) -> None:
         self.reload_failures += 1
         log.error("reload (%s) failed, keeping generation %d: %s", reason, self.publisher.generation, message)
-
-    async def watch(self) -> None:
-        """Poll the input files; reload when they changed and then held still for one interval."""
-        interval = self.settings.watch_interval
-        while True:
-            await trio.sleep(interval)
-            current = await trio.to_thread.run_sync(fingerprint, self.spec, abandon_on_cancel=True)
-            if current == self.fingerprint:
-                continue
-            for _ in range(DEBOUNCE_MAX_ROUNDS):
-                await trio.sleep(interval)
-                again = await trio.to_thread.run_sync(fingerprint, self.spec, abandon_on_cancel=True)
-                if again == current:
-                    break
-                current = again
-            await self.reload("input files changed")
 
     # -- workers -----------------------------------------------------------------------
 
@@ -202,7 +187,7 @@ class Supervisor:
                 notify_fd=read_end,
                 bind=settings.bind,
                 http_port=settings.http_port,
-                https_port=0,  # TLS lands with a later issue
+                https_port=settings.https_port,  # 0: no HTTPS listener
                 grace_period=settings.grace_period,
                 log_level=settings.log_level,
                 access_log=settings.access_log,
@@ -384,11 +369,17 @@ class Supervisor:
             return admin.text(200, "ok\n")
         if path == "/readyz":
             ready, reason = readiness(await self.view())
+            source_ready, source_reason = self.source.readiness()
+            if ready and not source_ready:
+                ready, reason = False, source_reason
             return admin.text(200 if ready else 503, ("ok: " if ready else "not ready: ") + reason + "\n")
         if path == "/metrics":
             view = await self.view()
             live = [w.stats for w in view.live if w.stats is not None]
             body = render_metrics(view, self.retired.merged(live))
+            extra = self.source.metrics()
+            if extra:
+                body += "\n".join(extra) + "\n"
             return admin.Response(200, body.encode(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/status":
             view = await self.view()
@@ -415,6 +406,7 @@ class Supervisor:
             "config_errors": view.config_errors,
             "reload_failures": view.reload_failures,
             "diagnostics": [msgspec.to_builtins(d) for d in self.current.diagnostics],
+            **self.source.status(),
         }
         return msgspec.json.encode(body)
 
@@ -487,7 +479,7 @@ def probe_listen(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host_port(host, port)}: {why}") from None
 
 
-async def open_admin_listeners(settings: StandaloneSettings) -> list[trio.SocketListener]:
+async def open_admin_listeners(settings: ServingSettings) -> list[trio.SocketListener]:
     try:
         return await trio.open_tcp_listeners(settings.admin_port, host=settings.admin_bind)
     except OSError as exc:
@@ -518,12 +510,26 @@ async def run_standalone(
 
     Raises ConfigError/SnapshotError (one line) if it cannot start; nothing is left behind then.
     """
-    spec = input_spec(settings)
-    first_fingerprint = await trio.to_thread.run_sync(fingerprint, spec)
-    initial = await trio.to_thread.run_sync(load, spec)  # raises: one line, nothing created yet
-    log.info("loaded %s", spec.describe())
+    source = FileSource(input_spec(settings), settings.watch_interval)
+    return await run_supervisor(settings, source, task_status=task_status)
+
+
+async def run_supervisor(
+    settings: ServingSettings,
+    source: ConfigSource,
+    *,
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Serve the configuration ``source`` gives until SIGTERM/SIGINT; return the exit code (0).
+
+    Raises ConfigError/SnapshotError (one line) if it cannot start; nothing is left behind then.
+    """
+    initial = await source.initial()  # raises: one line, nothing created yet
+    log.info("loaded %s", source.describe())
     log_diagnostics(initial.diagnostics)
     probe_listen(settings.bind, settings.http_port)
+    if settings.https_port:
+        probe_listen(settings.bind, settings.https_port)
     listeners = await open_admin_listeners(settings)
     try:
         runtime_dir, created = prepare_runtime_dir(settings.runtime_dir)
@@ -539,9 +545,8 @@ async def run_standalone(
         raise
     supervisor = Supervisor(
         settings,
-        spec=spec,
+        source=source,
         initial=initial,
-        initial_fingerprint=first_fingerprint,
         runtime_dir=runtime_dir,
         publisher=publisher,
     )
@@ -560,7 +565,7 @@ async def run_standalone(
                     nursery.start_soon(supervisor.run_slot, slot)
                 if supervisor.use_standby:
                     nursery.start_soon(supervisor.keep_standby)
-                nursery.start_soon(supervisor.watch)
+                nursery.start_soon(source.run, supervisor.reload)
                 task_status.started(supervisor)
                 await supervisor.stopping.wait()
                 await supervisor.stop_workers()

@@ -27,6 +27,10 @@ class Totals:
     duration_count: int = 0
     upstream_errors: int = 0
     snapshot_errors: int = 0
+    tls: dict[tuple[str, str], int] = field(default_factory=dict)  # (version, alpn) -> handshakes
+    tls_errors: int = 0
+    tls_resumed: int = 0
+    tls_passthrough: int = 0
 
     def add(self, stats: WorkerStats) -> None:
         for rc in stats.requests:
@@ -39,6 +43,11 @@ class Totals:
             self.duration_count += stats.duration_count
         self.upstream_errors += stats.upstream_errors
         self.snapshot_errors += stats.snapshot_errors
+        for tc in stats.tls_handshakes:
+            self.tls[(tc.version, tc.alpn)] = self.tls.get((tc.version, tc.alpn), 0) + tc.count
+        self.tls_errors += stats.tls_handshake_errors
+        self.tls_resumed += stats.tls_resumed
+        self.tls_passthrough += stats.tls_passthrough
 
     def merged(self, others: Iterable[WorkerStats]) -> Totals:
         out = Totals(
@@ -48,6 +57,10 @@ class Totals:
             duration_count=self.duration_count,
             upstream_errors=self.upstream_errors,
             snapshot_errors=self.snapshot_errors,
+            tls=dict(self.tls),
+            tls_errors=self.tls_errors,
+            tls_resumed=self.tls_resumed,
+            tls_passthrough=self.tls_passthrough,
         )
         for stats in others:
             out.add(stats)
@@ -155,6 +168,17 @@ def render_metrics(view: SupervisorView, totals: Totals) -> str:
     out.append(f"fastingress_upstream_errors_total {totals.upstream_errors}")
     _family(out, "fastingress_snapshot_decode_errors_total", "counter", "Snapshots workers refused to load.")
     out.append(f"fastingress_snapshot_decode_errors_total {totals.snapshot_errors}")
+
+    name = "fastingress_tls_handshakes_total"
+    _family(out, name, "counter", "Completed TLS handshakes, by protocol version and ALPN protocol.")
+    for (version, alpn), count in sorted(totals.tls.items()):
+        out.append(f"{name}{_labels([('version', version), ('alpn', alpn)])} {count}")
+    _family(out, "fastingress_tls_handshake_errors_total", "counter", "TLS handshakes failed or timed out.")
+    out.append(f"fastingress_tls_handshake_errors_total {totals.tls_errors}")
+    _family(out, "fastingress_tls_resumed_total", "counter", "TLS handshakes that resumed a session.")
+    out.append(f"fastingress_tls_resumed_total {totals.tls_resumed}")
+    _family(out, "fastingress_tls_passthrough_total", "counter", "Connections relayed by ssl-passthrough.")
+    out.append(f"fastingress_tls_passthrough_total {totals.tls_passthrough}")
 
     _family(out, "fastingress_workers", "gauge", "Worker processes running.")
     out.append(f"fastingress_workers {len(view.live)}")

@@ -1,18 +1,26 @@
-"""Where the configuration comes from: manifests (translated) or a snapshot file.
+"""Where the configuration comes from: the ``ConfigSource`` interface and the file source.
 
-Everything here is synchronous and blocking (file I/O, translation); the supervisor runs it
-in a worker thread.  ``fingerprint`` is what the file watcher compares between polls.
+The supervisor is indifferent to where snapshots come from: it asks a ``ConfigSource`` for
+the initial configuration, runs its ``run`` task (which calls back ``trigger(reason)``
+whenever the source wants a rebuild), and calls ``reload`` for each trigger and for
+SIGHUP.  ``FileSource`` (standalone mode) reads manifests (translated) or a snapshot file
+and polls the files; the Kubernetes controller (``fastingress.k8s.controller``) is the other.
+
+The file functions below are synchronous and blocking (file I/O, translation); the
+supervisor runs them in a worker thread.  ``fingerprint`` is what the file watcher compares
+between polls.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
+import trio
 
 from fastingress.errors import FastIngressError
 from fastingress.settings import TranslationSettings
@@ -97,6 +105,7 @@ def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> L
         ingress_class=translation.ingress_class,
         watch_without_class=translation.watch_without_class,
         default_backend_service=translation.default_backend_service,
+        settings=translation.global_settings(),
     )
     result = translate(objects, options)
     diagnostics: tuple[DiagnosticLike, ...] = (*file_diagnostics, *result.diagnostics)
@@ -105,3 +114,88 @@ def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> L
 
 def count_errors(diagnostics: Sequence[DiagnosticLike]) -> int:
     return sum(1 for d in diagnostics if d.severity == "error")
+
+
+Trigger = Callable[[str], Awaitable[None]]
+
+DEBOUNCE_MAX_ROUNDS = 10
+
+
+class ConfigSource(Protocol):
+    """What the supervisor needs of a configuration source."""
+
+    def describe(self) -> str:
+        """For the log: where the configuration comes from."""
+        ...
+
+    async def initial(self) -> Loaded:
+        """The first configuration (raise FastIngressError, one line, if there is none)."""
+        ...
+
+    async def reload(self) -> Loaded:
+        """The configuration now (raise FastIngressError to keep the one in force)."""
+        ...
+
+    async def run(self, trigger: Trigger) -> None:
+        """Watch for changes forever; ``await trigger(reason)`` to have the supervisor reload."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(False, why) when the source makes the whole process not ready; (True, "") else."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Extra fields for the admin /status JSON."""
+        ...
+
+    def metrics(self) -> list[str]:
+        """Extra lines (families with HELP/TYPE) for /metrics."""
+        ...
+
+
+class FileSource:
+    """Manifests or a snapshot file, polled every ``interval`` seconds (standalone mode)."""
+
+    def __init__(self, spec: InputSpec, interval: float) -> None:
+        self.spec = spec
+        self.interval = interval
+        self.fingerprint: Fingerprint = ()
+
+    def describe(self) -> str:
+        return self.spec.describe()
+
+    async def initial(self) -> Loaded:
+        self.fingerprint = await trio.to_thread.run_sync(fingerprint, self.spec)
+        return await trio.to_thread.run_sync(load, self.spec)
+
+    async def reload(self) -> Loaded:
+        new_fingerprint = await trio.to_thread.run_sync(fingerprint, self.spec, abandon_on_cancel=True)
+        try:
+            return await trio.to_thread.run_sync(load, self.spec, abandon_on_cancel=True)
+        finally:
+            self.fingerprint = new_fingerprint
+
+    async def run(self, trigger: Trigger) -> None:
+        """Poll the input files; reload when they changed and then held still for one interval."""
+        interval = self.interval
+        while True:
+            await trio.sleep(interval)
+            current = await trio.to_thread.run_sync(fingerprint, self.spec, abandon_on_cancel=True)
+            if current == self.fingerprint:
+                continue
+            for _ in range(DEBOUNCE_MAX_ROUNDS):
+                await trio.sleep(interval)
+                again = await trio.to_thread.run_sync(fingerprint, self.spec, abandon_on_cancel=True)
+                if again == current:
+                    break
+                current = again
+            await trigger("input files changed")
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, ""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def metrics(self) -> list[str]:
+        return []

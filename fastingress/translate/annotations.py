@@ -34,11 +34,19 @@ class UpstreamSettings(msgspec.Struct, frozen=True):
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     send_timeout: float = 60.0
+    # upstream TLS (HTTPS/GRPCS); new fields only enter the name hash when not default
+    tls_verify: bool = False  # proxy-ssl-verify
+    tls_secret: str | None = None  # proxy-ssl-secret "namespace/name" (its ca.crt)
+    tls_server_name: str | None = None  # proxy-ssl-name
+    tls_sni: bool = True  # proxy-ssl-server-name
 
 
 class IngressAnnotations(msgspec.Struct, frozen=True):
     max_body_size: int | None = None  # None: GlobalSettings.max_body_size
     upstream: UpstreamSettings = UpstreamSettings()
+    ssl_redirect: bool = True  # ssl-redirect (only matters for hosts with TLS)
+    force_ssl_redirect: bool = False  # force-ssl-redirect (even without TLS of the host's own)
+    ssl_passthrough: bool = False  # ssl-passthrough (needs --enable-ssl-passthrough)
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -77,6 +85,44 @@ def parse_protocol(value: str) -> Protocol:
     return cast(Protocol, upper)
 
 
+def parse_on_off(value: str) -> bool:
+    """nginx flags: "on"/"off" (also "true"/"false")."""
+    text = value.strip().lower()
+    if text in ("on", "true"):
+        return True
+    if text in ("off", "false"):
+        return False
+    raise ValueError('expected "on" or "off"')
+
+
+_SECRET_REF_RE = re.compile(r"^(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def parse_secret_ref(value: str) -> str:
+    """A Secret as "namespace/name" (or "name": the Ingress's namespace)."""
+    text = value.strip()
+    if not _SECRET_REF_RE.match(text):
+        raise ValueError("expected namespace/name of a Secret")
+    return text
+
+
+def parse_server_name(value: str) -> str:
+    text = value.strip().rstrip(".").lower()
+    if not text or not _VHOST_RE.match(text) or ":" in text.strip("[]"):
+        raise ValueError("expected a host name")
+    return text
+
+
+def parse_bool(value: str) -> bool:
+    """ingress-nginx booleans: "true" / "false" (any case)."""
+    text = value.strip().lower()
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise ValueError('expected "true" or "false"')
+
+
 def parse_vhost(value: str) -> str:
     text = value.strip()
     if not _VHOST_RE.match(text):
@@ -92,6 +138,13 @@ IMPLEMENTED: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "proxy-send-timeout": ("upstream.send_timeout", parse_seconds),
     "upstream-vhost": ("upstream.host_override", parse_vhost),
     "backend-protocol": ("upstream.protocol", parse_protocol),
+    "ssl-redirect": ("ssl_redirect", parse_bool),
+    "force-ssl-redirect": ("force_ssl_redirect", parse_bool),
+    "ssl-passthrough": ("ssl_passthrough", parse_bool),
+    "proxy-ssl-verify": ("upstream.tls_verify", parse_on_off),
+    "proxy-ssl-secret": ("upstream.tls_secret", parse_secret_ref),
+    "proxy-ssl-name": ("upstream.tls_server_name", parse_server_name),
+    "proxy-ssl-server-name": ("upstream.tls_sni", parse_on_off),
 }
 
 # Real ingress-nginx annotations (docs/user-guide/nginx-configuration/annotations.md and
@@ -113,7 +166,7 @@ _NOT_SUPPORTED_NAMES = """
     disable-proxy-intercept-errors
     enable-access-log enable-cors enable-global-auth enable-influxdb enable-modsecurity
     enable-opentelemetry enable-opentracing enable-owasp-core-rules enable-rewrite-log
-    force-ssl-redirect from-to-www-redirect
+    from-to-www-redirect
     global-rate-limit global-rate-limit-ignored-cidrs global-rate-limit-key global-rate-limit-window
     grpc-backend http2-push-preload
     influxdb-host influxdb-measurement influxdb-port influxdb-server-name
@@ -133,15 +186,14 @@ _NOT_SUPPORTED_NAMES = """
     proxy-buffer-size proxy-buffering proxy-buffers-number proxy-cookie-domain proxy-cookie-path
     proxy-http-version proxy-max-temp-file-size proxy-next-upstream proxy-next-upstream-timeout
     proxy-next-upstream-tries proxy-redirect-from proxy-redirect-to proxy-request-buffering
-    proxy-ssl-ciphers proxy-ssl-location-only proxy-ssl-name proxy-ssl-protocols proxy-ssl-secret
-    proxy-ssl-server-name proxy-ssl-verify proxy-ssl-verify-depth
+    proxy-ssl-ciphers proxy-ssl-location-only proxy-ssl-protocols proxy-ssl-verify-depth
     relative-redirects rewrite-target satisfy secure-backends secure-verify-ca-secret
     server-alias server-snippet service-upstream
     session-cookie-change-on-failure session-cookie-conditional-samesite-none
     session-cookie-domain session-cookie-expires session-cookie-hash session-cookie-max-age
     session-cookie-name session-cookie-partitioned session-cookie-path session-cookie-samesite
     session-cookie-secure
-    ssl-ciphers ssl-passthrough ssl-prefer-server-ciphers ssl-redirect stream-snippet
+    ssl-ciphers ssl-prefer-server-ciphers stream-snippet
     temporal-redirect temporal-redirect-code
     upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
     use-regex x-forwarded-prefix

@@ -9,14 +9,17 @@ still yields an upstream (without endpoints): the worker answers 503, as ingress
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import re
 
 import msgspec
+from cryptography import x509
 
 from fastingress.snapshot.schema import Endpoint, Upstream
-from fastingress.translate.access import as_int, as_list, get, get_bool, get_list, get_map, get_str
+from fastingress.translate.access import as_int, as_list, get, get_bool, get_list, get_map, get_str, str_map
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.model import ObjRef, Sink
@@ -26,6 +29,7 @@ _DNS_NAME_RE = re.compile(
     r"^[A-Za-z0-9](?:[-A-Za-z0-9_]{0,62})(?:\.[A-Za-z0-9_](?:[-A-Za-z0-9_]{0,62}))*\.?$"
 )
 _MAX_PORT = 65535
+_SSL_SECRET_FIELD = "metadata.annotations[nginx.ingress.kubernetes.io/proxy-ssl-secret]"
 
 
 class BackendRef(msgspec.Struct, frozen=True):
@@ -41,10 +45,32 @@ class BackendRef(msgspec.Struct, frozen=True):
         return f"{self.namespace}/{self.service}:{self.port}"
 
 
+# Fields added after the first release enter the hash only when set, so existing names stay.
+_LATER_FIELDS = ("tls_verify", "tls_secret", "tls_server_name", "tls_sni")
+
+
 def settings_suffix(settings: UpstreamSettings) -> str:
     if settings == _DEFAULT_SETTINGS:
         return ""
-    return "#" + hashlib.sha256(msgspec.json.encode(settings)).hexdigest()[:8]
+    fields = msgspec.structs.asdict(settings)
+    for key in _LATER_FIELDS:
+        if fields[key] == getattr(_DEFAULT_SETTINGS, key):
+            del fields[key]
+    return "#" + hashlib.sha256(msgspec.json.encode(fields)).hexdigest()[:8]
+
+
+def _secret_text(secret: object, key: str) -> str | None:
+    """A Secret value as text (stringData wins over base64 data); None if absent or bad."""
+    plain = str_map(get(secret, "stringData")).get(key)
+    if isinstance(plain, str):
+        return plain
+    encoded = str_map(get(secret, "data")).get(key)
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return base64.b64decode("".join(encoded.split()), validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _valid_port(value: object) -> int | None:
@@ -101,6 +127,10 @@ class UpstreamBuilder:
             read_timeout=settings.read_timeout,
             send_timeout=settings.send_timeout,
             service=f"{backend.namespace}/{backend.service}",
+            tls_verify=settings.tls_verify,
+            tls_ca_pem=self._ca_pem(settings.tls_secret, owner),
+            tls_server_name=settings.tls_server_name,
+            tls_sni=settings.tls_sni,
         )
         service = self._cluster.services.get((backend.namespace, backend.service))
         field = backend.field
@@ -129,6 +159,30 @@ class UpstreamBuilder:
             return base
         endpoints = self._endpoints(backend.namespace, backend.service, found[0])
         return msgspec.structs.replace(base, endpoints=endpoints)
+
+    def _ca_pem(self, ref: str | None, owner: ObjRef) -> str | None:
+        """proxy-ssl-secret: the PEM of the Secret's ``ca.crt``; None with a diagnostic if unusable."""
+        if ref is None:
+            return None
+        namespace, _, name = ref.rpartition("/")
+        namespace = namespace or owner.namespace
+        secret = self._cluster.secrets.get((namespace, name))
+        if secret is None:
+            self._sink.error(owner, _SSL_SECRET_FIELD,
+                             f"Secret {namespace}/{name} not found; upstream TLS verification has no CA")
+            return None
+        pem = _secret_text(secret, "ca.crt")
+        if pem is None or "-----BEGIN CERTIFICATE-----" not in pem:
+            self._sink.error(ObjRef("Secret", namespace, name), "data[ca.crt]",
+                             "missing, or not base64 of PEM certificates; not used as a CA")
+            return None
+        try:
+            x509.load_pem_x509_certificates(pem.encode())
+        except ValueError:
+            self._sink.error(ObjRef("Secret", namespace, name), "data[ca.crt]",
+                             "not valid PEM certificates; not used as a CA")
+            return None
+        return pem
 
     def _external(
         self,

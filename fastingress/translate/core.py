@@ -18,17 +18,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
+
 from fastingress.snapshot.schema import (
     Action,
     Certificate,
     Forward,
+    GlobalSettings,
     Route,
     RoutePolicy,
     Snapshot,
     VirtualHost,
     WeightedBackend,
 )
-from fastingress.translate.annotations import UpstreamSettings
+from fastingress.translate.annotations import PREFIX, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
 from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
@@ -119,6 +122,7 @@ class _Emitter:
         self.sink = sink
         self.builder = UpstreamBuilder(cluster, sink)
         self.certificates: dict[str, Certificate] = {}
+        self.load_cert = load_certificate  # incremental.Translator swaps in a memoised loader
 
     def forward(self, backend: BackendRef, settings: UpstreamSettings, owner: ObjRef) -> Action | None:
         try:
@@ -128,13 +132,16 @@ class _Emitter:
             return None
         return Forward((WeightedBackend(name, 100),))
 
-    def route(self, rule: PathRule, plan: IngressPlan) -> Route | None:
+    def route(self, rule: PathRule, plan: IngressPlan, has_tls: bool = False) -> Route | None:
         action = self.forward(rule.backend, plan.annotations.upstream, plan.ref)
         if action is None:
             return None
-        max_body = plan.annotations.max_body_size
+        annotations = plan.annotations
+        max_body = annotations.max_body_size
         policy = RoutePolicy(
-            max_body_size=self.options.settings.max_body_size if max_body is None else max_body
+            max_body_size=self.options.settings.max_body_size if max_body is None else max_body,
+            ssl_redirect=has_tls and annotations.ssl_redirect,
+            force_ssl_redirect=annotations.force_ssl_redirect,
         )
         return Route(
             path=rule.path,
@@ -157,7 +164,7 @@ class _Emitter:
             self.sink.error(plan.ref, field, f"Secret {name} not found; the default certificate is used")
             return None
         try:
-            certificate = load_certificate(self.cluster, plan.ref.namespace, secret, self.sink)
+            certificate = self.load_cert(self.cluster, plan.ref.namespace, secret, self.sink)
         except Exception as exc:
             _internal(self.sink, ObjRef("Secret", plan.ref.namespace, secret), exc, "reading the certificate")
             return None
@@ -166,8 +173,32 @@ class _Emitter:
         self.certificates[name] = certificate
         return name
 
+    def passthrough(self, host: str, claims: list[tuple[PathRule, IngressPlan, Route | None]]) -> str | None:
+        """ssl-passthrough: the upstream of the host's "/" rule (else its first rule), or None."""
+        chosen: Route | None = None
+        for rule, plan, route in claims:
+            if not plan.annotations.ssl_passthrough:
+                continue
+            if not self.options.settings.ssl_passthrough:
+                self.sink.info(
+                    plan.ref,
+                    f"metadata.annotations[{PREFIX}ssl-passthrough]",
+                    "ignored: passthrough needs the --enable-ssl-passthrough flag",
+                )
+                return None
+            if route is not None and (chosen is None or rule.path == "/"):
+                chosen = route
+        if chosen is None or not isinstance(chosen.action, Forward) or not host:
+            return None
+        return chosen.action.backends[0].upstream
+
     def virtual_host(self, host: str, merged: _Merged) -> VirtualHost:
-        routes = [self.route(rule, plan) for rule, plan in merged.routes.get(host, {}).values()]
+        has_tls = host in merged.tls
+        claims = [
+            (rule, plan, self.route(rule, plan, has_tls))
+            for rule, plan in merged.routes.get(host, {}).values()
+        ]
+        routes = [route for _, _, route in claims]
         ordered = sorted(
             (r for r in routes if r is not None), key=lambda r: (-r.priority, r.path, r.path_type)
         )
@@ -180,7 +211,29 @@ class _Emitter:
             routes=tuple(ordered),
             fallback=fallback,
             tls_secret=self.tls_secret(merged.tls.get(host)),
+            passthrough_upstream=self.passthrough(host, claims),
         )
+
+    def settings(self) -> GlobalSettings:
+        """The options' settings; --default-ssl-certificate's Secret is loaded (or dropped)."""
+        settings = self.options.settings
+        wanted = settings.default_certificate
+        if wanted is None or wanted in self.certificates:
+            return settings
+        namespace, _, name = wanted.partition("/")
+        ref = ObjRef("Secret", namespace, name)
+        certificate: Certificate | None = None
+        if (namespace, name) not in self.cluster.secrets:
+            self.sink.error(ref, "", "--default-ssl-certificate: Secret not found; self-signed one used")
+        else:
+            try:
+                certificate = self.load_cert(self.cluster, namespace, name, self.sink)
+            except Exception as exc:
+                _internal(self.sink, ref, exc, "reading the default certificate")
+        if certificate is None:
+            return msgspec.structs.replace(settings, default_certificate=None)
+        self.certificates[wanted] = certificate
+        return settings
 
     def default_action(self, plans: list[IngressPlan]) -> Action | None:
         if self.options.default_backend_service is not None:
@@ -235,13 +288,14 @@ def _translate(objects: Iterable[Mapping[str, Any]], options: TranslateOptions, 
     emitter = _Emitter(cluster, options, sink)
     virtual_hosts = tuple(emitter.virtual_host(host, merged) for host in sorted(merged.hosts))
     default_action = emitter.default_action(plans)
+    settings = emitter.settings()
     upstreams = emitter.builder.upstreams
     return Snapshot(
         virtual_hosts=virtual_hosts,
         upstreams=tuple(upstreams[name] for name in sorted(upstreams)),
         certificates=tuple(emitter.certificates[name] for name in sorted(emitter.certificates)),
         default_action=default_action,
-        settings=options.settings,
+        settings=settings,
     )
 
 

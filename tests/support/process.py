@@ -53,6 +53,7 @@ class Fastingress:
     def __init__(self, proc: subprocess.Popen[bytes], http_port: int, admin_port: int, log: Path) -> None:
         self.proc = proc
         self.http_port = http_port
+        self.https_port = 0  # set by run_fastingress (0: no HTTPS listener)
         self.admin_port = admin_port
         self.log_path = log
         self.base = f"http://127.0.0.1:{http_port}"
@@ -123,6 +124,7 @@ def run_fastingress(
     wait_ready: bool = True,
 ) -> Iterator[Fastingress]:
     http_port, admin_port = free_port(), free_port()
+    https_port = 0 if "--https-port" in extra else free_port()  # never the default 443
     args = [
         "standalone",
         "--bind", "127.0.0.1",
@@ -131,6 +133,7 @@ def run_fastingress(
         "--workers", str(workers),
         "--watch-interval", "0.05",
         "--grace-period", "10",
+        *(("--https-port", str(https_port)) if https_port else ()),
         *extra,
     ]
     for m in manifests or []:
@@ -144,6 +147,7 @@ def run_fastingress(
             fastingress_command(*args), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     fi = Fastingress(proc, http_port, admin_port, log)
+    fi.https_port = https_port or int(extra[extra.index("--https-port") + 1])
     try:
         if wait_ready:
             fi.wait_ready()

@@ -111,10 +111,10 @@ def test_errors_through_the_real_entry_point(tmp_path: Path) -> None:
     assert_one_line_error(flag.stderr, "invalid int value")
 
 
-def test_controller_is_not_implemented_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _exit_code(["controller", "--kubeconfig", "x"]) == 2
+def test_controller_with_a_missing_kubeconfig_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_code(["controller", "--kubeconfig", "/nonexistent/kubeconfig"]) == 2
     err = capsys.readouterr().err
-    assert err == "fastingress: controller: not implemented yet (issue: controller mode)\n"
+    assert err.startswith("fastingress: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_demo_backends_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,3 +132,47 @@ def test_round_robin_pick_and_alternate() -> None:
     assert balancer.pick("u", ready) == (("1.1.1.1", 80), ("3.3.3.3", 80))
     assert balancer.pick("u", ready) == (("3.3.3.3", 80), ("1.1.1.1", 80))
     assert balancer.pick("one", (("9.9.9.9", 1),)) == (("9.9.9.9", 1), None)
+
+
+async def test_removed_endpoints_lose_their_idle_connections() -> None:
+    """Issue 3: when a snapshot removes an endpoint, its idle pooled connections are closed
+    at once, and a connection busy at that moment is closed on release, not pooled."""
+    other = ("10.0.0.2", 80)
+    pool = Pool(FakeConnect())
+    idle = await pool.connect(KEY, 1.0)
+    busy = await pool.connect(KEY, 1.0)
+    kept = await pool.connect(other, 1.0)
+    await pool.release(idle, 10, 100)
+    await pool.release(kept, 10, 100)
+    pool.retire(frozenset({KEY}))
+    await pool.prune()
+    assert pool.idle_count(KEY) == 0
+    assert pool.idle_count(other) == 1
+    with pytest.raises(trio.ClosedResourceError):
+        await idle.stream.send_all(b"x")
+    await pool.release(busy, 10, 100)
+    assert pool.idle_count(KEY) == 0
+    # The endpoint comes back in a later snapshot: pooled again.
+    pool.retire(frozenset())
+    again = await pool.connect(KEY, 1.0)
+    await pool.release(again, 10, 100)
+    assert pool.idle_count(KEY) == 1
+
+
+async def test_worker_install_retires_endpoints_that_left_the_snapshot() -> None:
+    from fastingress.snapshot.schema import Snapshot
+    from workers.proxy import Worker
+    from workers.routing import RouteTable
+
+    def table(*ports: int) -> RouteTable:
+        endpoints = tuple(Endpoint("10.0.0.1", p) for p in ports)
+        return RouteTable.compile(Snapshot(upstreams=(Upstream("u", endpoints),)))
+
+    pool = Pool(FakeConnect())
+    worker = Worker(pool)
+    worker.install(table(80, 81), 1)
+    conn = await pool.connect(KEY, 1.0)
+    await pool.release(conn, 10, 100)
+    worker.install(table(81), 2)
+    await pool.prune()
+    assert pool.idle_count(KEY) == 0

@@ -134,6 +134,7 @@ def free_port() -> int:
 def make_settings(tmp_path: Path, worker: tuple[str, ...], **overrides: Any) -> StandaloneSettings:
     values: dict[str, Any] = {
         "http_port": free_port(),
+        "https_port": 0,  # no HTTPS listener (never the default 443)
         "admin_port": 0,
         "admin_bind": "127.0.0.1",
         "bind": "127.0.0.1",

@@ -65,6 +65,7 @@ def running(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "--snapshot", str(snapshot),
         "--bind", "127.0.0.1",
         "--http-port", str(http_port),
+        "--https-port", "0",
         "--admin-port", str(admin_port),
         "--workers", "2",
         "--watch-interval", "0.05",

@@ -671,7 +671,7 @@ async def test_dead_pooled_connection_retried_for_body_not_yet_sent() -> None:
 
 
 async def test_unsupported_upstream_protocol_is_502() -> None:
-    upstream = Upstream(name=APP, endpoints=(Endpoint("10.0.0.1", 443),), protocol="GRPCS")
+    upstream = Upstream(name=APP, endpoints=(Endpoint("10.0.0.1", 443),), protocol="FCGI")
     async with trio.open_nursery() as nursery:
         h = Harness(nursery, make_snapshot(upstream=upstream))
         assert (await h.client().request()).status == 502
