@@ -273,7 +273,7 @@ def _add_controller_parser(commands: argparse._SubParsersAction[_Parser]) -> Non
     # Hidden tuning knobs (tests run elections in ~2 s).
     controller.add_argument("--lease-ttl", type=float, default=30.0, help=argparse.SUPPRESS)
     controller.add_argument("--lease-renew", type=float, help=argparse.SUPPRESS)
-    controller.add_argument("--debounce-hold-off", type=float, default=0.03, help=argparse.SUPPRESS)
+    controller.add_argument("--debounce-hold-off", type=float, default=0.01, help=argparse.SUPPRESS)
     controller.add_argument("--debounce-max-delay", type=float, default=0.5, help=argparse.SUPPRESS)
     controller.add_argument("--watch-timeout", type=int, default=300, help=argparse.SUPPRESS)
     controller.add_argument("--identity", default="", help=argparse.SUPPRESS)

@@ -156,7 +156,7 @@ class ControllerSettings(msgspec.Struct, frozen=True):
     api_outage_grace: float = 60.0
     lease_ttl: float = 30.0
     lease_renew: float = 15.0
-    debounce_hold_off: float = 0.03
+    debounce_hold_off: float = 0.01
     debounce_max_delay: float = 0.5
     watch_timeout: int = 300  # server-side timeoutSeconds of each watch
     identity: str = ""  # leader election identity; "" = $POD_NAME or hostname, plus the pid
