@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fastingress import __version__
 from fastingress.errors import ConfigError, FastIngressError
@@ -280,9 +280,6 @@ def _add_controller_parser(commands: argparse._SubParsersAction[_Parser]) -> Non
 
 
 def controller_settings(args: argparse.Namespace) -> ControllerSettings:
-    worker_command: tuple[str, ...] = ()
-    if args.worker_command:
-        worker_command = tuple(shlex.split(args.worker_command))
     addresses: tuple[str, ...] = ()
     if args.publish_status_address is not None:
         addresses = tuple(a.strip() for a in args.publish_status_address.split(","))
@@ -302,21 +299,28 @@ def controller_settings(args: argparse.Namespace) -> ControllerSettings:
             debounce_max_delay=args.debounce_max_delay,
             watch_timeout=args.watch_timeout,
             identity=args.identity,
-            http_port=args.http_port,
-            https_port=args.https_port,
-            admin_port=args.admin_port,
-            workers=args.workers,
-            bind=args.bind,
-            admin_bind=args.admin_bind or args.bind,
-            translation=_translation(args),
-            grace_period=args.grace_period,
-            log_level=args.log_level,
-            access_log=args.access_log,
-            worker_command=worker_command,
-            runtime_dir=args.runtime_dir,
-            standby_worker=args.standby_worker,
+            **_serving(args),
         )
     )
+
+
+def _serving(args: argparse.Namespace) -> dict[str, Any]:
+    """The data-plane settings standalone and controller share (the flags of ``_add_serving_flags``)."""
+    return {
+        "http_port": args.http_port,
+        "https_port": args.https_port,
+        "admin_port": args.admin_port,
+        "workers": args.workers,
+        "bind": args.bind,
+        "admin_bind": args.admin_bind or args.bind,
+        "translation": _translation(args),
+        "grace_period": args.grace_period,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "worker_command": tuple(shlex.split(args.worker_command)) if args.worker_command else (),
+        "runtime_dir": args.runtime_dir,
+        "standby_worker": args.standby_worker,
+    }
 
 
 def _translation(args: argparse.Namespace) -> TranslationSettings:
@@ -333,27 +337,12 @@ def _translation(args: argparse.Namespace) -> TranslationSettings:
 
 
 def standalone_settings(args: argparse.Namespace) -> StandaloneSettings:
-    worker_command: tuple[str, ...] = ()
-    if args.worker_command:
-        worker_command = tuple(shlex.split(args.worker_command))
     return validate_standalone(
         StandaloneSettings(
             manifests=tuple(args.manifests or ()),
             snapshot=args.snapshot,
-            http_port=args.http_port,
-            https_port=args.https_port,
-            admin_port=args.admin_port,
-            workers=args.workers,
-            bind=args.bind,
-            admin_bind=args.admin_bind or args.bind,
-            translation=_translation(args),
-            grace_period=args.grace_period,
             watch_interval=args.watch_interval,
-            log_level=args.log_level,
-            access_log=args.access_log,
-            worker_command=worker_command,
-            runtime_dir=args.runtime_dir,
-            standby_worker=args.standby_worker,
+            **_serving(args),
         )
     )
 

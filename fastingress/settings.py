@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -100,10 +100,28 @@ def _check_service_ref(name: str, value: str | None) -> None:
         raise ConfigError(f"{name} must be namespace/name, got {value!r}")
 
 
-def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
-    """Raise ConfigError (one line) for a bad value; return the settings unchanged."""
-    if bool(settings.manifests) == (settings.snapshot is not None):
-        raise ConfigError("exactly one of --manifests or --snapshot is required")
+class _Serving(Protocol):
+    """The data-plane fields standalone and controller settings share (same names, same meaning)."""
+
+    @property
+    def http_port(self) -> int: ...
+    @property
+    def https_port(self) -> int: ...
+    @property
+    def admin_port(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def bind(self) -> str: ...
+    @property
+    def admin_bind(self) -> str: ...
+    @property
+    def grace_period(self) -> float: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def _check_serving(settings: _Serving) -> None:
     _check_port("--http-port", settings.http_port, allow_zero=False)
     _check_port("--https-port", settings.https_port, allow_zero=True)
     _check_port("--admin-port", settings.admin_port, allow_zero=True)
@@ -113,12 +131,19 @@ def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
     _check_address("--admin-bind", settings.admin_bind)
     if not 0 <= settings.grace_period <= 3600:
         raise ConfigError(f"--grace-period must be between 0 and 3600 seconds, got {settings.grace_period}")
+    if settings.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+
+def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
+    """Raise ConfigError (one line) for a bad value; return the settings unchanged."""
+    if bool(settings.manifests) == (settings.snapshot is not None):
+        raise ConfigError("exactly one of --manifests or --snapshot is required")
+    _check_serving(settings)
     if not 0.01 <= settings.watch_interval <= 3600:
         raise ConfigError(
             f"--watch-interval must be between 0.01 and 3600 seconds, got {settings.watch_interval}"
         )
-    if settings.log_level not in LOG_LEVELS:
-        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     _check_translation(settings.translation)
     return settings
 
@@ -185,17 +210,7 @@ def _check_name(name: str, value: str | None) -> None:
 
 def validate_controller(settings: ControllerSettings) -> ControllerSettings:
     """Raise ConfigError (one line) for a bad value; return the settings unchanged."""
-    _check_port("--http-port", settings.http_port, allow_zero=False)
-    _check_port("--https-port", settings.https_port, allow_zero=True)
-    _check_port("--admin-port", settings.admin_port, allow_zero=True)
-    if not 1 <= settings.workers <= MAX_WORKERS:
-        raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, got {settings.workers}")
-    _check_address("--bind", settings.bind)
-    _check_address("--admin-bind", settings.admin_bind)
-    if not 0 <= settings.grace_period <= 3600:
-        raise ConfigError(f"--grace-period must be between 0 and 3600 seconds, got {settings.grace_period}")
-    if settings.log_level not in LOG_LEVELS:
-        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    _check_serving(settings)
     _check_translation(settings.translation)
     _check_service_ref("--publish-service", settings.publish_service)
     _check_service_ref("--default-ssl-certificate", settings.default_ssl_certificate)
