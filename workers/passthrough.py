@@ -27,7 +27,7 @@ from typing import NamedTuple
 import trio
 
 from fastingress.errors import FastIngressError
-from workers.proxy import Worker
+from workers.proxy import Worker, copy_bytes
 
 log = logging.getLogger("fastingress.worker")
 
@@ -185,24 +185,12 @@ async def relay(
     try:
         await ustream.send_all(first)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_copy, client, ustream, nursery.cancel_scope)
-            nursery.start_soon(_copy, ustream, client, nursery.cancel_scope)
+            nursery.start_soon(copy_bytes, client, ustream, nursery.cancel_scope)
+            nursery.start_soon(copy_bytes, ustream, client, nursery.cancel_scope)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
         await trio.aclose_forcefully(ustream)
-
-
-async def _copy(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
-    try:
-        while True:
-            data = await src.receive_some(RECV_SIZE)
-            if not data:
-                break
-            await dst.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
-    scope.cancel()
 
 
 __all__ = ["NEED_MORE", "NOT_TLS", "Hello", "parse_client_hello_sni", "peek_client_hello", "relay"]

@@ -907,16 +907,17 @@ class Session:
         # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
         # from the upstream for that long closes it); a client may stay silent.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_copy, self.stream, ustream, nursery.cancel_scope, _INF)
-            nursery.start_soon(_copy, ustream, self.stream, nursery.cancel_scope, read_timeout)
+            nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
+            nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
         await trio.aclose_forcefully(ustream)
         return False
 
 
-async def _copy(
-    src: trio.abc.Stream, dst: trio.abc.Stream, tunnel: trio.CancelScope, idle_timeout: float
+async def copy_bytes(
+    src: trio.abc.Stream, dst: trio.abc.Stream, tunnel: trio.CancelScope, idle_timeout: float = _INF
 ) -> None:
-    """Copy bytes until EOF, an error or ``idle_timeout`` seconds without a byte from ``src``."""
+    """Copy bytes until EOF, an error or ``idle_timeout`` seconds without a byte from ``src``,
+    then cancel ``tunnel`` (the scope of both directions).  Upgrades and TLS passthrough."""
     try:
         with trio.CancelScope() as scope:
             while True:
@@ -930,4 +931,6 @@ async def _copy(
     tunnel.cancel()
 
 
-__all__ = ["RequestInfo", "Session", "Worker", "response_headers", "scan_request", "serve_client"]
+__all__ = [
+    "RequestInfo", "Session", "Worker", "copy_bytes", "response_headers", "scan_request", "serve_client",
+]

@@ -6,6 +6,8 @@ type, so callers never index blindly into user data.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -110,3 +112,18 @@ def canonical(value: object, budget: list[int] | None = None, depth: int = 0) ->
     except Exception:
         text = "?"
     return f"{type(value).__name__}:{text[:1000]}"
+
+
+def secret_text(secret: object, key: str) -> str | None:
+    """A Secret's value as text: ``stringData`` wins over base64 ``data`` (as the API server
+    merges them); None if absent or not valid base64/ASCII."""
+    plain = str_map(get(secret, "stringData")).get(key)
+    if isinstance(plain, str):
+        return plain
+    encoded = str_map(get(secret, "data")).get(key)
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return base64.b64decode("".join(encoded.split()), validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        return None

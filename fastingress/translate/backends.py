@@ -9,8 +9,6 @@ still yields an upstream (without endpoints): the worker answers 503, as ingress
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import ipaddress
 import re
@@ -19,7 +17,16 @@ import msgspec
 from cryptography import x509
 
 from fastingress.snapshot.schema import Endpoint, Upstream
-from fastingress.translate.access import as_int, as_list, get, get_bool, get_list, get_map, get_str, str_map
+from fastingress.translate.access import (
+    as_int,
+    as_list,
+    get,
+    get_bool,
+    get_list,
+    get_map,
+    get_str,
+    secret_text,
+)
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.model import ObjRef, Sink
@@ -57,20 +64,6 @@ def settings_suffix(settings: UpstreamSettings) -> str:
         if fields[key] == getattr(_DEFAULT_SETTINGS, key):
             del fields[key]
     return "#" + hashlib.sha256(msgspec.json.encode(fields)).hexdigest()[:8]
-
-
-def _secret_text(secret: object, key: str) -> str | None:
-    """A Secret value as text (stringData wins over base64 data); None if absent or bad."""
-    plain = str_map(get(secret, "stringData")).get(key)
-    if isinstance(plain, str):
-        return plain
-    encoded = str_map(get(secret, "data")).get(key)
-    if not isinstance(encoded, str):
-        return None
-    try:
-        return base64.b64decode("".join(encoded.split()), validate=True).decode("ascii")
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _valid_port(value: object) -> int | None:
@@ -171,7 +164,7 @@ class UpstreamBuilder:
             self._sink.error(owner, _SSL_SECRET_FIELD,
                              f"Secret {namespace}/{name} not found; upstream TLS verification has no CA")
             return None
-        pem = _secret_text(secret, "ca.crt")
+        pem = secret_text(secret, "ca.crt")
         if pem is None or "-----BEGIN CERTIFICATE-----" not in pem:
             self._sink.error(ObjRef("Secret", namespace, name), "data[ca.crt]",
                              "missing, or not base64 of PEM certificates; not used as a CA")

@@ -12,8 +12,6 @@ Secret data never appears in a diagnostic: messages name keys, never values.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 
 from cryptography import x509
@@ -21,26 +19,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from fastingress.snapshot.schema import Certificate
-from fastingress.translate.access import get, get_str, str_map
+from fastingress.translate.access import get_str, secret_text
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.model import ObjRef, Sink
 
 TLS_TYPE = "kubernetes.io/tls"
 _KEYS = ("tls.crt", "tls.key")
-
-
-def _decode(secret: object, key: str) -> str | None:
-    """stringData wins over data (as the API server merges them); None if absent or bad."""
-    plain = str_map(get(secret, "stringData")).get(key)
-    if isinstance(plain, str):
-        return plain
-    encoded = str_map(get(secret, "data")).get(key)
-    if not isinstance(encoded, str):
-        return None
-    try:
-        return base64.b64decode("".join(encoded.split()), validate=True).decode("ascii")
-    except (binascii.Error, ValueError):
-        return None
 
 
 def load_certificate(cluster: Cluster, namespace: str, name: str, sink: Sink) -> Certificate | None:
@@ -55,7 +39,7 @@ def load_certificate(cluster: Cluster, namespace: str, name: str, sink: Sink) ->
         return None
     values: list[str] = []
     for key in _KEYS:
-        value = _decode(secret, key)
+        value = secret_text(secret, key)
         if value is None:
             sink.error(ref, f"data[{key}]", "missing, or not valid base64 of PEM text; not used")
             return None
