@@ -70,7 +70,7 @@ from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, Serve
 from workers.metrics import Metrics
 from workers.pathnorm import normalize_target
 from workers.pool import Balancer, Pool, UpstreamConn
-from workers.routing import RouteMatch, RouteTable
+from workers.routing import RouteMatch, RouteTable, rewrite
 from workers.tlspolicy import add_hsts, hsts_value, redirect_location, wants_https
 from workers.upstream_tls import H2_PROTOCOLS, client_tls
 
@@ -581,6 +581,8 @@ class Session:
         kind = type(action)
         if kind is Forward:
             assert isinstance(action, Forward)
+            if route is not None and route.policy.rewrite_target is not None:
+                path, query = rewrite(route, path, query)
             return await self._forward(
                 head, info, path=path, query=query, match=match, table=table, action=action
             )

@@ -29,6 +29,8 @@ front.
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import NamedTuple
 
 from fastingress.snapshot.schema import Action, Route, Snapshot, Upstream, VirtualHost
@@ -42,18 +44,34 @@ class RouteMatch(NamedTuple):
     action: Action | None  # what to do; None means 404
 
 
+@functools.lru_cache(maxsize=4096)
+def route_pattern(regex: str) -> re.Pattern[str] | None:
+    """A route's regex compiled as nginx ``~*`` does (case-insensitive); None if invalid
+    (translation validates every regex, so that only happens with a hand-made snapshot)."""
+    try:
+        return re.compile(regex, re.IGNORECASE)
+    except re.error:
+        return None
+
+
 class _Host:
-    __slots__ = ("exact", "fallback", "prefix", "vhost")
+    __slots__ = ("exact", "fallback", "prefix", "regex", "vhost")
 
     def __init__(self, vhost: VirtualHost) -> None:
         self.vhost = vhost
         self.exact: dict[str, Route] = {}
         self.prefix: dict[str, Route] = {}
+        self.regex: list[tuple[re.Pattern[str], Route]] = []
         self.fallback = vhost.fallback
-        # Highest priority first, so the first rule seen for a key wins.
+        # Highest priority first, so the first rule seen for a key wins (sorted() is stable:
+        # regex routes keep the snapshot's order among equals).
         for route in sorted(vhost.routes, key=lambda r: -r.priority):
             if route.path_type == "Exact":
                 self.exact.setdefault(route.path, route)
+            elif route.regex is not None:
+                pattern = route_pattern(route.regex)
+                if pattern is not None:
+                    self.regex.append((pattern, route))
             else:
                 self.prefix.setdefault(prefix_key(route.path), route)
 
@@ -61,6 +79,10 @@ class _Host:
         route = self.exact.get(path)
         if route is not None:
             return route
+        if self.regex:
+            for pattern, route in self.regex:
+                if pattern.match(path):
+                    return route
         prefix = self.prefix
         if not prefix:
             return None
@@ -73,6 +95,33 @@ class _Host:
                 return None
             cut = p.rfind("/")
             p = p[:cut] if cut > 0 else "/"
+
+
+_CAPTURE = re.compile(r"\$(?:(\d)|\{(\d+)\})")
+
+
+def rewrite(route: Route, path: str, query: str) -> tuple[str, str]:
+    """``rewrite-target`` as nginx's ``rewrite <regex> <target> break``: the whole path becomes
+    the target, with ``$1``/``${1}`` replaced by the route regex's groups (missing: empty).
+    A ``?`` in the target starts new arguments; the request's own are appended after them."""
+    target = route.policy.rewrite_target
+    if target is None:
+        return path, query
+    pattern = route_pattern(route.regex or "^" + re.escape(route.path))
+    found = pattern.match(path) if pattern is not None else None
+
+    def group(m: re.Match[str]) -> str:
+        n = int(m.group(1) or m.group(2))
+        if found is None or n > (found.re.groups or 0):
+            return ""
+        return found.group(n) or ""
+
+    new_path, sep, new_query = _CAPTURE.sub(group, target).partition("?")
+    if not new_path.startswith("/"):
+        new_path = "/" + new_path
+    if sep:
+        query = "?" + new_query + ("&" + query[1:] if query else "")
+    return new_path, query
 
 
 def prefix_key(path: str) -> str:

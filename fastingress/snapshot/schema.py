@@ -20,7 +20,7 @@ from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 2  # 2: TLS, redirects, upstream TLS, HTTP/2 settings (all appended with defaults)
+SCHEMA_VERSION = 3  # 2: TLS, redirects, upstream TLS, HTTP/2; 3: regex routes, rewrite-target
 
 MIB = 1024 * 1024
 
@@ -101,6 +101,8 @@ class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
     # -- schema 2 -----------------------------------------------------------------------
     ssl_redirect: bool = False  # plain HTTP gets a 308 to https (the host has TLS)
     force_ssl_redirect: bool = False  # redirect even when the host has no TLS of its own
+    # -- schema 3 -----------------------------------------------------------------------
+    rewrite_target: str | None = None  # rewrite-target: the upstream path, with $1.. from Route.regex
 
 
 class Route(msgspec.Struct, frozen=True, gc=False):
@@ -120,6 +122,11 @@ class Route(msgspec.Struct, frozen=True, gc=False):
     ingress: str = ""  # "namespace/name" of the Ingress this rule came from
     service: str = ""  # "namespace/name:port" of the backend Service, for metrics
     policy: RoutePolicy = RoutePolicy()
+    # -- schema 3 -----------------------------------------------------------------------
+    # use-regex / rewrite-target (ingress-nginx): a case-insensitive regular expression matched
+    # at the start of the path (nginx ``location ~* "^..."``).  Regex routes are tried after
+    # Exact ones, in the order of the host's routes (longest path first); the first match wins.
+    regex: str | None = None
 
 
 class VirtualHost(msgspec.Struct, frozen=True, gc=False):

@@ -47,6 +47,8 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     ssl_redirect: bool = True  # ssl-redirect (only matters for hosts with TLS)
     force_ssl_redirect: bool = False  # force-ssl-redirect (even without TLS of the host's own)
     ssl_passthrough: bool = False  # ssl-passthrough (needs --enable-ssl-passthrough)
+    use_regex: bool = False  # use-regex: the host's paths are regular expressions
+    rewrite_target: str | None = None  # rewrite-target (also makes the host's paths regexes)
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -123,6 +125,17 @@ def parse_bool(value: str) -> bool:
     raise ValueError('expected "true" or "false"')
 
 
+_REWRITE_RE = re.compile(r"^[/$][^\s\x00-\x1f\x7f]*$")
+
+
+def parse_rewrite_target(value: str) -> str:
+    """A path template such as ``/$2`` or ``/api/$1?x=1`` (captures of the path regex)."""
+    text = value.strip()
+    if not _REWRITE_RE.match(text):
+        raise ValueError("expected a path starting with / (or $1...), without spaces")
+    return text
+
+
 def parse_vhost(value: str) -> str:
     text = value.strip()
     if not _VHOST_RE.match(text):
@@ -141,6 +154,8 @@ IMPLEMENTED: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "ssl-redirect": ("ssl_redirect", parse_bool),
     "force-ssl-redirect": ("force_ssl_redirect", parse_bool),
     "ssl-passthrough": ("ssl_passthrough", parse_bool),
+    "use-regex": ("use_regex", parse_bool),
+    "rewrite-target": ("rewrite_target", parse_rewrite_target),
     "proxy-ssl-verify": ("upstream.tls_verify", parse_on_off),
     "proxy-ssl-secret": ("upstream.tls_secret", parse_secret_ref),
     "proxy-ssl-name": ("upstream.tls_server_name", parse_server_name),
@@ -187,7 +202,7 @@ _NOT_SUPPORTED_NAMES = """
     proxy-http-version proxy-max-temp-file-size proxy-next-upstream proxy-next-upstream-timeout
     proxy-next-upstream-tries proxy-redirect-from proxy-redirect-to proxy-request-buffering
     proxy-ssl-ciphers proxy-ssl-location-only proxy-ssl-protocols proxy-ssl-verify-depth
-    relative-redirects rewrite-target satisfy secure-backends secure-verify-ca-secret
+    relative-redirects satisfy secure-backends secure-verify-ca-secret
     server-alias server-snippet service-upstream
     session-cookie-change-on-failure session-cookie-conditional-samesite-none
     session-cookie-domain session-cookie-expires session-cookie-hash session-cookie-max-age
@@ -196,7 +211,7 @@ _NOT_SUPPORTED_NAMES = """
     ssl-ciphers ssl-prefer-server-ciphers stream-snippet
     temporal-redirect temporal-redirect-code
     upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
-    use-regex x-forwarded-prefix
+    x-forwarded-prefix
     zipkin-collector-host zipkin-collector-port zipkin-sample-rate zipkin-service-name
     """
 NOT_SUPPORTED: frozenset[str] = frozenset(_NOT_SUPPORTED_NAMES.split())

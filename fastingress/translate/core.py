@@ -15,8 +15,9 @@ Theory of operation
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -34,6 +35,7 @@ from fastingress.snapshot.schema import (
 from fastingress.translate.annotations import PREFIX, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
+from fastingress.translate.hosts import looks_like_regex
 from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult
 from fastingress.translate.tls import load_certificate
@@ -132,7 +134,12 @@ class _Emitter:
             return None
         return Forward((WeightedBackend(name, 100),))
 
-    def route(self, rule: PathRule, plan: IngressPlan, has_tls: bool = False) -> Route | None:
+    def route(
+        self, rule: PathRule, plan: IngressPlan, has_tls: bool = False, regex_host: bool = False
+    ) -> Route | None:
+        regex = self.regex(rule, plan, regex_host)
+        if regex is False:
+            return None
         action = self.forward(rule.backend, plan.annotations.upstream, plan.ref)
         if action is None:
             return None
@@ -142,6 +149,7 @@ class _Emitter:
             max_body_size=self.options.settings.max_body_size if max_body is None else max_body,
             ssl_redirect=has_tls and annotations.ssl_redirect,
             force_ssl_redirect=annotations.force_ssl_redirect,
+            rewrite_target=annotations.rewrite_target,
         )
         return Route(
             path=rule.path,
@@ -151,7 +159,30 @@ class _Emitter:
             ingress=plan.ref.key,
             service=rule.backend.service_port,
             policy=policy,
+            regex=regex,
         )
+
+    def regex(self, rule: PathRule, plan: IngressPlan, regex_host: bool) -> str | Literal[False] | None:
+        """The route's regex on a host in regex mode (ingress-nginx: any Ingress of the host
+        sets use-regex or rewrite-target, and then every non-Exact path of the host is a
+        case-insensitive regex anchored at the start); False if the path is not a valid regex."""
+        field = f"{rule.field}.path"
+        if not regex_host or rule.path_type == "Exact":
+            if looks_like_regex(rule.path):
+                self.sink.warning(
+                    plan.ref, field,
+                    f"{rule.path!r} looks like a regular expression, but no Ingress of this host sets "
+                    "use-regex or rewrite-target: it is matched literally",
+                )
+            return None
+        try:
+            re.compile("^" + rule.path, re.IGNORECASE)
+        except re.error as exc:
+            self.sink.error(
+                plan.ref, field, f"{rule.path!r} is not a valid regular expression: {exc}; skipped"
+            )
+            return False
+        return "^" + rule.path
 
     def tls_secret(self, claim: tuple[str, IngressPlan, str] | None) -> str | None:
         if claim is None:
@@ -194,10 +225,11 @@ class _Emitter:
 
     def virtual_host(self, host: str, merged: _Merged) -> VirtualHost:
         has_tls = host in merged.tls
-        claims = [
-            (rule, plan, self.route(rule, plan, has_tls))
-            for rule, plan in merged.routes.get(host, {}).values()
-        ]
+        rules = list(merged.routes.get(host, {}).values())
+        regex_host = any(
+            plan.annotations.use_regex or plan.annotations.rewrite_target is not None for _, plan in rules
+        )
+        claims = [(rule, plan, self.route(rule, plan, has_tls, regex_host)) for rule, plan in rules]
         routes = [route for _, _, route in claims]
         ordered = sorted(
             (r for r in routes if r is not None), key=lambda r: (-r.priority, r.path, r.path_type)

@@ -27,7 +27,7 @@ from fastingress.translate.access import (
 from fastingress.translate.annotations import PREFIX, IngressAnnotations, parse_annotations
 from fastingress.translate.backends import BackendRef
 from fastingress.translate.cluster import Cluster
-from fastingress.translate.hosts import check_path, looks_like_regex, normalize_host, priority, route_key
+from fastingress.translate.hosts import check_path, normalize_host, priority, route_key
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions
 
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
@@ -206,13 +206,6 @@ def _parse_path(raw: object, host: str, field: str, ref: ObjRef, sink: Sink) -> 
     if problem is not None:
         sink.warning(ref, f"{field}.path", f"invalid path {_show(path)}: {problem}; skipped")
         return None
-    if looks_like_regex(path):
-        sink.warning(
-            ref,
-            f"{field}.path",
-            f"{_show(path)} looks like a regular expression; regex paths (use-regex) are not "
-            "supported yet and it is matched literally",
-        )
     backend = parse_backend(get(entry, "backend"), f"{field}.backend", ref, sink)
     if backend is None:
         return None

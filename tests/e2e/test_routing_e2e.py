@@ -130,3 +130,32 @@ def test_ingress_class_selection(tmp_path: Path, echo_servers: list[EchoServer])
         tmp_path, manifests=[files, tmp_path / "default-class.yaml"], extra=flags
     ) as fi, httpx.Client(base_url=fi.base) as c:
         assert _server(c, "c5.test", "/") == "s0"
+
+
+def test_rewrite_target_with_regex_paths_as_in_the_seed_manifest(
+    tmp_path: Path, echo_servers: list[EchoServer]
+) -> None:
+    """The DESIGN.md seed pattern: frontend on "/" and an API masked under "/api" by a second
+    Ingress with use-regex + rewrite-target "/$2"; the upstream sees the rewritten path."""
+    m.write(
+        tmp_path / "seed.yaml",
+        *_services(echo_servers),
+        m.ingress("frontend", [("app.test", "/", "Prefix", "svc0")]),
+        m.ingress(
+            "api",
+            [("app.test", "/api(/|$)(.*)", "ImplementationSpecific", "svc1")],
+            annotations={
+                "nginx.ingress.kubernetes.io/use-regex": "true",
+                "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
+            },
+        ),
+    )
+    with run_fastingress(tmp_path, manifests=[tmp_path / "seed.yaml"]) as fi, httpx.Client(
+        base_url=fi.base, headers={"Host": "app.test"}
+    ) as c:
+        r = c.get("/api/users/7?x=1")
+        assert r.json()["server"] == "s1" and r.json()["path"] == "/users/7?x=1"
+        assert c.get("/API").json()["path"] == "/"  # case-insensitive, like nginx's ~*
+        assert c.get("/apix").json()["server"] == "s0"  # (/|$): a slash or the end
+        shop = c.get("/shop/cart").json()
+        assert shop["server"] == "s0" and shop["path"] == "/shop/cart"  # not rewritten

@@ -205,3 +205,51 @@ def test_property_wildcard_covers_exactly_one_label(labels: list[str]) -> None:
         assert got == "*.example.com"
     else:
         assert got == "catch-all"
+
+
+# --- use-regex / rewrite-target (ingress-nginx semantics) ---------------------------------
+
+def _regex_route(path: str, tag: str, rewrite_target: str | None = None) -> Route:
+    from fastingress.snapshot.schema import RoutePolicy
+
+    return Route(
+        path=path,
+        path_type="Prefix",
+        action=Forward((WeightedBackend(tag),)),
+        priority=len(path.rstrip("/")) or 1,
+        regex="^" + path,
+        policy=RoutePolicy(rewrite_target=rewrite_target),
+    )
+
+
+def test_regex_routes_longest_first_case_insensitive_after_exact() -> None:
+    routes = (
+        _regex_route("/api(/|$)(.*)", "api", "/$2"),
+        _regex_route("/", "frontend"),
+        Route("/api/health", "Exact", Forward((WeightedBackend("health"),)), priority=1_000_011),
+    )
+    table = RouteTable.compile(Snapshot(virtual_hosts=(VirtualHost("app.test", routes=routes),)))
+
+    def tag(path: str) -> str | None:
+        action = table.match("app.test", path).action
+        return action.backends[0].upstream if isinstance(action, Forward) else None
+
+    assert tag("/api/users") == "api"
+    assert tag("/API/users") == "api"
+    assert tag("/api") == "api"
+    assert tag("/apix") == "frontend"  # (/|$) needs a slash or the end
+    assert tag("/api/health") == "health"  # Exact first, as nginx's "location ="
+    assert tag("/") == "frontend"
+
+
+def test_rewrite_target_uses_the_regex_groups() -> None:
+    from workers.routing import rewrite
+
+    api = _regex_route("/api(/|$)(.*)", "api", "/$2")
+    assert rewrite(api, "/api/users/7", "?x=1") == ("/users/7", "?x=1")
+    assert rewrite(api, "/api", "") == ("/", "")
+    assert rewrite(_regex_route("/v1/(.*)", "v", "/${1}/x?y=2"), "/v1/a/b", "?q") == ("/a/b/x", "?y=2&q")
+    assert rewrite(_regex_route("/old", "o", "/"), "/old/page", "") == ("/", "")
+    assert rewrite(_regex_route("/g/(.*)", "g", "$1"), "/g/rel", "") == ("/rel", "")  # made absolute
+    assert rewrite(_regex_route("/n", "n", "/$3"), "/n", "") == ("/", "")  # a missing group is empty
+    assert rewrite(_route("/p", "Prefix"), "/p/q", "?z") == ("/p/q", "?z")  # no rewrite-target

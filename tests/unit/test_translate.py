@@ -114,12 +114,10 @@ def test_annotation_tables_are_disjoint_and_cover_the_corpus_favourites() -> Non
         "canary",
         "affinity",
         "auth-url",
-        "use-regex",
-        "rewrite-target",
         "enable-cors",
     ):
         assert key in NOT_SUPPORTED
-    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough"):  # issue 4
+    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target"):
         assert key in IMPLEMENTED
 
 
@@ -333,3 +331,38 @@ def test_output_is_sorted() -> None:
     assert [v.hostname for v in snapshot.virtual_hosts] == ["a.example.com", "b.example.com"]
     assert [r.path for r in snapshot.virtual_hosts[1].routes] == ["/short/longer", "/short"]
     assert encode_json(snapshot) == encode_json(translate(list(reversed(objects))).snapshot)
+
+
+def _seed_like(annotations_a: dict[str, str], path_a: str = "/api(/|$)(.*)") -> list[dict[str, Any]]:
+    def ing(name: str, path: str, svc: str, annotations: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "ns", "annotations": annotations},
+            "spec": {"rules": [{"host": "app.test", "http": {"paths": [
+                {"path": path, "pathType": "ImplementationSpecific",
+                 "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}}]},
+        }
+
+    return [ing("api", path_a, "api", annotations_a), ing("web", "/", "web", {})]
+
+
+def test_use_regex_and_rewrite_target_put_the_whole_host_in_regex_mode() -> None:
+    result = translate(_seed_like({"nginx.ingress.kubernetes.io/rewrite-target": "/$2"}))
+    routes = {r.path: r for r in result.snapshot.virtual_hosts[0].routes}
+    assert routes["/api(/|$)(.*)"].regex == "^/api(/|$)(.*)"
+    assert routes["/api(/|$)(.*)"].policy.rewrite_target == "/$2"
+    assert routes["/"].regex == "^/" and routes["/"].policy.rewrite_target is None  # the other Ingress
+    assert [r.path for r in result.snapshot.virtual_hosts[0].routes] == ["/api(/|$)(.*)", "/"]
+    assert not [d for d in result.diagnostics if "regular expression" in d.message or "rewrite" in d.field]
+
+
+def test_regex_looking_path_without_regex_mode_warns_and_invalid_regex_is_skipped() -> None:
+    plain = translate(_seed_like({}))
+    assert all(r.regex is None for r in plain.snapshot.virtual_hosts[0].routes)
+    assert any("looks like a regular expression" in str(d) for d in plain.diagnostics)
+    broken = translate(_seed_like({"nginx.ingress.kubernetes.io/use-regex": "true"}, path_a="/api(["))
+    assert [r.path for r in broken.snapshot.virtual_hosts[0].routes] == ["/"]
+    errors = [str(d) for d in broken.diagnostics if d.severity == "error"]
+    assert any("not a valid regular expression" in e for e in errors)
+    bad = translate(_seed_like({"nginx.ingress.kubernetes.io/rewrite-target": "http://evil/"}))
+    assert any("rewrite-target" in d.field and d.severity == "warning" for d in bad.diagnostics)
