@@ -73,7 +73,8 @@ import trio
 from fastingress.errors import UpstreamFailed
 from fastingress.snapshot.schema import GlobalSettings
 from workers.http1 import Body, Event, Headers, RequestHead, ServerCodec, Signal, valid_value
-from workers.proxy import RECV_SIZE, Session, Worker
+from workers.proxy import RECV_SIZE, Session
+from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
 
@@ -366,7 +367,7 @@ class H2Server:
 
     async def run(self, initial: bytes = b"") -> None:
         worker = self.worker
-        worker.mux_opened(self)
+        worker.opened(self)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -383,7 +384,7 @@ class H2Server:
             pass  # the client went away
         finally:
             self.closed = True
-            worker.mux_closed(self)
+            worker.closed(self)
             await trio.aclose_forcefully(self.stream)
 
     async def _read_loop(self, initial: bytes) -> None:
@@ -665,6 +666,9 @@ class H2Server:
         await self.flush()
 
     # ---- ending ------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        self.start_drain()
 
     def start_drain(self) -> None:
         """GOAWAY(NO_ERROR, last stream id); in-flight streams finish, then close."""
