@@ -515,7 +515,7 @@ class Translator:
             if not memo.ours:
                 continue
             if not memo.planned:
-                self._plan(memo, ref, ingress)
+                self._plan(memo, ref, ingress, self.options.unsafe_fail_open)
             if memo.plan_diags:
                 diags.append(memo.plan_diags)
             if memo.plan is not None:
@@ -534,10 +534,10 @@ class Translator:
         memo.ours_diags = sub.sorted()
 
     @staticmethod
-    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj) -> None:
+    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, fail_open: bool) -> None:
         sub = Sink()
         try:
-            memo.plan = parse_ingress(ref, ingress, sub)
+            memo.plan = parse_ingress(ref, ingress, sub, fail_open=fail_open)
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.plan = None
@@ -551,7 +551,9 @@ class Translator:
             self._plans = plans
             self._sorted_plans = sorted(plans, key=lambda p: p.age)
             # default_action() uses the oldest plan that has a defaultBackend: only that one
-            self._default_plans = [p for p in self._sorted_plans if p.default_backend is not None][:1]
+            self._default_plans = [
+                p for p in self._sorted_plans if p.default_backend is not None and not p.annotations.canary
+            ][:1]
             sub = Sink()
             self._merged = _merge(self._sorted_plans, sub)
             self._merge_diags = sub.sorted()
