@@ -109,6 +109,7 @@ class _HostMemo(NamedTuple):
     loads: tuple[tuple[tuple[str, str], _CertMemo], ...]
     certificates: dict[str, Certificate]
     diags: Diags
+    missing: tuple[tuple[str, str], ...] = ()  # Secrets the host looked for and did not find
 
 
 class _Emission(NamedTuple):
@@ -628,13 +629,21 @@ class Translator:
 
         emitter.load_cert = load
         vhost = emitter.virtual_host(host, merged)
+        missing: tuple[tuple[str, str], ...] = ()
+        claim = merged.tls.get(host)
+        if claim is not None and (claim[1].ref.namespace, claim[0]) not in cluster.secrets:
+            missing = ((claim[1].ref.namespace, claim[0]),)  # "Secret not found": no load to memoise
         return _HostMemo(
-            key, vhost, tuple(recorder.requests), tuple(loads.items()), emitter.certificates, sub.sorted()
+            key, vhost, tuple(recorder.requests), tuple(loads.items()), emitter.certificates, sub.sorted(),
+            missing,
         )
 
     def _revalidate(self, cluster: Cluster, memo: _HostMemo) -> list[_Resolved] | None:
         """The host's requests resolved now, if its vhost is still what it was (the same
-        requests fail as before, its certificates load the same); else None."""
+        requests fail as before, its certificates load the same, the Secrets it missed are
+        still missing); else None."""
+        if any(secret in cluster.secrets for secret in memo.missing):
+            return None
         for (namespace, name), loaded in memo.loads:
             now = self._certificate(cluster, namespace, name)
             if now is not loaded and (now.certificate != loaded.certificate or now.diags != loaded.diags):
