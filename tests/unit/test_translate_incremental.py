@@ -292,10 +292,11 @@ def test_bad_input_never_raises() -> None:
 def test_a_tls_secret_that_appears_is_read() -> None:
     """A host whose TLS Secret was missing is emitted again once the Secret exists (its
     "not found" was not a certificate load, so nothing else would notice)."""
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    path = {"path": "/", "pathType": "Prefix", "backend": backend}
     ingress: Obj = {"kind": "Ingress", "metadata": {"name": "web", "namespace": "default"},
                     "spec": {"tls": [{"hosts": ["a.test"], "secretName": "late"}],
-                             "rules": [{"host": "a.test", "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                                        "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}
+                             "rules": [{"host": "a.test", "http": {"paths": [path]}}]}}
     secret: Obj = {"kind": "Secret", "metadata": {"name": "late", "namespace": "default"},
                    "type": "kubernetes.io/dockerconfigjson"}
     translator = Translator()
