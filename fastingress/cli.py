@@ -82,6 +82,16 @@ def _add_translation_flags(parser: argparse.ArgumentParser, *, watch_default: bo
     parser.add_argument(
         "--hsts-max-age", type=int, default=31536000, metavar="SECONDS", help="default: %(default)s"
     )
+    _add_fail_open_flag(parser)
+
+
+def _add_fail_open_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unsafe-fail-open",
+        action="store_true",
+        help="UNSAFE: serve routes whose access annotations (auth-*, *-source-range, ...) are not "
+        "implemented WITHOUT that protection, instead of answering 503 (default: fail closed)",
+    )
 
 
 def _add_default_certificate_flag(parser: argparse.ArgumentParser) -> None:
@@ -333,6 +343,7 @@ def _translation(args: argparse.Namespace) -> TranslationSettings:
         enable_ssl_passthrough=args.enable_ssl_passthrough,
         hsts=args.hsts,
         hsts_max_age=args.hsts_max_age,
+        unsafe_fail_open=args.unsafe_fail_open,
     )
 
 

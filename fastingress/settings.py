@@ -36,6 +36,8 @@ class TranslationSettings(msgspec.Struct, frozen=True):
     enable_ssl_passthrough: bool = False  # honour the ssl-passthrough annotation
     hsts: bool = False  # Strict-Transport-Security on HTTPS answers (off by default, see README)
     hsts_max_age: int = 31536000
+    # -- fail closed (issue 8) ---------------------------------------------------------------
+    unsafe_fail_open: bool = False  # serve routes whose access annotations are not honoured, open
 
     def global_settings(self) -> GlobalSettings:
         """The data-plane settings these flags decide (the rest keeps its defaults)."""

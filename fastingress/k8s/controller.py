@@ -73,6 +73,7 @@ def translate_options(settings: ControllerSettings) -> TranslateOptions:
         watch_without_class=t.watch_without_class,
         default_backend_service=t.default_backend_service,
         settings=t.global_settings(),
+        unsafe_fail_open=t.unsafe_fail_open,
     )
 
 

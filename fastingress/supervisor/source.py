@@ -106,6 +106,7 @@ def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> L
         watch_without_class=translation.watch_without_class,
         default_backend_service=translation.default_backend_service,
         settings=translation.global_settings(),
+        unsafe_fail_open=translation.unsafe_fail_open,
     )
     result = translate(objects, options)
     diagnostics: tuple[DiagnosticLike, ...] = (*file_diagnostics, *result.diagnostics)
