@@ -109,14 +109,18 @@ def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
 
 
 def _orphan_canary(merged: _Merged, plan: IngressPlan, sink: Sink) -> None:
-    """A canary's rules with no main Ingress to be a canary of (ingress-nginx ignores them)."""
+    """Where each rule of a canary Ingress stands: the main Ingress keeps the traffic, or
+    there is no main Ingress to be a canary of (ingress-nginx ignores those rules too)."""
     for rule in plan.rules:
-        if (rule.key, rule.path_type) not in merged.routes.get(rule.host, {}):
-            sink.warning(
-                plan.ref,
-                rule.field,
-                f"canary Ingress: no main Ingress serves host {rule.host!r} path {rule.path!r} "
-                f"({rule.path_type}); ignored",
+        main = merged.routes.get(rule.host, {}).get((rule.key, rule.path_type))
+        where = f"host {rule.host!r} path {rule.path!r} ({rule.path_type})"
+        if main is None:
+            sink.warning(plan.ref, rule.field, f"canary Ingress: no main Ingress serves {where}; ignored")
+        else:
+            sink.info(
+                plan.ref, rule.field,
+                f"canary of Ingress {main[1].ref.key} for {where}: not served, the main Ingress takes "
+                "all of the traffic (canaries are not implemented yet)",
             )
 
 
