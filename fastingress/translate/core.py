@@ -42,7 +42,7 @@ from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_
 from fastingress.translate.cluster import Cluster, index_objects
 from fastingress.translate.hosts import looks_like_regex
 from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
-from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult
+from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
 from fastingress.translate.tls import load_certificate
 
 _TRANSLATOR = ObjRef("Unknown", "", "<translator>")
@@ -345,7 +345,7 @@ _MAX_BODY = 1000
 def fail_closed(closed: tuple[tuple[str, str], ...]) -> Respond:
     """The 503 a fail-closed route answers: which keys, and that it is closed on purpose."""
     refused = ", ".join(f"{key} {why}" for key, why in closed)
-    line = f"refused: {refused}; this route is closed (fail closed)"
+    line = clean_text(f"refused: {refused}; this route is closed (fail closed)")  # one printable line
     if len(line) > _MAX_BODY:
         line = line[: _MAX_BODY - 3] + "..."
     return Respond(503, f"503 Service Unavailable\n{line}\n")

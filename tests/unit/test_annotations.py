@@ -220,3 +220,30 @@ def test_a_canary_never_takes_the_main_ingress_traffic(canary_first: bool) -> No
     alone = translate([SERVICE, canary])
     assert alone.snapshot.virtual_hosts == ()
     assert any("no main Ingress" in d.message for d in alone.diagnostics)
+
+
+def test_implementing_a_guard_is_one_row_and_a_bad_value_still_fails_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9 moves keys from CLOSED to ``implemented(..., guard=True)``: the key then sets its
+    field, and a value it cannot parse closes the Ingress instead of falling back to a default."""
+    from fastingress.translate import annotations
+
+    row = annotations.implemented("rewrite_target", annotations.parse_rewrite_target, guard=True)
+    monkeypatch.setitem(annotations._ROWS, "auth-url", row)  # stand-in field and parser
+    parsed, findings = parse_annotations({PREFIX + "auth-url": "/ok"})
+    assert parsed.closed == () and parsed.rewrite_target == "/ok" and findings == []
+    parsed, (finding,) = parse_annotations({PREFIX + "auth-url": "not a path"})
+    assert parsed.closed == ((PREFIX + "auth-url", "has an invalid value"),)
+    assert finding.severity == "error" and "'not a path'" in finding.message
+    parsed, _ = parse_annotations({PREFIX + "auth-url": 7.5})
+    assert parsed.closed == ((PREFIX + "auth-url", "has an invalid value"),)
+
+
+def test_the_503_body_is_one_clean_line() -> None:
+    objects = [SERVICE, _ingress("odd", "/", {"ingress.kubernetes.io/auth-type\n\r": "basic"})]
+    (action,) = _actions(translate(objects)).values()
+    assert isinstance(action, Respond)
+    first, line, rest = action.body.split("\n", 2)
+    assert first == "503 Service Unavailable" and rest == ""
+    assert line.isprintable() and "(fail closed)" in line
