@@ -506,6 +506,8 @@ class _Parse:
         if name != "canary":
             return  # judged with the canary key itself (see finish)
         text = _as_text(raw)
+        if isinstance(raw, bool):  # an unquoted YAML true/false: the intent is plain
+            text = "true" if raw else "false"
         try:
             wanted = parse_bool(text if text is not None else "")
         except BadValue as exc:
