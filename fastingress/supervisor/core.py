@@ -364,7 +364,7 @@ class Supervisor:
             reload_failures=self.reload_failures,
         )
 
-    async def handle_admin(self, method: str, path: str) -> admin.Response:
+    async def handle_admin(self, method: str, path: str, query: str = "") -> admin.Response:
         if path == "/healthz":
             return admin.text(200, "ok\n")
         if path == "/readyz":
@@ -384,7 +384,21 @@ class Supervisor:
         if path == "/status":
             view = await self.view()
             return admin.Response(200, self.status_json(view), "application/json")
+        if path == "/explain":
+            return self.explain(query)
         return admin.text(404, "404 Not Found\n")
+
+    def explain(self, query: str) -> admin.Response:
+        """/explain?url=URL[&header=Name:%20value...][&client_ip=IP]: ``fastingress explain``
+        about the snapshot in force (JSON), for ``fastingress explain --admin``."""
+        from fastingress.explain import explain_query
+
+        status, body = explain_query(
+            self.current.snapshot, query, https_port=self.settings.https_port,
+            diagnostics=self.current.diagnostics,
+        )
+        content_type = "application/json" if status == 200 else "text/plain; charset=utf-8"
+        return admin.Response(status, body, content_type)
 
     def status_json(self, view: SupervisorView) -> bytes:
         body = {

@@ -97,17 +97,11 @@ def load(spec: InputSpec) -> Loaded:
 
 def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> Loaded:
     from fastingress.manifests import load_manifests
-    from fastingress.translate import TranslateOptions, translate
+    from fastingress.settings import translate_options
+    from fastingress.translate import translate
 
     objects, file_diagnostics = load_manifests(list(paths))
-    options = TranslateOptions(
-        controller_class=translation.controller_class,
-        ingress_class=translation.ingress_class,
-        watch_without_class=translation.watch_without_class,
-        default_backend_service=translation.default_backend_service,
-        settings=translation.global_settings(),
-    )
-    result = translate(objects, options)
+    result = translate(objects, translate_options(translation))
     diagnostics: tuple[DiagnosticLike, ...] = (*file_diagnostics, *result.diagnostics)
     return Loaded(result.snapshot, encode_msgpack(result.snapshot), diagnostics)
 

@@ -109,6 +109,7 @@ class _HostMemo(NamedTuple):
     loads: tuple[tuple[tuple[str, str], _CertMemo], ...]
     certificates: dict[str, Certificate]
     diags: Diags
+    missing: tuple[tuple[str, str], ...] = ()  # Secrets the host looked for and did not find
 
 
 class _Emission(NamedTuple):
@@ -515,7 +516,7 @@ class Translator:
             if not memo.ours:
                 continue
             if not memo.planned:
-                self._plan(memo, ref, ingress)
+                self._plan(memo, ref, ingress, self.options.unsafe_fail_open)
             if memo.plan_diags:
                 diags.append(memo.plan_diags)
             if memo.plan is not None:
@@ -534,10 +535,10 @@ class Translator:
         memo.ours_diags = sub.sorted()
 
     @staticmethod
-    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj) -> None:
+    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, fail_open: bool) -> None:
         sub = Sink()
         try:
-            memo.plan = parse_ingress(ref, ingress, sub)
+            memo.plan = parse_ingress(ref, ingress, sub, fail_open=fail_open)
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.plan = None
@@ -551,7 +552,9 @@ class Translator:
             self._plans = plans
             self._sorted_plans = sorted(plans, key=lambda p: p.age)
             # default_action() uses the oldest plan that has a defaultBackend: only that one
-            self._default_plans = [p for p in self._sorted_plans if p.default_backend is not None][:1]
+            self._default_plans = [
+                p for p in self._sorted_plans if p.default_backend is not None and not p.annotations.canary
+            ][:1]
             sub = Sink()
             self._merged = _merge(self._sorted_plans, sub)
             self._merge_diags = sub.sorted()
@@ -626,13 +629,21 @@ class Translator:
 
         emitter.load_cert = load
         vhost = emitter.virtual_host(host, merged)
+        missing: tuple[tuple[str, str], ...] = ()
+        claim = merged.tls.get(host)
+        if claim is not None and (claim[1].ref.namespace, claim[0]) not in cluster.secrets:
+            missing = ((claim[1].ref.namespace, claim[0]),)  # "Secret not found": no load to memoise
         return _HostMemo(
-            key, vhost, tuple(recorder.requests), tuple(loads.items()), emitter.certificates, sub.sorted()
+            key, vhost, tuple(recorder.requests), tuple(loads.items()), emitter.certificates, sub.sorted(),
+            missing,
         )
 
     def _revalidate(self, cluster: Cluster, memo: _HostMemo) -> list[_Resolved] | None:
         """The host's requests resolved now, if its vhost is still what it was (the same
-        requests fail as before, its certificates load the same); else None."""
+        requests fail as before, its certificates load the same, the Secrets it missed are
+        still missing); else None."""
+        if any(secret in cluster.secrets for secret in memo.missing):
+            return None
         for (namespace, name), loaded in memo.loads:
             now = self._certificate(cluster, namespace, name)
             if now is not loaded and (now.certificate != loaded.certificate or now.diags != loaded.diags):
