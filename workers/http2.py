@@ -185,12 +185,13 @@ class H2StreamCodec(ServerCodec):
     queued on the ``_Stream`` and written by ``H2StreamChannel.send_all``.
     """
 
-    __slots__ = ("_events", "_expect", "_st")
+    __slots__ = ("_events", "_expect", "_head_only", "_st")
 
     trailers_need_chunked = False
 
     def __init__(self, st: _Stream, head: RequestHead, ended: bool) -> None:
         self._st = st
+        self._head_only = head.method == b"HEAD"  # a HEAD answer carries no DATA
         self._events: collections.deque[Event] = collections.deque((head,))
         if ended:
             self._events.append(_END)
@@ -210,7 +211,7 @@ class H2StreamCodec(ServerCodec):
         return self._events.popleft() if self._events else _NEED_DATA
 
     def data(self, data: bytes) -> bytes:
-        if data:
+        if data and not self._head_only:
             self._st.out_data.append(memoryview(data))
         return b""
 

@@ -319,7 +319,10 @@ class Session:
         if close:
             headers.append((b"connection", b"close"))
         self.status = status
-        data = codec.response_head(status, headers) + codec.data(body) + codec.end()
+        if self.method != b"HEAD":  # (a HEAD answer declares the length, sends no body)
+            data = codec.response_head(status, headers) + codec.data(body) + codec.end()
+        else:
+            data = codec.response_head(status, headers) + codec.end()
         self.phase = PH_CLIENT
         _arm(self.scope, self.worker.settings.client_header_timeout)
         await self.stream.send_all(data)

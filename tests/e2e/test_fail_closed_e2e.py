@@ -164,12 +164,6 @@ def test_no_unauthenticated_request_reaches_the_upstream(setup: Setup) -> None:
     assert [q["path"] for q in setup.open.requests] == ["/", "/administrator"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data plane: HEAD to an answer fastingress writes itself (Respond 503, the 308 to https) "
-    "drops the HTTP/1.1 connection (workers/proxy.py _send_simple writes the body; h11: too much data "
-    "for Content-Length) and leaves the HTTP/2 stream unanswered",
-)
 async def test_head_to_a_closed_route_gets_503(setup: Setup) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", setup.fi.http_port)
     async with stream:
