@@ -16,8 +16,10 @@ same wherever it runs, and a route without policies pays for nothing but its mat
    calls ``resume`` with its result);
 3. the action: a redirect or fixed answer, or forwarding with ``rewrite-target``, the body
    limit against a declared Content-Length, the backend (smooth weighted round robin, or a
-   policy's choice such as a canary) and the endpoints (round robin over ready ones, or a
-   policy's choice such as affinity, with an alternate for one retry).
+   policy's choice such as a canary) and the endpoints (round robin or EWMA over ready ones,
+   or a policy's choice such as affinity, with an alternate for one retry; a route with
+   proxy-next-upstream or a balancing policy gets a ``workers.retry.Retry`` instead, which
+   asks the same choice again, told which endpoints failed).
 
 The result is an ``Answer`` (write it and be done), a ``Proxy`` (forward to an HTTP/1.1
 upstream), a ``Handoff`` (the request needs a task: an Upgrade tunnel, an HTTP/2 or gRPC
@@ -39,6 +41,7 @@ from workers.heads import TEXT, RequestInfo, error_body
 from workers.http1 import valid_value
 from workers.pathnorm import normalize_target
 from workers.policy import Answer, Compiled, Defer, RequestCtx, run_request_hooks
+from workers.retry import TRIED, Retry, rules_of
 from workers.routing import RouteTable, rewrite
 from workers.tlspolicy import redirect_location, wants_https
 from workers.upstream_tls import H2_PROTOCOLS
@@ -58,6 +61,7 @@ class Proxy(NamedTuple):
     alternate: Address | None  # for one retry after a failed connect
     route: Route | None
     ctx: RequestCtx | None = None  # the route's policies (response and done hooks, headers)
+    retry: Retry | None = None  # proxy-next-upstream / balancing: next attempts (alternate unused)
 
 
 class Handoff(NamedTuple):
@@ -123,7 +127,7 @@ def decide(
     if match.vhost is not None:
         labels[0] = match.vhost.hostname
     if route is None:
-        return _act(table, balancer, match.action, None, path, query, info, None)
+        return _act(table, balancer, match.action, None, path, query, info, None, method=method, now=now)
     labels[1] = route.ingress or "-"
     labels[2] = route.service or "-"
     if not tls and wants_https(route.policy):
@@ -132,7 +136,7 @@ def decide(
             return Answer(308, error_body(308), TEXT, ((b"location", location),))
     compiled = table.policies(route)
     if compiled is None:
-        return _act(table, balancer, match.action, route, path, query, info, None)
+        return _act(table, balancer, match.action, route, path, query, info, None, method=method, now=now)
     ctx = RequestCtx(
         method=method, target=target, path=path, query=query, host=info.host, headers=info.headers,
         client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer,
@@ -163,7 +167,8 @@ def _hooks(  # noqa: PLR0917 (the state a deferred hook resumes with)
             return _hooks(table, balancer, action, route, info, ctx, compiled, index + 1)
 
         return Pending(result, resume, ctx)
-    return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled)
+    return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled,
+                method=ctx.method, now=ctx.now)
 
 
 def _with_headers(answer: Answer, ctx: RequestCtx) -> Answer:
@@ -182,6 +187,9 @@ def _act(  # noqa: PLR0917 (the state of one decision)
     info: RequestInfo,
     ctx: RequestCtx | None,
     compiled: Compiled | None = None,
+    *,
+    method: bytes = b"GET",
+    now: float = 0.0,
 ) -> Decision:
     if action is None:
         return Answer(404, error_body(404), ctx=ctx)
@@ -220,7 +228,13 @@ def _act(  # noqa: PLR0917 (the state of one decision)
     if not addrs:
         raise NoEndpoint(f"upstream {name} has no ready endpoint")
     primary, alternate = pick_endpoint(balancer, upstream, addrs, ctx, compiled)
-    proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx)
+    retry: Retry | None = None
+    next_upstream = route.policy.next_upstream if route is not None else None
+    if next_upstream is not None or upstream.balancing is not None:
+        retry = Retry(rules_of(next_upstream), _chooser(balancer, upstream, addrs, ctx, compiled), primary,
+                      method=method, start=now)
+        alternate = None
+    proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx, retry)
     if info.upgrade is not None:
         return Handoff("upgrade", proxy)
     return proxy
@@ -250,7 +264,26 @@ def pick_endpoint(
             chosen = hook(ctx, upstream, addrs)
             if chosen is not None:
                 return chosen
-    return balancer.pick(upstream.name, addrs)
+    return balancer.choose(upstream, addrs, ctx)
+
+
+def _chooser(
+    balancer: Balancer, upstream: Upstream, addrs: tuple[Address, ...], ctx: RequestCtx | None,
+    compiled: Compiled | None,
+) -> Callable[[tuple[Address, ...]], Address | None]:
+    """The endpoint of a retry: the same choice as the first, told which endpoints failed."""
+
+    def choose(tried: tuple[Address, ...]) -> Address | None:
+        if ctx is not None:
+            ctx.state[TRIED] = tried
+            if compiled is not None:
+                for hook in compiled.select:
+                    chosen = hook(ctx, upstream, addrs)
+                    if chosen is not None:
+                        return chosen[0]
+        return balancer.choose(upstream, addrs, ctx, tried)[0]
+
+    return choose
 
 
 def explain_policies(compiled: Compiled | None) -> Sequence[str]:

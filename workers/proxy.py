@@ -124,6 +124,7 @@ class Session(SessionBase):
         self.pump_done = False
         self.pump_error: BaseException | None = None
         self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
+        self.retry = None  # the request's workers.retry.Retry while it is forwarded, if any
         # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
         self.tls_peer: object = getattr(stream, "ssl_connection", None)
 

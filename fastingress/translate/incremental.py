@@ -584,7 +584,8 @@ class Translator:
         diags: list[Diagnostic] = []
         for host in sorted(merged.hosts):
             claims = tuple(merged.routes.get(host, {}).values())
-            key = (claims, merged.tls.get(host), merged.fallbacks.get(host))
+            canaries = tuple(merged.canaries.get(host, {}).values())
+            key = (claims, merged.tls.get(host), merged.fallbacks.get(host), canaries)
             memo = self._hosts.get(host)
             fresh = None if memo is None or memo.key != key else self._revalidate(cluster, memo)
             if memo is None or fresh is None:

@@ -111,14 +111,14 @@ def test_parse_protocol_is_case_insensitive() -> None:
 def test_annotation_tables_are_disjoint_and_cover_the_corpus_favourites() -> None:
     assert not set(IMPLEMENTED) & NOT_SUPPORTED
     for key in (
-        "canary",
-        "affinity",
         "auth-url",
         "enable-cors",
     ):
         assert key in NOT_SUPPORTED
-    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target"):
+    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target",
+                "affinity", "load-balance", "upstream-hash-by", "proxy-next-upstream", "canary-weight"):
         assert key in IMPLEMENTED
+    assert "canary" not in NOT_SUPPORTED and "canary" not in IMPLEMENTED  # a row of its own
 
 
 def test_parse_annotations_findings() -> None:
@@ -126,7 +126,7 @@ def test_parse_annotations_findings() -> None:
         {
             PREFIX + "proxy-body-size": "2m",
             PREFIX + "proxy-bodysize": "2m",
-            PREFIX + "canary": "true",
+            PREFIX + "canary-weight": "5",  # without canary: "true"
             PREFIX + "proxy-read-timeout": True,
             "other.io/thing": "x",
         }
@@ -134,11 +134,11 @@ def test_parse_annotations_findings() -> None:
     assert parsed.max_body_size == 2 * MIB
     assert parsed.upstream.read_timeout == 60.0
     assert [(f.severity, f.key.removeprefix(PREFIX)) for f in findings] == [
-        ("warning", "canary"),
+        ("warning", "canary-weight"),
         ("warning", "proxy-bodysize"),
         ("warning", "proxy-read-timeout"),
     ]
-    assert parsed.canary
+    assert not parsed.canary and "has no effect without" in findings[0].message
     assert findings[1].suggestion == PREFIX + "proxy-body-size"
     assert "did you mean `nginx.ingress.kubernetes.io/proxy-body-size`?" in findings[1].message
 
