@@ -28,6 +28,7 @@ from workers.affinity import backend_key
 class Decision(NamedTuple):
     canary: bool
     reason: str
+    chance: float = -1.0  # decided by weight: the canary's share of such requests (else -1)
 
 
 class _Affinity(NamedTuple):
@@ -104,9 +105,10 @@ class CanaryRule:
             return Decision(False, "weight 0: no request by weight")
         if c.weight >= total:
             return Decision(True, f"weight {c.weight} of {total}: every request")
+        chance = c.weight / total
         if draw(total) <= c.weight:
-            return Decision(True, f"weight {c.weight} of {total}: drawn for the canary")
-        return Decision(False, f"weight {c.weight} of {total}: drawn for the main backend")
+            return Decision(True, f"weight {c.weight} of {total}: drawn for the canary", chance)
+        return Decision(False, f"weight {c.weight} of {total}: drawn for the main backend", chance)
 
 
 __all__ = ["CanaryRule", "Decision"]
