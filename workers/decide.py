@@ -219,7 +219,13 @@ def _act(  # noqa: PLR0917 (the state of one decision)
         info.headers.extend(ctx.upstream_headers)
     up_target = (path + query).encode() if path != "*" else b"*"
     if upstream.protocol in H2_PROTOCOLS:
-        return Handoff("http2-upstream", Proxy(upstream, up_target, host, limit, None, None, route, ctx))
+        primary: Address | None = None
+        alternate: Address | None = None
+        addrs = balancer.ready(upstream) if upstream.balancing is not None else ()
+        if addrs:  # affinity, hashing, EWMA (else forward_h2 picks by round robin)
+            primary, alternate = pick_endpoint(balancer, upstream, addrs, ctx, compiled)
+        proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx)
+        return Handoff("http2-upstream", proxy)
     if upstream.protocol not in _HTTP1_PROTOCOLS:
         raise UpstreamFailed(f"upstream {name}: protocol {upstream.protocol} is not supported yet")
     if upstream.external_name and not upstream.endpoints:

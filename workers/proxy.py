@@ -333,7 +333,8 @@ class Session(SessionBase):
             assert proxy is not None
             if decision.reason == "http2-upstream":
                 return await forward_h2(self, head, info, target=proxy.target, authority=proxy.host,
-                                        upstream=proxy.upstream, balancer=balancer, limit=proxy.limit)
+                                        upstream=proxy.upstream, balancer=balancer, limit=proxy.limit,
+                                        chosen=(proxy.primary, proxy.alternate))
         else:
             proxy = decision
         assert table is not None and proxy is not None

@@ -599,6 +599,11 @@ class _Parse:
                 if REGISTRY[name].status == "implemented":
                     self.add("info", chosen[name][0], "ignored on a canary Ingress: the main Ingress's "
                              "settings apply to its requests (as in ingress-nginx)")
+        if result.upstream.protocol in ("GRPC", "GRPCS", "H2C"):
+            for name in sorted(written.intersection({"proxy-next-upstream", "proxy-next-upstream-tries",
+                                                     "proxy-next-upstream-timeout"})):
+                self.add("warning", chosen[name][0], "not applied to HTTP/2 and gRPC upstreams yet: a failed "
+                         "connect is tried once more on another endpoint, nothing else is retried")
         upstream = msgspec.structs.replace(result.upstream, balancing=balancing)
         self.result = msgspec.structs.replace(result, upstream=upstream, canary_rules=rules)
 

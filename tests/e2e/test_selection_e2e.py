@@ -25,6 +25,7 @@ import trio
 from tests.support import manifests as m
 from tests.support.h2client import H2Client
 from tests.support.process import Fastingress, free_port, run_fastingress
+from tests.support.tls_upstreams import H2EchoServer
 from tests.support.upstream import EchoServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -262,7 +263,7 @@ def test_ewma_and_consistent_hashing(llhttp: Proxy, servers: list[EchoServer]) -
         assert picks["s0"] >= 32, picks  # after a measure or two, the fast endpoint wins
 
         # new connections: both workers answer, with the same ring
-        paths = [f"/item/{i}?v={i % 3}" for i in range(16)]
+        paths = [f"/item/{i}?v={i % 3}" for i in range(15)]  # odd: round robin would move some
         first = {path: server_of(llhttp(f"hash.{ns}", path)) for path in paths}
         assert len(set(first.values())) >= 2
         assert {path: server_of(llhttp(f"hash.{ns}", path)) for path in paths} == first
@@ -329,3 +330,30 @@ def test_service_upstream(llhttp: Proxy, servers: list[EchoServer]) -> None:
     )
     assert server_of(llhttp(f"vip.{ns}")) == "s0"
     assert llhttp(f"pods.{ns}").status_code == 502
+
+
+def test_hashing_and_affinity_reach_http2_upstreams(llhttp: Proxy) -> None:
+    """gRPC / h2c upstreams get the endpoint the route's selection chose, like HTTP/1.1 ones."""
+    ns = "h2-selection"
+    with H2EchoServer() as one, H2EchoServer() as two:
+        llhttp.apply(
+            ns,
+            m.service("h2", namespace=ns), m.endpoint_slice("h2", [one.port, two.port], namespace=ns),
+            m.ingress("hashed", [(f"hash.{ns}", "/", "Prefix", "h2")], namespace=ns, annotations={
+                P + "backend-protocol": "H2C", P + "upstream-hash-by": "$request_uri"}),
+            m.ingress("sticky", [(f"sticky.{ns}", "/", "Prefix", "h2")], namespace=ns, annotations={
+                P + "backend-protocol": "H2C", P + "affinity": "cookie"}),
+        )
+        paths = [f"/call/{i}" for i in range(15)]  # odd: plain round robin would move some
+        for _ in range(2):
+            for path in paths:
+                assert llhttp(f"hash.{ns}", path).status_code == 200
+        seen = [{r["headers"][":path"] for r in server.requests} for server in (one, two)]
+        assert seen[0] and seen[1] and not seen[0] & seen[1]  # every path on one server only
+        r = llhttp(f"sticky.{ns}", "/s")
+        jar = {"INGRESSCOOKIE": r.cookies["INGRESSCOOKIE"]}
+        before = (len(one.requests), len(two.requests))
+        for _ in range(6):
+            assert llhttp(f"sticky.{ns}", "/s", cookies=jar).status_code == 200
+        grown = (len(one.requests) - before[0], len(two.requests) - before[1])
+        assert sorted(grown) == [0, 6]  # all on the pinned server

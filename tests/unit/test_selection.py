@@ -143,7 +143,7 @@ def test_canary_precedence_header_then_cookie_then_weight() -> None:
     assert decide(c, {b"x-canary": b"always"}, {"canary": "never"})[0] is True
     assert decide(c, {b"x-canary": b"maybe"}, {"canary": "never"})[0] is False  # on to the cookie
     assert decide(c, {b"x-canary": b"maybe"}, {"canary": "other"})[0] is True  # on to the weight
-    assert decide(c) == (True, "weight 100 of 100: every request")
+    assert decide(c)[:2] == (True, "weight 100 of 100: every request")
 
 
 def test_canary_header_value_and_pattern() -> None:
@@ -159,6 +159,7 @@ def test_canary_header_value_and_pattern() -> None:
 def test_canary_weight_draws_against_the_total() -> None:
     c = Canary(upstream="c", weight=25, weight_total=1000)
     assert decide(c, draw=25)[0] is True and decide(c, draw=26)[0] is False
+    assert CanaryRule(c).decide({}.get, {}.get, lambda n: n).chance == 0.025
     assert decide(Canary(upstream="c", weight=0))[0] is False
     assert decide(Canary(upstream="c", weight=1000, weight_total=1000))[0] is True
     assert decide(Canary(upstream="c", weight=5, weight_total=10), draw=6)[0] is False  # total below 100: 100
@@ -359,3 +360,62 @@ def test_non_idempotent_body_tries_and_timeout() -> None:
     assert rules_of(NextUpstream(("error",), tries=0)).tries == MAX_TRIES
     off = retry(NextUpstream(()))
     assert off.next(CONNECT_ERROR, sent=False, body_sent=False, now=0) is None
+
+
+# --- explain ---------------------------------------------------------------------------------------
+
+EXPLAIN_MANIFESTS = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: main
+  namespace: shop
+  annotations:
+    nginx.ingress.kubernetes.io/affinity: cookie
+    nginx.ingress.kubernetes.io/proxy-next-upstream: error http_502
+spec:
+  ingressClassName: fastingress
+  rules: [{host: shop.example.com, http: {paths: [{path: /, pathType: Prefix,
+           backend: {service: {name: web, port: {number: 80}}}}]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: canary
+  namespace: shop
+  annotations:
+    nginx.ingress.kubernetes.io/canary: "true"
+    nginx.ingress.kubernetes.io/canary-by-header: X-Canary
+    nginx.ingress.kubernetes.io/canary-by-cookie: beta
+    nginx.ingress.kubernetes.io/canary-weight: "20"
+spec:
+  ingressClassName: fastingress
+  rules: [{host: shop.example.com, http: {paths: [{path: /, pathType: Prefix,
+           backend: {service: {name: web-v2, port: {number: 80}}}}]}}]
+---
+{apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {ports: [{port: 80}]}}
+---
+{apiVersion: v1, kind: Service, metadata: {name: web-v2, namespace: shop}, spec: {ports: [{port: 80}]}}
+"""
+
+
+@pytest.mark.parametrize(("headers", "effect"), [
+    ((("X-Canary", "always"),), "this request goes to the canary: header x-canary: always"),
+    ((("Cookie", "a=1; beta=never"),), "this request stays on the main backend: cookie beta=never"),
+    ((), "20.0% of such requests go to the canary, at random (weight 20 of 100)"),
+])
+def test_explain_shows_the_canary_decision(headers: tuple[tuple[str, str], ...], effect: str) -> None:
+    import yaml
+
+    from fastingress.explain import ExplainRequest, explain, render_text
+    from fastingress.translate import translate
+
+    snapshot = translate(list(yaml.safe_load_all(EXPLAIN_MANIFESTS))).snapshot
+    result = explain(snapshot, ExplainRequest("http://shop.example.com/x", headers=headers))
+    policies = {p.name: p for p in result.policies}
+    assert policies["canary"].value == "Ingress shop/canary -> shop/web-v2:80"
+    assert policies["canary"].effect == effect
+    assert policies["proxy-next-upstream"].value == "error http_502"
+    assert policies["affinity"].value == "cookie INGRESSCOOKIE (balanced)"
+    assert [b.service for b in result.backends] == ["shop/web", "shop/web-v2"]
+    assert effect in render_text(result)
