@@ -583,12 +583,12 @@ class _Parse:
                     self.add("warning", chosen[name][0], f'has no effect without `{PREFIX}canary: "true"`',
                              "ignored")
         else:
-            closed_tail = "every path of this Ingress answers 503 (fail closed)"
-            self.findings = [
-                msgspec.structs.replace(f, message=f.message.replace(
-                    closed_tail, "this canary takes no requests (fail closed): the main Ingress keeps all "
-                    "of the traffic")) for f in self.findings
-            ]
+            instead = "this canary takes no requests: the main Ingress keeps all of the traffic"
+            tails = ("every path of this Ingress answers 503 (fail closed)",
+                     "served WITHOUT this protection because of --unsafe-fail-open")
+            for tail in tails:
+                self.findings = [msgspec.structs.replace(f, message=f.message.replace(tail, instead))
+                                 for f in self.findings]
             bad = tuple(sorted(n for n in self.bad if n == "canary" or n.startswith("canary-")))
             rules = msgspec.structs.replace(rules, invalid=bad)
             if any(n != "canary" for n in bad):

@@ -299,7 +299,7 @@ def settle(
         findings.append(("warning", "canary-weight-total", f"{canary.weight_total} is below 100: "
                          "ingress-nginx uses 100 then, and so does fastingress"))
         canary = msgspec.structs.replace(canary, weight_total=100)
-    if is_canary and canary.header_value and canary.header_pattern:
+    if is_canary and canary.header and canary.header_value and canary.header_pattern:
         findings.append(("info", "canary-by-header-pattern", "ignored: canary-by-header-value is set"))
     if is_canary and not canary.header and (canary.header_value or canary.header_pattern):
         key = "canary-by-header-value" if canary.header_value else "canary-by-header-pattern"

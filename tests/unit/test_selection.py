@@ -419,3 +419,60 @@ def test_explain_shows_the_canary_decision(headers: tuple[tuple[str, str], ...],
     assert policies["affinity"].value == "cookie INGRESSCOOKIE (balanced)"
     assert [b.service for b in result.backends] == ["shop/web", "shop/web-v2"]
     assert effect in render_text(result)
+
+
+def test_the_incremental_translator_follows_canary_changes() -> None:
+    """A canary's weight, its appearance and its Service's endpoints reach the main route, as a
+    fresh translation has them."""
+    import copy
+
+    import yaml
+
+    from fastingress.snapshot.codec import encode_json
+    from fastingress.translate import translate
+    from fastingress.translate.incremental import Translator
+
+    objects = list(yaml.safe_load_all(EXPLAIN_MANIFESTS))
+    objects.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                    "metadata": {"name": "v2", "namespace": "shop",
+                                 "labels": {"kubernetes.io/service-name": "web-v2"}},
+                    "ports": [{"port": 80}], "endpoints": [{"addresses": ["10.2.0.1"]}]})
+    translator = Translator()
+
+    def check() -> dict[str, object]:
+        result = translator.translate(objects)
+        fresh = translate(objects)
+        assert encode_json(result.snapshot) == encode_json(fresh.snapshot)
+        assert result.diagnostics == fresh.diagnostics
+        (route,) = result.snapshot.virtual_hosts[0].routes
+        upstreams = {u.name: u for u in result.snapshot.upstreams}
+        canary = route.policy.canary
+        return {"weight": canary.weight if canary else None,
+                "endpoints": [e.address for e in upstreams[canary.upstream].endpoints] if canary else None}
+
+    assert check() == {"weight": 20, "endpoints": ["10.2.0.1"]}
+    canary = copy.deepcopy(objects[1])
+    canary["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] = "35"
+    objects[1] = canary
+    assert check()["weight"] == 35
+    endpoints = copy.deepcopy(objects[-1])
+    endpoints["endpoints"][0]["addresses"] = ["10.2.0.9"]
+    objects[-1] = endpoints
+    assert check()["endpoints"] == ["10.2.0.9"]
+    del objects[1]  # the canary Ingress is gone
+    assert check() == {"weight": None, "endpoints": None}
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_a_canary_with_an_access_key_we_do_not_honour_takes_no_requests(fail_open: bool) -> None:
+    import yaml
+
+    from fastingress.translate import TranslateOptions, translate
+
+    objects = list(yaml.safe_load_all(EXPLAIN_MANIFESTS))
+    objects[1]["metadata"]["annotations"][PREFIX + "auth-snippet"] = "deny all;"  # never honoured
+    result = translate(objects, TranslateOptions(unsafe_fail_open=fail_open))
+    (route,) = result.snapshot.virtual_hosts[0].routes
+    assert route.policy.canary is None and route.ingress == "shop/main"
+    (finding,) = [d for d in result.diagnostics if d.name == "canary" and "auth-snippet" in d.field]
+    assert "this canary takes no requests" in finding.message
