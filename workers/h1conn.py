@@ -53,6 +53,7 @@ from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import RequestHead, Signal
+from workers.linger import LINGERING_TIME, LINGERING_TIMEOUT
 from workers.llhttp import ServerCodec
 from workers.loop import Core
 from workers.policy import RequestCtx
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastingress.worker")
 
-LINGERING_TIME = 30.0  # nginx lingering_time
-LINGERING_TIMEOUT = 5.0  # nginx lingering_timeout
 H2_PREFACE_START = b"PRI * HTTP/2.0"
 
 
@@ -205,7 +204,7 @@ class ClientConn(Forwarder):
                     self._forward_body()
                     return
                 else:
-                    if state != CLOSED:
+                    if state not in (CLOSED, LINGER):
                         self.transport.pause_reading()  # pipelined input waits in the kernel
                     return
         finally:
