@@ -37,6 +37,8 @@ from fastingress.settings import (
 PROG = "fastingress"
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# --demo: the backends the manifests in config/examples point at (their EndpointSlices).
+DEMO_BACKENDS: tuple[tuple[str, int], ...] = (("frontend", 9001), ("api", 9002), ("docs", 9003))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep one pre-started worker ready to replace a dead one at once (default: %(default)s)",
+    )
+    standalone.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="start even if a manifest file cannot be read or parsed (it is left out until it loads; "
+        "default: exit status 2)",
+    )
+    standalone.add_argument(
+        "--demo",
+        action="store_true",
+        help="also serve the demo backends config/examples points at (frontend, api, docs on "
+        "127.0.0.1:9001-9003) in this process, so that they stop with it",
     )
     standalone.add_argument("--runtime-dir", metavar="DIR", help=argparse.SUPPRESS)
     standalone.add_argument("--worker-command", metavar="CMD", help=argparse.SUPPRESS)
@@ -342,6 +356,8 @@ def standalone_settings(args: argparse.Namespace) -> StandaloneSettings:
             manifests=tuple(args.manifests or ()),
             snapshot=args.snapshot,
             watch_interval=args.watch_interval,
+            allow_partial=args.allow_partial,
+            demo_backends=DEMO_BACKENDS if args.demo else (),
             **_serving(args),
         )
     )
@@ -416,8 +432,10 @@ def run_standalone_command(settings: StandaloneSettings) -> int:
     import trio
 
     from fastingress.supervisor import run_standalone
+    from workers.process import set_title
 
     configure_logging(settings.log_level)
+    set_title("fastingress: supervisor")
     return trio.run(run_standalone, settings)
 
 
@@ -425,8 +443,10 @@ def run_controller_command(settings: ControllerSettings) -> int:
     import trio
 
     from fastingress.k8s.controller import run_controller
+    from workers.process import set_title
 
     configure_logging(settings.log_level)
+    set_title("fastingress: supervisor")
     return trio.run(run_controller, settings)
 
 

@@ -67,6 +67,9 @@ class StandaloneSettings(msgspec.Struct, frozen=True):
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None  # None: a fresh private directory (default_runtime_dir())
     standby_worker: bool = True  # keep one pre-started worker to replace a dead one in ~50 ms
+    # -- issue 10 -------------------------------------------------------------------------
+    allow_partial: bool = False  # start even if a manifest file cannot be read or parsed
+    demo_backends: tuple[tuple[str, int], ...] = ()  # --demo: (name, port) served in-process
 
 
 class BuildSettings(msgspec.Struct, frozen=True):
@@ -145,6 +148,10 @@ def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
             f"--watch-interval must be between 0.01 and 3600 seconds, got {settings.watch_interval}"
         )
     _check_translation(settings.translation)
+    if settings.allow_partial and settings.snapshot is not None:
+        raise ConfigError("--allow-partial applies to --manifests only")
+    for name, port in settings.demo_backends:
+        _check_port(f"--demo backend {name}", port, allow_zero=False)
     return settings
 
 

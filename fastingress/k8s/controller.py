@@ -174,6 +174,9 @@ class ControllerSource:
         base = self.client.base if self.client is not None else "?"
         return f"Kubernetes API {base} ({where})"
 
+    async def prepare(self) -> None:
+        """Nothing quick to check: the initial list runs with the admin port already up."""
+
     async def initial(self) -> Loaded:
         if self.client is None:
             kubeconfig = self.settings.kubeconfig
