@@ -109,7 +109,7 @@ def test_broken_manifest_edit_under_load_costs_zero_requests(
             wait_for(lambda: _files(fi)["a.yaml"]["ok"] is False, what="a.yaml reported failing")
             assert _metric(fi, "fastingress_config_last_reload_successful") == 0
             assert _metric(fi, "fastingress_config_reload_failures_total") >= 1
-            assert _metric(fi, 'fastingress_config_file_last_load_successful{file="%s"}' % a) == 0
+            assert _metric(fi, f'fastingress_config_file_last_load_successful{{file="{a}"}}') == 0
             status = fi.status()
             assert status["last_reload_successful"] is False
             assert "invalid YAML at line" in str(_files(fi)["a.yaml"]["error"])

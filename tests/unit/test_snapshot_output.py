@@ -28,8 +28,9 @@ def manifest(tmp_path: Path) -> Path:
 
 
 def build(manifest: Path, output: str) -> subprocess.CompletedProcess[bytes]:
+    command = [sys.executable, "-m", "fastingress", "snapshot", "build"]
     return subprocess.run(
-        [sys.executable, "-m", "fastingress", "snapshot", "build", "--manifests", str(manifest), "-o", output],
+        [*command, "--manifests", str(manifest), "-o", output],
         capture_output=True,
         timeout=60,
         check=False,
