@@ -39,11 +39,12 @@ import msgspec
 import trio
 
 from fastingress.errors import ConfigError
-from fastingress.k8s.client import EVENT, INGRESS, WATCHED, ApiError, KubeClient
+from fastingress.k8s.client import EVENT, INGRESS, SECRET, WATCHED, ApiError, KubeClient
 from fastingress.k8s.debounce import Debouncer
 from fastingress.k8s.events import EventLimiter, event_body
-from fastingress.k8s.informer import Informer, Listed, Lost, Message
+from fastingress.k8s.informer import Changed, Informer, Listed, Lost, Message
 from fastingress.k8s.leader import LeaderElector
+from fastingress.k8s.secrets import Ref, SecretRefs, secret_ref
 from fastingress.k8s.status import desired_addresses, owned_ingresses, with_status
 from fastingress.k8s.store import Store, key_of
 from fastingress.settings import ControllerSettings
@@ -162,6 +163,12 @@ class ControllerSource:
         self._wake = trio.Event()
         self._status_wake = trio.Event()
         self._events_wake = trio.Event()
+        default_certificate = secret_ref(settings.translation.default_ssl_certificate)
+        self.secret_refs = SecretRefs([default_certificate] if default_certificate else [])
+        self._secret_informer: Informer | None = None
+        self._to_fetch: set[Ref] = set()  # referenced Secrets the watch dropped before: GET them
+        self._fetch_wake = trio.Event()
+        self.secrets_fetched = 0
 
     # -- ConfigSource ------------------------------------------------------------------
 
@@ -191,14 +198,23 @@ class ControllerSource:
                 self._send,
                 token,
                 watch_timeout=self.settings.watch_timeout,
+                keep=self._kept_secrets if resource is SECRET else None,
             )
             self.informers.append(informer)
+            if resource is SECRET:
+                self._secret_informer = informer
+        # Secrets are listed once the Ingresses are, filtered by what those reference.
         for informer in self.informers:
-            informer.start()
+            if informer is not self._secret_informer:
+                informer.start()
         log.info("listing %s", ", ".join(r.kind for r in WATCHED))
         try:
             while len(self.synced) < len(WATCHED):
                 self._handle(await self._recv.receive())
+                secrets = self._secret_informer
+                if "Ingress" in self.synced and secrets is not None and not secrets.started:
+                    secrets.start()
+            await self._fetch_secrets()
         except BaseException:
             self.stop_informers()
             raise
@@ -233,6 +249,7 @@ class ControllerSource:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._consume)
+                nursery.start_soon(self._fetch_loop)
                 nursery.start_soon(self._rebuild, trigger)
                 nursery.start_soon(self.elector.run)
                 nursery.start_soon(self._status_loop)
@@ -266,6 +283,9 @@ class ControllerSource:
                 "synced": sorted(self.synced),
                 "objects": len(self.store),
                 "store_version": self.store.version,
+                "secrets_referenced": len(self.secret_refs.snapshot),
+                "secrets_held": sum(1 for _ in self.store.of_kind("Secret")),
+                "secrets_fetched": self.secrets_fetched,
                 "builds": self.builds,
                 "last_build_seconds": round(self.last_build_seconds, 6),
                 "last_snapshot_bytes": self.last_snapshot_bytes,
@@ -301,25 +321,80 @@ class ControllerSource:
         for informer in self.informers:
             informer.stop()
 
+    def _kept_secrets(self) -> frozenset[Ref]:
+        return self.secret_refs.snapshot
+
     def _handle(self, message: Message) -> bool:
         """Apply one informer message; True if translation may see a change."""
         if isinstance(message, Lost):
             self.down_since.setdefault(message.kind, time.monotonic())
             self.last_error = message.reason
             return False
+        added: set[Ref] = set()
+        removed: set[Ref] = set()
         if isinstance(message, Listed):
             if self.down_since.pop(message.kind, None) is not None:
                 log.info("%s: in contact with the API again (relisted %d)", message.kind, len(message.items))
             self.synced.add(message.kind)
+            if message.kind == "Ingress":
+                added, removed = self.secret_refs.replace(
+                    (key, obj) for obj in message.items if (key := key_of("Ingress", obj)) is not None
+                )
             changed = self.store.replace(message.kind, message.items)
+            if message.basis is not None:  # referenced since this list was filtered
+                added |= self.secret_refs.snapshot - message.basis
         else:
+            if message.kind == "Ingress":
+                key = key_of("Ingress", message.object)
+                if key is not None:
+                    gone = message.type == "DELETED"
+                    added, removed = self.secret_refs.set_ingress(key, None if gone else message.object)
             changed = self.store.apply(message.kind, message.type, message.object)
+        changed = self._follow_secret_refs(added, removed) or changed
         if changed:
             self.debouncer.poke(trio.current_time())
             self._wake.set()
             if message.kind in ("Ingress", "IngressClass", "Service"):
                 self._status_wake.set()
         return changed
+
+    def _follow_secret_refs(self, added: set[Ref], removed: set[Ref]) -> bool:
+        """Forget Secrets no longer referenced; queue newly referenced ones we do not hold."""
+        changed = False
+        for namespace, name in removed:
+            gone = {"metadata": {"namespace": namespace, "name": name}}
+            changed = self.store.apply("Secret", "DELETED", gone) or changed
+        if "Secret" in self.synced:  # before the first Secret list, that list brings them
+            for ref in added:
+                if self.store.get("Secret", *ref) is None:
+                    self._to_fetch.add(ref)
+            if self._to_fetch:
+                self._fetch_wake.set()
+        return changed
+
+    async def _fetch_secrets(self) -> None:
+        """GET the queued Secrets (their watch events were dropped while nobody named them)."""
+        while self._to_fetch:
+            ref = self._to_fetch.pop()
+            if ref not in self.secret_refs or self.store.get("Secret", *ref) is not None:
+                continue
+            try:
+                secret = await self._api("GET", SECRET.item(*ref))
+            except ApiError as exc:
+                if exc.status != 404:  # a relist after the outage brings it
+                    log.debug("fetching Secret %s/%s: %s", ref[0], ref[1], exc)
+                continue
+            secret.setdefault("kind", "Secret")
+            secret.setdefault("apiVersion", SECRET.api_version)
+            if ref in self.secret_refs and self.store.get("Secret", *ref) is None:  # no newer event
+                self.secrets_fetched += 1
+                self._handle(Changed("Secret", "ADDED", secret))
+
+    async def _fetch_loop(self) -> None:
+        while True:
+            await self._fetch_wake.wait()
+            self._fetch_wake = trio.Event()
+            await self._fetch_secrets()
 
     async def _consume(self) -> None:
         assert self._recv is not None
