@@ -205,6 +205,10 @@ class ControllerSettings(msgspec.Struct, frozen=True):
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None
     standby_worker: bool = True
+    # -- issue 10 -------------------------------------------------------------------------
+    update_status_on_shutdown: bool = True  # the last replica clears Ingress status (ingress-nginx)
+    pod_name: str = ""  # $POD_NAME: our own endpoint among the publish Service's (peers)
+    list_page_size: int = 500  # objects a LIST page (limit/continue)
 
 
 _DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -241,4 +245,6 @@ def validate_controller(settings: ControllerSettings) -> ControllerSettings:
         raise ConfigError("--debounce-hold-off must be between 0 and --debounce-max-delay (at most 60 s)")
     if not 1 <= settings.watch_timeout <= 3600:
         raise ConfigError(f"--watch-timeout must be between 1 and 3600 seconds, got {settings.watch_timeout}")
+    if not 1 <= settings.list_page_size <= 100000:
+        raise ConfigError(f"--list-page-size must be between 1 and 100000, got {settings.list_page_size}")
     return settings

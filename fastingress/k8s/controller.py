@@ -44,8 +44,9 @@ from fastingress.k8s.debounce import Debouncer
 from fastingress.k8s.events import EventLimiter, event_body
 from fastingress.k8s.informer import Changed, Informer, Listed, Lost, Message
 from fastingress.k8s.leader import LeaderElector
+from fastingress.k8s.peers import CONTACT_PATH, Peer, ask, peers
 from fastingress.k8s.secrets import Ref, SecretRefs, secret_ref
-from fastingress.k8s.status import desired_addresses, owned_ingresses, with_status
+from fastingress.k8s.status import current_addresses, desired_addresses, owned_ingresses, with_status
 from fastingress.k8s.store import Store, key_of
 from fastingress.settings import ControllerSettings
 from fastingress.snapshot.codec import encode_msgpack
@@ -60,6 +61,8 @@ Obj = dict[str, Any]
 CHANNEL_SIZE = 1024
 STATUS_RETRIES = 5
 STATUS_INTERVAL = 0.05  # coalesce bursts of status work
+SHUTDOWN_STATUS_TIMEOUT = 5.0  # seconds clearing Ingress status may take on shutdown
+PEER_PROBE_MAX_INTERVAL = 5.0  # seconds between asking peers during an API outage
 
 
 def default_identity() -> str:
@@ -169,6 +172,8 @@ class ControllerSource:
         self._to_fetch: set[Ref] = set()  # referenced Secrets the watch dropped before: GET them
         self._fetch_wake = trio.Event()
         self.secrets_fetched = 0
+        self.peer_in_contact: Peer | None = None  # in an API outage: a replica that still has it
+        self.status_cleared = 0
 
     # -- ConfigSource ------------------------------------------------------------------
 
@@ -254,21 +259,72 @@ class ControllerSource:
                 nursery.start_soon(self.elector.run)
                 nursery.start_soon(self._status_loop)
                 nursery.start_soon(self._events_loop)
+                nursery.start_soon(self._peers_loop)
         finally:
             self.stop_informers()
             with trio.CancelScope(shield=True):
+                with trio.move_on_after(SHUTDOWN_STATUS_TIMEOUT):
+                    await self.clear_status_on_shutdown()
                 await self.elector.release()
 
-    def readiness(self) -> tuple[bool, str]:
+    def outage(self) -> float:
+        """Seconds since an informer lost the API (0 when every one is in contact)."""
         if not self.down_since:
+            return 0.0
+        return time.monotonic() - min(self.down_since.values())
+
+    def readiness(self) -> tuple[bool, str]:
+        missing = [r.kind for r in WATCHED if r.kind not in self.synced]
+        if missing:
+            why = f" ({self.last_error})" if self.down_since else ""
+            return False, f"initial list: waiting for {', '.join(missing)}{why}"
+        outage = self.outage()
+        if not self.down_since or outage < self.settings.api_outage_grace:
             return True, ""
-        outage = time.monotonic() - min(self.down_since.values())
-        if outage < self.settings.api_outage_grace:
-            return True, ""
-        return False, (
-            f"control plane: no contact with the Kubernetes API for {outage:.0f}s "
-            f"(still serving the last snapshot): {self.last_error}"
+        peer = self.peer_in_contact
+        if peer is not None:
+            return False, (
+                f"control plane: no contact with the Kubernetes API for {outage:.0f}s while replica "
+                f"{peer} has it (this one still serves the last snapshot): {self.last_error}"
+            )
+        return True, (
+            f"no contact with the Kubernetes API for {outage:.0f}s, and no other replica has it: "
+            "staying ready, serving the last snapshot"
         )
+
+    def endpoint(self, path: str) -> tuple[int, str] | None:
+        """``/api-contact``: what peers ask in an API outage (see ``k8s/peers.py``)."""
+        if path != CONTACT_PATH:
+            return None
+        if self.down_since or len(self.synced) < len(WATCHED):
+            return 503, f"no contact with the Kubernetes API for {self.outage():.0f}s\n"
+        return 200, "in contact with the Kubernetes API\n"
+
+    def peers(self) -> list[Peer]:
+        return peers(
+            self.store.of_kind("EndpointSlice"),
+            self.settings.publish_service,
+            self.settings.pod_name,
+            self.settings.admin_port,
+        )
+
+    async def _peers_loop(self) -> None:
+        """While the API is out of reach, ask the other replicas whether they reach it."""
+        interval = max(0.2, min(PEER_PROBE_MAX_INTERVAL, self.settings.api_outage_grace / 2))
+        while True:
+            found: Peer | None = None
+            if self.down_since:
+                for peer in self.peers():
+                    if peer.ready and await ask(peer):
+                        found = peer
+                        break
+            if (found is None) != (self.peer_in_contact is None):
+                if found is not None:
+                    log.warning("replica %s is in contact with the Kubernetes API, this one is not", found)
+                elif self.down_since:
+                    log.warning("no other replica is in contact with the Kubernetes API either")
+            self.peer_in_contact = found
+            await trio.sleep(interval)
 
     def status(self) -> dict[str, Any]:
         elector = self.elector
@@ -290,6 +346,9 @@ class ControllerSource:
                 "last_build_seconds": round(self.last_build_seconds, 6),
                 "last_snapshot_bytes": self.last_snapshot_bytes,
                 "status_writes": self.status_writes,
+                "status_cleared": self.status_cleared,
+                "peer_in_contact": str(self.peer_in_contact) if self.peer_in_contact else "",
+                "peers": [f"{peer}{'' if peer.ready else ' (not ready)'}" for peer in self.peers()],
                 "events_posted": self.events_posted,
                 "lists": sum(i.lists for i in self.informers),
             },
@@ -445,13 +504,45 @@ class ControllerSource:
             await trio.sleep(STATUS_INTERVAL)
 
     async def sync_status(self) -> None:
-        """Write status.loadBalancer of each owned Ingress whose status differs (leader only)."""
+        """Write status.loadBalancer of each owned Ingress whose status differs, and clear it
+        on Ingresses that are no longer ours but still show our addresses (leader only)."""
         desired = self._desired()
         if desired is None:
             return
-        for ingress in owned_ingresses(self.store.of_kind("Ingress"), self.options):
+        ingresses = list(self.store.of_kind("Ingress"))
+        owned = owned_ingresses(ingresses, self.options)
+        owned_keys = {key_of("Ingress", ingress) for ingress in owned}
+        for ingress in owned:
             if with_status(ingress, desired) is not None:
                 await self._write_status(ingress, desired)
+        if not desired:
+            return
+        for ingress in ingresses:
+            if key_of("Ingress", ingress) not in owned_keys and current_addresses(ingress) == desired:
+                await self._write_status(ingress, [])  # not ours any more: not our address either
+
+    async def clear_status_on_shutdown(self) -> None:
+        """--update-status-on-shutdown: the last replica standing clears the status it wrote."""
+        if not (self.settings.update_status_on_shutdown and self.is_leader):
+            return
+        desired = self._desired()
+        if not desired:
+            return
+        others = [peer for peer in self.peers() if peer.ready]
+        if others:
+            log.info(
+                "shutting down: Ingress status kept, %d other replicas are ready (%s)",
+                len(others),
+                ", ".join(map(str, others)),
+            )
+            return
+        for ingress in owned_ingresses(list(self.store.of_kind("Ingress")), self.options):
+            if current_addresses(ingress) == desired:
+                try:
+                    await self._write_status(ingress, [])
+                except ApiError as exc:
+                    log.warning("clearing Ingress status on shutdown: %s", exc)
+                    return
 
     async def _write_status(self, ingress: Obj, desired: list[dict[str, str]]) -> None:
         key = key_of("Ingress", ingress)
@@ -483,7 +574,11 @@ class ControllerSource:
             written.setdefault("kind", "Ingress")
             written.setdefault("apiVersion", INGRESS.api_version)
             self.store.apply("Ingress", "MODIFIED", written)  # the watch echo is then a no-op
-            log.info("Ingress %s/%s: status.loadBalancer set to %s", key[1], key[2], desired)
+            if desired:
+                log.info("Ingress %s/%s: status.loadBalancer set to %s", key[1], key[2], desired)
+            else:
+                self.status_cleared += 1
+                log.info("Ingress %s/%s: status.loadBalancer cleared", key[1], key[2])
             return
         log.warning("Ingress %s/%s: status not written after %d conflicts", key[1], key[2], STATUS_RETRIES)
 
@@ -527,4 +622,5 @@ async def run_controller(settings: ControllerSettings) -> int:
     client = await trio.to_thread.run_sync(KubeClient.from_kubeconfig, settings.kubeconfig)
     if not client.base:
         raise ConfigError("the Kubernetes configuration names no API server")
+    client.page_size = settings.list_page_size
     return await run_supervisor(settings, ControllerSource(settings, client))

@@ -473,6 +473,9 @@ class Supervisor:
         if path == "/status":
             view = await self.view()
             return admin.Response(200, self.status_json(view), "application/json")
+        own = self.source.endpoint(path)
+        if own is not None:
+            return admin.text(*own)
         return admin.text(404, "404 Not Found\n")
 
     async def readiness(self) -> tuple[bool, str]:
@@ -484,6 +487,8 @@ class Supervisor:
         ready, reason = readiness(await self.view())
         if ready and not source_ready:
             return False, source_reason
+        if ready and source_reason:
+            reason += f"; {source_reason}"
         if ready and not self.last_reload_ok:
             reason += "; the last reload failed, inputs held at their last good version (see /status)"
         return ready, reason

@@ -270,6 +270,10 @@ class ConfigSource(Protocol):
         """Extra lines (families with HELP/TYPE) for /metrics."""
         ...
 
+    def endpoint(self, path: str) -> tuple[int, str] | None:
+        """An admin path of the source's own: (status, text body), or None (404)."""
+        ...
+
 
 class FileSource:
     """Manifests or a snapshot file, polled every ``interval`` seconds (standalone mode)."""
@@ -347,3 +351,6 @@ class FileSource:
             path = record.path.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             lines.append(f'{name}{{file="{path}"}} {int(not record.error)}')
         return lines
+
+    def endpoint(self, path: str) -> tuple[int, str] | None:
+        return None

@@ -701,12 +701,15 @@ class ApiServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def write_kubeconfig(self, path: Path | str, *, namespace: str = "default") -> Path:
-        """Write a kubeconfig pointing at this server (token auth with a dummy token)."""
+    def write_kubeconfig(
+        self, path: Path | str, *, namespace: str = "default", server: str | None = None
+    ) -> Path:
+        """Write a kubeconfig pointing at this server, or at ``server`` (a relay in front of
+        it), with token auth and a dummy token."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "emulator", "cluster": {"server": server or self.url}}],
             "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
             "contexts": [
                 {

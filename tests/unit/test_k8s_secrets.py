@@ -183,3 +183,29 @@ async def test_paginated_lists_stay_consistent_and_restart_after_410(
     assert [("continue" in r.query, r.query.get("limit")) for r in lists] == [
         (False, "3"), (True, "3"), (True, "3"), (False, "3"), (True, "3"), (True, "3"),
     ]  # fmt: skip
+
+
+def test_peers_from_the_publish_services_slices() -> None:
+    from fastingress.k8s.peers import Peer, peers
+
+    def slice_(name: str, service: str, endpoints: list[dict[str, Any]], admin: int | None = None) -> Any:
+        ports = [{"name": "admin", "port": admin}] if admin else [{"name": "http", "port": 8080}]
+        labels = {"kubernetes.io/service-name": service}
+        return {"metadata": {"name": name, "namespace": "ops", "labels": labels}, "ports": ports,
+                "endpoints": endpoints}  # fmt: skip
+
+    def endpoint(pod: str, address: str, ready: bool | None) -> dict[str, Any]:
+        conditions = {} if ready is None else {"ready": ready}
+        return {"addresses": [address], "conditions": conditions, "targetRef": {"kind": "Pod", "name": pod}}
+
+    slices = [
+        slice_("a", "fastingress", [endpoint("me", "10.0.0.1", True), endpoint("two", "10.0.0.2", None)]),
+        slice_("b", "fastingress", [endpoint("three", "fd00::3", False)], admin=9999),
+        slice_("c", "other", [endpoint("x", "10.0.0.9", True)]),
+    ]
+    assert peers(slices, "ops/fastingress", "me", 10254) == [
+        Peer("three", "fd00::3", 9999, False),
+        Peer("two", "10.0.0.2", 10254, True),  # no "ready": ready, as the EndpointSlice API says
+    ]
+    assert str(Peer("three", "fd00::3", 9999, False)) == "three ([fd00::3]:9999)"
+    assert peers(slices, None, "me", 10254) == []
