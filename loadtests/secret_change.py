@@ -22,12 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import trustme  # noqa: E402
+import trustme
 
-from fastingress.k8s.controller import SnapshotEncoder  # noqa: E402
-from fastingress.snapshot.codec import encode_json, encode_msgpack  # noqa: E402
-from fastingress.translate import TranslateOptions, translate  # noqa: E402
-from fastingress.translate.incremental import Translator  # noqa: E402
+from fastingress.k8s.controller import SnapshotEncoder
+from fastingress.snapshot.codec import encode_json, encode_msgpack
+from fastingress.translate import TranslateOptions, translate
+from fastingress.translate.incremental import Translator
 
 Obj = dict[str, Any]
 
