@@ -6,25 +6,34 @@ Theory of operation
 from is a pluggable ``ConfigSource`` (``source.py``): files in standalone mode
 (``run_standalone``), the Kubernetes API in controller mode (``fastingress.k8s``).
 
-1. **Initial load** (``source.initial()``): standalone reads the manifests and translates
-   them, or reads the snapshot file; the controller lists the cluster.  Failure raises
-   ``ConfigError``/``SnapshotError`` before anything was created (the CLI prints one line,
-   exit 2).  Each diagnostic becomes one log line.
-2. Bind the **admin listener** (a busy port is also a one-line exit 2), create the private
-   **runtime dir**, the ``ShmPublisher`` at ``<dir>/snapshot``, and publish **generation 1
-   before any worker starts**.
-3. One **slot task per worker**: spawn ``python -m workers --settings JSON`` (the read end
+1. **Prepare** (``source.prepare()``): the quick checks, before anything is bound.  The
+   file source loads its inputs here, so a file that cannot be read or parsed is one line
+   and exit 2 (``ConfigError``/``SnapshotError``; ``--allow-partial`` starts without it).
+   The HTTP(S) ports are probed (a busy port is also one line).
+2. Bind the **admin listener** and serve it at once: ``/healthz`` is 200 and ``/readyz``
+   503 ("loading the initial configuration") while the **initial load**
+   (``source.initial()``) runs: the controller's initial list of a big cluster takes a
+   while.  SIGTERM during it stops cleanly.  Each diagnostic becomes one log line.
+3. Remove the runtime dirs of supervisors that died without cleaning up
+   (``fastingress-PID-START-*``), create ours, the ``ShmPublisher`` at ``<dir>/snapshot``,
+   and publish **generation 1 before any worker starts**.  One log line says what runs
+   (listeners, workers, codec, generation), another when every worker serves it.
+4. One **slot task per worker**: spawn ``python -m workers --settings JSON`` (the read end
    of the slot's notification pipe passed via ``pass_fds``), wait for it; if it exits while
    we are not stopping, log the slot, pid and exit status and respawn it after a backoff
-   (50 ms doubling to 5 s, reset once a worker ran 10 s).
-4. The **source task** (``source.run(trigger)``) watches for changes: the file source
+   (50 ms doubling to 5 s, reset once a worker ran 10 s).  Workers exit on their own when
+   the supervisor dies (``workers.process.exit_with_parent``, and the pipe's EOF).
+5. The **source task** (``source.run(trigger)``) watches for changes: the file source
    polls the input files' (mtime_ns, size, inode) every ``watch_interval`` and, once the
    fingerprint held still for one more interval, triggers a reload; the controller
    triggers after its debounce.  SIGHUP reloads at once.  A reload (``source.reload()``)
    publishes only if the msgpack bytes differ from the last published ones, then writes
    one byte to each worker's pipe.  A failed reload logs one line and keeps the snapshot
-   in force.  The source also adds to /readyz, /status and /metrics.
-5. **SIGTERM/SIGINT**: SIGTERM to every worker, wait up to grace period + 5 s, SIGKILL the
+   in force; a reload whose ``Loaded.failures`` is not empty (a manifest file held at its
+   last good version) applies the rest and counts as failed
+   (``fastingress_config_last_reload_successful`` 0).  The source also adds to /readyz,
+   /status, /metrics and may serve admin paths of its own (``/api-contact``).
+6. **SIGTERM/SIGINT**: SIGTERM to every worker, wait up to grace period + 5 s, SIGKILL the
    rest, stop the admin server and the watcher, remove the runtime dir; return 0.
 
 All mutable state lives on one ``Supervisor`` object; the admin handler reads it and asks

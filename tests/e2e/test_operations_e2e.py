@@ -278,3 +278,20 @@ def test_demo_backends_start_and_stop_with_fastingress(tmp_path: Path) -> None:
     for port in ports.values():
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still listening"
+
+
+def test_readyz_reflects_the_data_plane(tmp_path: Path, echo_servers: list[EchoServer]) -> None:
+    """A worker that stops answering (here: SIGSTOP) makes /readyz 503, naming it; it is ready
+    again once the worker is."""
+    app = _site(tmp_path / "app.yaml", "app.test", "web", echo_servers[0])
+    with run_fastingress(tmp_path, manifests=[app], workers=2) as fi:
+        assert httpx.get(f"{fi.admin}/readyz", timeout=5).text == "ok: 2 workers ready\n"
+        victim = fi.worker_pids()[1]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            r = httpx.get(f"{fi.admin}/readyz", timeout=5)
+            assert r.status_code == 503
+            assert r.text == f"not ready: worker 1 (pid {victim}) did not report its stats\n"
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        wait_for(fi.ready, what="ready again")
