@@ -1,4 +1,5 @@
-"""The ``fastingress`` command line: ``standalone``, ``snapshot build``, ``controller``.
+"""The ``fastingress`` command line: ``standalone``, ``snapshot build``, ``controller``,
+``check`` and ``explain``.
 
 Every user error (bad flag, unreadable file, busy port) is ONE line on stderr,
 ``fastingress: error: ...``, and exit code 2; never a traceback.
@@ -26,12 +27,16 @@ from fastingress.settings import (
     DEFAULT_INGRESS_CLASS,
     LOG_LEVELS,
     BuildSettings,
+    CheckSettings,
     ControllerSettings,
+    ExplainSettings,
     StandaloneSettings,
     TranslationSettings,
     default_workers,
     validate_build,
+    validate_check,
     validate_controller,
+    validate_explain,
     validate_standalone,
 )
 
@@ -84,6 +89,16 @@ def _add_translation_flags(parser: argparse.ArgumentParser, *, watch_default: bo
     )
     parser.add_argument(
         "--hsts-max-age", type=int, default=31536000, metavar="SECONDS", help="default: %(default)s"
+    )
+    _add_fail_open_flag(parser)
+
+
+def _add_fail_open_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unsafe-fail-open",
+        action="store_true",
+        help="UNSAFE: serve routes whose access annotations (auth-*, *-source-range, ...) are not "
+        "implemented WITHOUT that protection, instead of answering 503 (default: fail closed)",
     )
 
 
@@ -211,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_default_certificate_flag(build)
 
     _add_controller_parser(commands)
+    _add_check_parser(commands)
+    _add_explain_parser(commands)
     commands.add_parser(
         "demo-backends",
         add_help=False,  # its flags belong to fastingress.demo (see `fastingress demo-backends -h`)
@@ -318,6 +335,82 @@ def _add_controller_parser(commands: argparse._SubParsersAction[_Parser]) -> Non
     controller.add_argument("--list-page-size", type=int, default=500, help=argparse.SUPPRESS)
 
 
+def _add_check_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="lint manifests offline: every diagnostic (with \"did you mean\"); exit 1 on errors",
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH", help="YAML/JSON file or directory of manifests")
+    check.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    _add_output_flag(check)
+    _add_translation_flags(check, watch_default=True)
+    _add_default_certificate_flag(check)
+
+
+def _add_output_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="default: %(default)s"
+    )
+
+
+def _add_explain_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="which Ingress, rule, backend and policies serve a URL, and why the other rules do not",
+    )
+    explain.add_argument("url", nargs="?", metavar="URL", help="e.g. http://shop.example.com/api/users?x=1")
+    source = explain.add_mutually_exclusive_group(required=True)
+    _add_manifests_flag(source)
+    source.add_argument(
+        "--admin", metavar="URL", help="ask a running instance's admin port instead, e.g. http://127.0.0.1:10254"
+    )
+    explain.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+        help="a request header (repeatable); Host picks the virtual host",
+    )
+    explain.add_argument("--client-ip", default="", metavar="IP", help="the client's address")
+    explain.add_argument("-X", "--method", default="GET", help="default: %(default)s")
+    explain.add_argument(
+        "--https-port", type=int, default=443,
+        help="HTTPS port for redirects, with --manifests (default: %(default)s)",
+    )
+    _add_output_flag(explain)
+    _add_translation_flags(explain, watch_default=True)
+    _add_default_certificate_flag(explain)
+
+
+def check_settings(args: argparse.Namespace) -> CheckSettings:
+    return validate_check(
+        CheckSettings(
+            paths=tuple(args.paths), strict=args.strict, output=args.output, translation=_translation(args)
+        )
+    )
+
+
+def explain_settings(args: argparse.Namespace) -> ExplainSettings:
+    from fastingress.explain import parse_header
+
+    manifests = list(args.manifests or ())
+    url = args.url
+    if url is None and manifests and "://" in manifests[-1]:
+        url = manifests.pop()  # "--manifests PATH... URL": argparse gave the URL to --manifests
+    if url is None:
+        raise ConfigError("the URL to explain is required")
+    return validate_explain(
+        ExplainSettings(
+            url=url,
+            manifests=tuple(manifests),
+            admin=args.admin,
+            headers=tuple(parse_header(h) for h in args.header),
+            client_ip=args.client_ip,
+            method=args.method.upper(),
+            https_port=args.https_port,
+            output=args.output,
+            translation=_translation(args),
+        )
+    )
+
+
 def controller_settings(args: argparse.Namespace) -> ControllerSettings:
     addresses: tuple[str, ...] = ()
     if args.publish_status_address is not None:
@@ -375,6 +468,7 @@ def _translation(args: argparse.Namespace) -> TranslationSettings:
         enable_ssl_passthrough=args.enable_ssl_passthrough,
         hsts=args.hsts,
         hsts_max_age=args.hsts_max_age,
+        unsafe_fail_open=args.unsafe_fail_open,
     )
 
 
@@ -538,6 +632,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_standalone_command(standalone_settings(args))
         if args.command == "snapshot":
             return run_build(build_settings(args))
+        if args.command == "check":
+            from fastingress.check import run_check
+
+            return run_check(check_settings(args))
+        if args.command == "explain":
+            from fastingress.explain_client import run_explain
+
+            return run_explain(explain_settings(args))
         return run_controller_command(controller_settings(args))
     except FastIngressError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

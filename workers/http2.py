@@ -73,7 +73,8 @@ import trio
 from fastingress.errors import UpstreamFailed
 from fastingress.snapshot.schema import GlobalSettings
 from workers.http1 import Body, Event, Headers, RequestHead, ServerCodec, Signal, valid_value
-from workers.proxy import RECV_SIZE, Session, Worker
+from workers.proxy import RECV_SIZE, Session
+from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
 
@@ -184,12 +185,13 @@ class H2StreamCodec(ServerCodec):
     queued on the ``_Stream`` and written by ``H2StreamChannel.send_all``.
     """
 
-    __slots__ = ("_events", "_expect", "_st")
+    __slots__ = ("_events", "_expect", "_head_only", "_st")
 
     trailers_need_chunked = False
 
     def __init__(self, st: _Stream, head: RequestHead, ended: bool) -> None:
         self._st = st
+        self._head_only = head.method == b"HEAD"  # a HEAD answer carries no DATA
         self._events: collections.deque[Event] = collections.deque((head,))
         if ended:
             self._events.append(_END)
@@ -209,7 +211,7 @@ class H2StreamCodec(ServerCodec):
         return self._events.popleft() if self._events else _NEED_DATA
 
     def data(self, data: bytes) -> bytes:
-        if data:
+        if data and not self._head_only:
             self._st.out_data.append(memoryview(data))
         return b""
 
@@ -366,7 +368,7 @@ class H2Server:
 
     async def run(self, initial: bytes = b"") -> None:
         worker = self.worker
-        worker.mux_opened(self)
+        worker.opened(self)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -383,7 +385,7 @@ class H2Server:
             pass  # the client went away
         finally:
             self.closed = True
-            worker.mux_closed(self)
+            worker.closed(self)
             await trio.aclose_forcefully(self.stream)
 
     async def _read_loop(self, initial: bytes) -> None:
@@ -665,6 +667,9 @@ class H2Server:
         await self.flush()
 
     # ---- ending ------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        self.start_drain()
 
     def start_drain(self) -> None:
         """GOAWAY(NO_ERROR, last stream id); in-flight streams finish, then close."""

@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-``Worker`` is the per-process state every client connection shares: the route table in
-force (with its ``Balancer``), the upstream ``Pool``, ``Metrics`` and the drain flag.
-``serve_client(worker, stream, client_ip)`` runs one client connection as a loop of
-request cycles; ``server.py`` calls it for each accepted socket, tests call it with
-``trio.testing.memory_stream_pair`` and an injected ``connect``.
+A ``Session`` runs one client connection over a trio Stream as a loop of request cycles,
+one task per connection (plus one per request body).  It is the reference data path
+(``--http1-codec h11``: h11 parses), the path of every HTTP/2 stream (``workers.http2``), and
+where the event-driven core (``workers.h1conn``) hands a request that needs tasks (an Upgrade
+tunnel, an HTTP/2 upstream; the llhttp codec and the parsed head move along).
+``workers.serve.serve_client`` starts one for an accepted stream; tests run it over
+``trio.testing.memory_stream_pair`` with an injected ``connect``.
 
 One request cycle:
 
@@ -15,8 +17,8 @@ One request cycle:
    ``phase`` records which kind of operation the deadline belongs to, so when it fires we
    know whether it was a client timeout (close quietly) or an upstream timeout (504 if no
    response byte went out yet);
-2. take the route table *now* (a snapshot swap later does not affect this request),
-   normalise the target, match, then answer directly (redirect, respond, errors) or
+2. take the route table *now* (a snapshot swap later does not affect this request) and
+   ``workers.decide.decide`` what to do: answer directly (redirect, respond, errors) or
    forward;
 3. forwarding: pick a backend (smooth WRR) and an endpoint (round robin over ready ones),
    take an idle pooled connection or connect (one retry on another endpoint), send the
@@ -36,8 +38,8 @@ each read of a request body, ``keepalive_timeout`` between requests, the upstrea
 
 HTTP/2 (``workers/http2.py``) runs one ``Session`` per stream with an h2-backed codec and
 stream in place of ``ServerCodec`` and the socket, so every request takes this same path; a
-plain connection whose first bytes are the HTTP/2 preface (h2c prior knowledge) or a TLS one
-that negotiated ALPN "h2" is handed over to it by ``serve_client``.
+plain connection whose first bytes are the HTTP/2 preface (h2c prior knowledge) raises
+``H2Preface`` here and ``serve_client`` hands it over.
 
 Errors are ``fastingress.errors`` exceptions carrying ``status_hint``; before the response
 started they become a short text answer, after it they abort the client connection.
@@ -46,11 +48,8 @@ started they become a short text answer, after it they abort the client connecti
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Sequence
-from http import HTTPStatus
-from typing import Protocol
 
 import trio
 
@@ -58,21 +57,20 @@ from fastingress.errors import (
     BadRequest,
     BodyTooLarge,
     FastIngressError,
-    NoEndpoint,
     PeerError,
     UpstreamFailed,
     UpstreamTimeout,
 )
-from fastingress.snapshot.schema import Forward, GlobalSettings, Redirect, Respond, Upstream
-from workers.config import stats_encoder
+from fastingress.snapshot.schema import GlobalSettings, Upstream
+from workers.decide import NO_LABELS, Answer, Handoff, Proxy, decide
 from workers.h2upstream import forward_h2
-from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, ServerCodec, Signal, valid_value
-from workers.metrics import Metrics
-from workers.pathnorm import normalize_target
-from workers.pool import Balancer, Pool, UpstreamConn
-from workers.routing import RouteMatch, RouteTable, rewrite
-from workers.tlspolicy import add_hsts, hsts_value, redirect_location, wants_https
-from workers.upstream_tls import H2_PROTOCOLS, client_tls
+from workers.heads import TEXT, RequestInfo, add_forwarded, error_body, response_headers, scan_request
+from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
+from workers.llhttp import ServerCodec as LlhttpServerCodec
+from workers.pool import UpstreamConn
+from workers.state import Worker
+from workers.tlspolicy import add_hsts
+from workers.upstream_tls import client_tls
 
 log = logging.getLogger("fastingress.worker")
 
@@ -91,29 +89,6 @@ _NEED_DATA = Signal.NEED_DATA
 _H2_PREFACE_START = b"PRI * HTTP/2.0"
 _END = Signal.END
 
-# Request headers we drop (hop-by-hop) or set ourselves.
-_REQ_DROP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"host", b"expect",
-        b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host",
-        b"x-forwarded-port", b"x-request-id",
-    }
-)
-_RESP_DROP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"server",
-    }
-)
-_CONN_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade"})
-_TEXT = b"text/plain; charset=utf-8"
-_HTTP1_PROTOCOLS = frozenset({"HTTP", "AUTO_HTTP", "HTTPS"})  # GRPC/GRPCS/H2C: h2upstream; FCGI: later
-
-
-def _connection_tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
-
 
 def _arm(scope: trio.CancelScope, timeout: float) -> None:
     """Set ``scope``'s deadline to now + ``timeout`` (an idle timeout for the next operation).
@@ -127,92 +102,6 @@ def _arm(scope: trio.CancelScope, timeout: float) -> None:
         scope.deadline = deadline
 
 
-class RequestInfo:
-    """What the proxy needs from a request's headers, collected in one pass."""
-
-    __slots__ = ("chunked", "content_length", "headers", "host", "request_id", "upgrade")
-
-    def __init__(self) -> None:
-        self.host = b""
-        self.content_length: int | None = None
-        self.chunked = False
-        self.upgrade: bytes | None = None
-        self.request_id: bytes | None = None
-        self.headers: list[tuple[bytes, bytes]] = []  # end-to-end headers to forward
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-
-def scan_request(headers: Headers) -> RequestInfo:
-    """One pass over the request headers: framing facts plus the end-to-end headers."""
-    info = RequestInfo()
-    out = info.headers
-    connection: list[bytes] = []
-    upgrade: bytes | None = None
-    for name, value in headers:
-        if name not in _REQ_DROP:
-            if name == b"content-length":
-                info.content_length = int(value)
-            out.append((name, value))
-        elif name == b"host":
-            info.host = value
-        elif name == b"transfer-encoding":
-            info.chunked = True
-        elif name == b"connection":
-            connection.extend(_connection_tokens(value))
-        elif name == b"upgrade":
-            upgrade = value
-        elif name == b"x-request-id":
-            info.request_id = value
-    if info.chunked and info.content_length is not None:
-        # Both framings: the chunked one wins (as h11 reads it) and Content-Length must not
-        # reach the upstream, or it could frame the body differently (request smuggling).
-        info.content_length = None
-        out[:] = [(n, v) for n, v in out if n != b"content-length"]
-    if connection:
-        if upgrade is not None and b"upgrade" in connection:
-            info.upgrade = upgrade
-        extra = set(connection) - _CONN_STANDARD
-        if extra:
-            info.headers = [(n, v) for n, v in out if n not in extra]
-    return info
-
-
-def response_headers(headers: Headers, server: bytes, *, upgrade: bool = False) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones, with our Server header."""
-    out: list[tuple[bytes, bytes]] = []
-    connection: list[bytes] | None = None
-    for name, value in headers:
-        if name in _RESP_DROP:
-            if name == b"connection":
-                connection = _connection_tokens(value)
-            elif upgrade and name == b"upgrade":
-                out.append((name, value))
-            continue
-        out.append((name, value))
-    if connection:
-        extra = set(connection) - _CONN_STANDARD
-        if extra:
-            out = [(n, v) for n, v in out if n not in extra]
-    if upgrade:
-        out.append((b"connection", b"upgrade"))
-    out.append((b"server", server))
-    return out
-
-
-def _reason_body(status: int, detail: str = "") -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    text = f"{status} {phrase}\n"
-    if detail:
-        text += detail + "\n"
-    return text.encode()
-
-
 class _DeadConnection(Exception):
     """A reused upstream connection closed before answering (retry it once)."""
 
@@ -221,7 +110,7 @@ class _ClientGone(Exception):
     """The client went away or timed out while its body was being read."""
 
 
-class _H2Preface(Exception):
+class H2Preface(Exception):
     """The first bytes of a plain connection are the HTTP/2 preface (h2c prior knowledge)."""
 
     def __init__(self, data: bytes) -> None:
@@ -229,140 +118,11 @@ class _H2Preface(Exception):
         self.data = data
 
 
-class Multiplexed(Protocol):
-    """A connection carrying many requests at once (``workers.http2.H2Server``)."""
-
-    def start_drain(self) -> None: ...
-
-
-def endpoint_addresses(table: RouteTable) -> frozenset[tuple[str, int]]:
-    """Every (address, port) the table's upstreams list (ExternalName ones resolve later)."""
-    return frozenset((e.address, e.port) for u in table.snapshot.upstreams for e in u.endpoints)
-
-
-class Worker:
-    """Per-process state shared by every client connection."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        *,
-        index: int = 0,
-        listen_port: int = 80,
-        scheme: str = "http",
-        access_log: bool = False,
-        https_port: int = 0,
-    ) -> None:
-        self.pool = pool
-        self.https_port = https_port  # 0: no HTTPS listener (no ssl-redirect then)
-        self.https_port_bytes = str(https_port).encode()
-        self.hsts: bytes | None = None  # Strict-Transport-Security value for HTTPS answers
-        self.index = index
-        self.listen_port = listen_port
-        self.port_bytes = str(listen_port).encode()
-        self.scheme_bytes = scheme.encode()
-        self.access_log = access_log
-        self.metrics = Metrics()
-        self.table: RouteTable | None = None
-        self.endpoints: frozenset[tuple[str, int]] = frozenset()  # of the table in force
-        self.balancer = Balancer()
-        self.settings = GlobalSettings()
-        self.server_header = self.settings.server_header.encode()
-        self.generation = 0
-        self.draining = False
-        self.sessions: set[Session] = set()
-        self.multiplexed: set[Multiplexed] = set()  # HTTP/2 connections (streams run Sessions)
-        self.drained = trio.Event()
-
-    def install(self, table: RouteTable, generation: int) -> None:
-        """Swap in a new route table; requests already parsed keep the old one."""
-        endpoints = endpoint_addresses(table)
-        self.pool.retire(self.endpoints - endpoints)
-        self.endpoints = endpoints
-        self.table = table
-        self.balancer = Balancer()
-        self.settings = table.snapshot.settings
-        server = self.settings.server_header.encode("latin-1", "replace")
-        if not valid_value(server):
-            log.error("snapshot generation %d: invalid server_header %r; using 'fastingress'",
-                      generation, self.settings.server_header)
-            server = b"fastingress"
-        self.server_header = server
-        self.hsts = hsts_value(self.settings)
-        self.generation = generation
-
-    def start_drain(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
-        self.draining = True
-        for session in list(self.sessions):
-            if session.idle:
-                session.scope.cancel()
-        for mux in list(self.multiplexed):
-            mux.start_drain()  # GOAWAY; in-flight streams finish
-        if not self.sessions and not self.multiplexed:
-            self.drained.set()
-
-    def _opened(self, session: Session) -> None:
-        self.sessions.add(session)
-        self.metrics.active_connections += 1
-
-    def _closed(self, session: Session) -> None:
-        self.sessions.discard(session)
-        self.metrics.active_connections -= 1
-        if self.draining and not self.sessions and not self.multiplexed:
-            self.drained.set()
-
-    def mux_opened(self, mux: Multiplexed) -> None:
-        self.multiplexed.add(mux)
-        self.metrics.active_connections += 1
-
-    def mux_closed(self, mux: Multiplexed) -> None:
-        self.multiplexed.discard(mux)
-        self.metrics.active_connections -= 1
-        if self.draining and not self.sessions and not self.multiplexed:
-            self.drained.set()
-
-    def stats_bytes(self) -> bytes:
-        return stats_encoder.encode(self.metrics.stats(self.index, self.generation, self.draining))
-
-
-async def serve_client(worker: Worker, stream: trio.abc.Stream, client_ip: str, *, tls: str = "") -> None:
-    """Serve one client connection until it closes, times out or the worker drains.
-
-    ``tls`` is "" for plain HTTP, else what the access log records of the TLS session
-    (``TLSv1.3/http/1.1``); the request is then HTTPS (X-Forwarded-Proto, HSTS, no ssl-redirect).
-    """
-    if tls and getattr(stream, "selected_alpn", None) == "h2":  # (offered only with settings.http2)
-        return await _serve_h2(worker, stream, client_ip, b"", tls)
-    session = Session(worker, stream, client_ip, tls)
-    worker._opened(session)
-    preface = b""
-    try:
-        await session.run()
-    except _H2Preface as exc:
-        preface = exc.data
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    except Exception:
-        # A bug, not the peer's fault: log it (with traceback) and lose this connection
-        # only, never the worker.
-        log.exception("worker %d: internal error on a connection from %s",
-                      worker.index, client_ip)
-    finally:
-        session.finish_request(499)
-        worker._closed(session)
-        if not preface:
-            await trio.aclose_forcefully(stream)
-    if preface:
-        await _serve_h2(worker, stream, client_ip, preface, tls)
-
-
-async def _serve_h2(
-    worker: Worker, stream: trio.abc.Stream, client_ip: str, initial: bytes, tls: str
-) -> None:
-    from workers.http2 import serve_h2  # (imported here: http2 builds on this module)
-
-    await serve_h2(worker, stream, client_ip, initial, tls=tls)
+def new_server_codec(worker: Worker) -> ServerCodec:
+    """The client-side codec the worker is configured with (llhttp, or the h11 reference)."""
+    if worker.http1_codec == "h11":
+        return ServerCodec(worker.settings.max_header_bytes)
+    return LlhttpServerCodec(worker.settings.max_header_bytes)  # type: ignore[return-value]
 
 
 class Session:
@@ -373,28 +133,42 @@ class Session:
         "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "tls", "worker",
     )
 
-    def __init__(self, worker: Worker, stream: trio.abc.Stream, client_ip: str, tls: str = "") -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        stream: trio.abc.Stream,
+        client_ip: str,
+        tls: str = "",
+        codec: ServerCodec | None = None,
+    ) -> None:
         self.worker = worker
         self.tls = tls  # "" for plain HTTP
         self.stream = stream
         self.client_ip = client_ip.encode()
-        self.codec = ServerCodec(worker.settings.max_header_bytes)
+        self.codec = codec if codec is not None else new_server_codec(worker)
         self.scope = trio.CancelScope()
         self.idle = False
         self.phase = PH_HEAD
         self.in_request = False
         self.status = 0
         self.t0 = 0.0
-        self.labels = ("-", "-", "-")
+        self.labels = NO_LABELS
         self.method = b""
         self.target = b""
         self.body_consumed = 0
         self.pump_done = False
         self.pump_error: BaseException | None = None
 
+    def drain(self) -> None:
+        """The worker drains: an idle connection closes now, a busy one after its response."""
+        if self.idle:
+            self.scope.cancel()
+
     # ---- the cycle loop --------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, head: RequestHead | None = None, *, t0: float = 0.0) -> None:
+        """Serve cycles until the connection ends; ``head``: the first request's head, already
+        read (a handoff from the event-driven core), ``t0`` when it arrived."""
         first = True
         while True:
             # One scope serves every cycle until its deadline fires (a fired scope stays
@@ -402,7 +176,8 @@ class Session:
             with trio.CancelScope() as scope:
                 self.scope = scope
                 while True:
-                    keep = await self._cycle(first)
+                    keep = await self._cycle(first, head, t0)
+                    head = None
                     self.finish_request(499)
                     if not keep or self.worker.draining:
                         return
@@ -433,14 +208,16 @@ class Session:
                 " " + self.tls if self.tls else "",
             )
 
-    async def _cycle(self, first: bool) -> bool:
-        head = await self._read_head(first)
+    async def _cycle(self, first: bool, head: RequestHead | None = None, t0: float = 0.0) -> bool:
         if head is None:
-            return False
+            head = await self._read_head(first)
+            if head is None:
+                return False
+            t0 = _perf()
         self.in_request = True
-        self.t0 = _perf()
+        self.t0 = t0
         self.status = 0
-        self.labels = ("-", "-", "-")
+        self.labels = NO_LABELS
         self.method = head.method
         self.target = head.target
         try:
@@ -466,7 +243,7 @@ class Session:
                 self.in_request = True
                 self.t0 = _perf()
                 self.status = 0
-                self.labels = ("-", "-", "-")
+                self.labels = NO_LABELS
                 await self._send_error(exc.status_hint, close=True)
                 return None
             if type(ev) is RequestHead:
@@ -487,7 +264,7 @@ class Session:
                 return None
             if first and not pending and data[:14] == _H2_PREFACE_START and not self.tls \
                     and self.worker.settings.http2:
-                raise _H2Preface(bytes(data))  # h2c prior knowledge: serve_client hands over
+                raise H2Preface(bytes(data))  # h2c prior knowledge: serve_client hands over
             pending = True
             codec.receive_data(data)
 
@@ -516,7 +293,7 @@ class Session:
     # ---- direct answers --------------------------------------------------------------
 
     async def _send_error(self, status: int, *, close: bool | None = None) -> bool:
-        return await self._send_simple(status, _reason_body(status), _TEXT, close=close)
+        return await self._send_simple(status, error_body(status), TEXT, close=close)
 
     async def _send_simple(
         self,
@@ -542,7 +319,10 @@ class Session:
         if close:
             headers.append((b"connection", b"close"))
         self.status = status
-        data = codec.response_head(status, headers) + codec.data(body) + codec.end()
+        if self.method != b"HEAD":  # (a HEAD answer declares the length, sends no body)
+            data = codec.response_head(status, headers) + codec.data(body) + codec.end()
+        else:
+            data = codec.response_head(status, headers) + codec.end()
         self.phase = PH_CLIENT
         _arm(self.scope, self.worker.settings.client_header_timeout)
         await self.stream.send_all(data)
@@ -556,105 +336,52 @@ class Session:
         info = scan_request(head.headers)
         if not info.has_body:
             self.codec.next_event()  # the (empty) end of the request message
-        if table is None:
-            self.status = 503
-            return await self._send_simple(
-                503, b"503 Service Unavailable\nno configuration yet\n", _TEXT
-            )
-        path, query = normalize_target(head.target)
-        match = table.match(info.host.decode("latin-1"), path)
-        route = match.route
-        self.labels = (
-            match.vhost.hostname if match.vhost is not None else "-",
-            route.ingress or "-" if route is not None else "-",
-            route.service or "-" if route is not None else "-",
-        )
-        action = match.action
-        if not self.tls and route is not None and wants_https(route.policy):
-            location = redirect_location(info.host, head.target, path, worker.https_port)
-            if location is not None:
-                return await self._send_simple(
-                    308, _reason_body(308), _TEXT, extra=((b"location", location),)
-                )
-        if action is None:
-            return await self._send_error(404)
-        kind = type(action)
-        if kind is Forward:
-            assert isinstance(action, Forward)
-            if route is not None and route.policy.rewrite_target is not None:
-                path, query = rewrite(route, path, query)
-            return await self._forward(
-                head, info, path=path, query=query, match=match, table=table, action=action
-            )
-        if kind is Redirect:
-            assert isinstance(action, Redirect)
-            return await self._send_simple(
-                action.status, _reason_body(action.status), _TEXT,
-                extra=((b"location", action.location.encode()),),
-            )
-        assert isinstance(action, Respond)
-        return await self._send_simple(action.status, action.body.encode(), action.content_type.encode())
+        balancer = worker.balancer
+        labels = list(NO_LABELS)
+        try:
+            decision = decide(table, balancer, head.method, head.target, info, tls=bool(self.tls),
+                              https_port=worker.https_port, labels=labels)
+        finally:
+            self.labels = (labels[0], labels[1], labels[2])
+        if isinstance(decision, Answer):
+            return await self._send_simple(decision.status, decision.body, decision.content_type,
+                                           extra=decision.extra)
+        if isinstance(decision, Handoff):
+            proxy = decision.proxy
+            assert proxy is not None
+            if decision.reason == "http2-upstream":
+                return await forward_h2(self, head, info, target=proxy.target, authority=proxy.host,
+                                        upstream=proxy.upstream, balancer=balancer, limit=proxy.limit)
+        else:
+            proxy = decision
+        assert table is not None
+        return await self._forward(head, info, proxy, table.snapshot.settings)
 
     # ---- forwarding ------------------------------------------------------------------
 
     async def _forward(
-        self,
-        head: RequestHead,
-        info: RequestInfo,
-        *,
-        path: str,
-        query: str,
-        match: RouteMatch,
-        table: RouteTable,
-        action: Forward,
+        self, head: RequestHead, info: RequestInfo, proxy: Proxy, settings: GlobalSettings
     ) -> bool:
         worker = self.worker
-        settings = table.snapshot.settings
-        route = match.route
-        limit = route.policy.max_body_size if route is not None else settings.max_body_size
-        if limit and info.content_length is not None and info.content_length > limit:
-            raise BodyTooLarge(f"Content-Length {info.content_length} exceeds {limit}")
-        balancer = worker.balancer if worker.table is table else Balancer()
-        name = balancer.pick_backend(action)
-        upstream = table.upstreams.get(name)
-        if upstream is None:
-            raise NoEndpoint(f"upstream {name} is not in the snapshot")
-        if upstream.protocol in H2_PROTOCOLS:  # HTTP/2 upstream (workers/h2upstream.py)
-            return await forward_h2(self, head, info, path=path, query=query, upstream=upstream,
-                                    balancer=balancer, limit=limit)
-        if upstream.protocol not in _HTTP1_PROTOCOLS:
-            raise UpstreamFailed(f"upstream {name}: protocol {upstream.protocol} is not supported yet")
-        if upstream.external_name and not upstream.endpoints:
+        upstream = proxy.upstream
+        if proxy.primary is None:  # ExternalName: resolved here (cached per dns_ttl)
             addrs = tuple((a, upstream.port) for a in await worker.pool.resolve(upstream))
+            primary, alternate = worker.balancer.pick(upstream.name, addrs)
         else:
-            addrs = balancer.ready(upstream)
-        if not addrs:
-            raise NoEndpoint(f"upstream {name} has no ready endpoint")
-        primary, alternate = balancer.pick(name, addrs)
-
+            primary, alternate = proxy.primary, proxy.alternate
         headers = info.headers
-        host = info.host
-        if upstream.host_override:
-            override = upstream.host_override.encode("latin-1", "replace")
-            if not valid_value(override):
-                raise UpstreamFailed(f"upstream {upstream.name}: invalid host override {override!r}")
-            host_value = override
-        else:
-            host_value = host
-        headers.append((b"host", host_value))
-        ip = self.client_ip
-        headers.append((b"x-forwarded-for", ip))
-        headers.append((b"x-real-ip", ip))
-        headers.append((b"x-forwarded-proto", b"https" if self.tls else worker.scheme_bytes))
-        headers.append((b"x-forwarded-host", host))
-        headers.append((b"x-forwarded-port", worker.https_port_bytes if self.tls else worker.port_bytes))
-        headers.append((b"x-request-id", info.request_id or b"%032x" % random.getrandbits(128)))
+        add_forwarded(
+            headers, info, host=proxy.host, client_ip=self.client_ip,
+            proto=b"https" if self.tls else worker.scheme_bytes,
+            port=worker.https_port_bytes if self.tls else worker.port_bytes,
+        )
         if info.upgrade is not None:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", info.upgrade))
         if info.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
-        target = (path + query).encode() if path != "*" else b"*"
+        target = proxy.target
+        limit = proxy.limit
 
         conn, reused = await self._acquire(primary, alternate, upstream, settings)
         self.body_consumed = 0
@@ -933,6 +660,4 @@ async def copy_bytes(
     tunnel.cancel()
 
 
-__all__ = [
-    "RequestInfo", "Session", "Worker", "copy_bytes", "response_headers", "scan_request", "serve_client",
-]
+__all__ = ["H2Preface", "Session", "copy_bytes", "new_server_codec"]

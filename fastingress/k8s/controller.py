@@ -49,6 +49,7 @@ from fastingress.k8s.secrets import Ref, SecretRefs, secret_ref
 from fastingress.k8s.status import current_addresses, desired_addresses, owned_ingresses, with_status
 from fastingress.k8s.store import Store, key_of
 from fastingress.settings import ControllerSettings
+from fastingress.settings import translate_options as options_for
 from fastingress.snapshot.codec import encode_msgpack
 from fastingress.snapshot.schema import Snapshot
 from fastingress.supervisor.source import Loaded, Trigger
@@ -71,14 +72,7 @@ def default_identity() -> str:
 
 
 def translate_options(settings: ControllerSettings) -> TranslateOptions:
-    t = settings.translation
-    return TranslateOptions(
-        controller_class=t.controller_class,
-        ingress_class=t.ingress_class,
-        watch_without_class=t.watch_without_class,
-        default_backend_service=t.default_backend_service,
-        settings=t.global_settings(),
-    )
+    return options_for(settings.translation)
 
 
 class SnapshotEncoder:

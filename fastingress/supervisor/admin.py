@@ -1,4 +1,4 @@
-"""The admin HTTP server (/healthz, /readyz, /metrics, /status): h11 on trio, GET/HEAD only.
+"""The admin HTTP server (/healthz, /readyz, /metrics, /status, /explain): h11 on trio, GET/HEAD only.
 
 The server knows nothing about the supervisor: it calls an injected ``Handler`` with the
 method and path and sends back what it returns.  Requests are tiny; a connection that sends
@@ -31,7 +31,7 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler = Callable[[str, str], Awaitable[Response]]
+Handler = Callable[[str, str, str], Awaitable[Response]]  # (method, path, query without "?")
 
 
 def reason_phrase(status: int) -> bytes:
@@ -112,12 +112,12 @@ async def _serve_one(stream: trio.abc.Stream, conn: h11.Connection, handler: Han
     assert request is not None  # h11 yields Request before EndOfMessage
     method = request.method.decode("ascii", "replace")
     target = request.target.decode("ascii", "replace")
-    path = target.split("?", 1)[0]
+    path, _, query = target.partition("?")
     if method not in ("GET", "HEAD"):
         response = Response(405, b"405 Method Not Allowed\n", headers=(("Allow", "GET, HEAD"),))
     else:
         try:
-            response = await handler(method, path)
+            response = await handler(method, path, query)
         except Exception:
             log.exception("admin handler failed for %s %s", method, path)
             response = text(500, "500 Internal Server Error\n")

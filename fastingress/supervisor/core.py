@@ -465,7 +465,7 @@ class Supervisor:
             last_reload_time=self.last_reload_time,
         )
 
-    async def handle_admin(self, method: str, path: str) -> admin.Response:
+    async def handle_admin(self, method: str, path: str, query: str = "") -> admin.Response:
         if path == "/healthz":
             return admin.text(200, "ok\n")
         if path == "/readyz":
@@ -482,6 +482,8 @@ class Supervisor:
         if path == "/status":
             view = await self.view()
             return admin.Response(200, self.status_json(view), "application/json")
+        if path == "/explain":
+            return self.explain(query)
         own = self.source.endpoint(path)
         if own is not None:
             return admin.text(*own)
@@ -501,6 +503,20 @@ class Supervisor:
         if ready and not self.last_reload_ok:
             reason += "; the last reload failed, inputs held at their last good version (see /status)"
         return ready, reason
+
+    def explain(self, query: str) -> admin.Response:
+        """/explain?url=URL[&header=Name:%20value...][&client_ip=IP]: ``fastingress explain``
+        about the snapshot in force (JSON), for ``fastingress explain --admin``."""
+        from fastingress.explain import explain_query
+
+        if self.current is None:
+            return admin.text(503, "503 Service Unavailable: the initial configuration is still loading\n")
+        status, body = explain_query(
+            self.current.snapshot, query, https_port=self.settings.https_port,
+            diagnostics=self.current.diagnostics,
+        )
+        content_type = "application/json" if status == 200 else "text/plain; charset=utf-8"
+        return admin.Response(status, body, content_type)
 
     def status_json(self, view: SupervisorView) -> bytes:
         body = {

@@ -210,16 +210,10 @@ def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> L
 def _translate(
     objects: list[Obj], file_diagnostics: Sequence[DiagnosticLike], translation: TranslationSettings
 ) -> Loaded:
-    from fastingress.translate import TranslateOptions, translate
+    from fastingress.settings import translate_options
+    from fastingress.translate import translate
 
-    options = TranslateOptions(
-        controller_class=translation.controller_class,
-        ingress_class=translation.ingress_class,
-        watch_without_class=translation.watch_without_class,
-        default_backend_service=translation.default_backend_service,
-        settings=translation.global_settings(),
-    )
-    result = translate(objects, options)
+    result = translate(objects, translate_options(translation))
     diagnostics: tuple[DiagnosticLike, ...] = (*file_diagnostics, *result.diagnostics)
     return Loaded(result.snapshot, encode_msgpack(result.snapshot), diagnostics)
 

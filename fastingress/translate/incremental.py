@@ -574,7 +574,7 @@ class Translator:
             if not memo.ours:
                 continue
             if not memo.planned:
-                self._plan(memo, ref, ingress)
+                self._plan(memo, ref, ingress, self.options.unsafe_fail_open)
             if memo.plan_diags:
                 diags.append(memo.plan_diags)
             if memo.plan is not None:
@@ -593,10 +593,10 @@ class Translator:
         memo.ours_diags = sub.sorted()
 
     @staticmethod
-    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj) -> None:
+    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, fail_open: bool) -> None:
         sub = Sink()
         try:
-            memo.plan = parse_ingress(ref, ingress, sub)
+            memo.plan = parse_ingress(ref, ingress, sub, fail_open=fail_open)
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.plan = None
@@ -610,7 +610,9 @@ class Translator:
             self._plans = plans
             self._sorted_plans = sorted(plans, key=lambda p: p.age)
             # default_action() uses the oldest plan that has a defaultBackend: only that one
-            self._default_plans = [p for p in self._sorted_plans if p.default_backend is not None][:1]
+            self._default_plans = [
+                p for p in self._sorted_plans if p.default_backend is not None and not p.annotations.canary
+            ][:1]
             sub = Sink()
             self._merged = _merge(self._sorted_plans, sub)
             self._merge_diags = sub.sorted()
@@ -627,8 +629,8 @@ class Translator:
         secrets: set[SecretKey],
     ) -> _Emission:
         old = self._emission
+        stale = self._hosts_reading(secrets)
         if old is not None and old.merged is merged:
-            stale = self._hosts_reading(secrets)
             if old.period != self._period:  # once an hour: expiry diagnostics depend on the clock
                 stale |= self._hosts_with_new_certificates(cluster)
             patched = self._reemit(cluster, old, stale) if stale else old
@@ -644,7 +646,8 @@ class Translator:
             claims = tuple(merged.routes.get(host, {}).values())
             key = (claims, merged.tls.get(host), merged.fallbacks.get(host))
             memo = self._hosts.get(host)
-            fresh = None if memo is None or memo.key != key else self._revalidate(cluster, memo)
+            same = memo is not None and memo.key == key and host not in stale
+            fresh = self._revalidate(cluster, memo) if memo is not None and same else None
             if memo is None or fresh is None:
                 memo = self._emit_host(cluster, merged, host, key)
                 fresh = list(memo.requests)
@@ -773,7 +776,8 @@ class Translator:
 
     def _revalidate(self, cluster: Cluster, memo: _HostMemo) -> list[_Resolved] | None:
         """The host's requests resolved now, if its vhost is still what it was (the same
-        requests fail as before, its certificates load the same); else None."""
+        requests fail as before, its certificates load the same); else None.  (A host that
+        looked up a changed Secret, found or not, is emitted again before this is asked.)"""
         for (namespace, name), loaded in memo.loads:
             now = self._certificate(cluster, namespace, name)
             if now is not loaded and (now.certificate != loaded.certificate or now.diags != loaded.diags):

@@ -204,6 +204,36 @@ def test_events_for_diagnostics(tmp_path: Path, api: ApiServer) -> None:
         assert len(events()) == 1
 
 
+def test_fail_closed_and_did_you_mean_reach_events_status_and_log(
+    tmp_path: Path, api: ApiServer, echo_servers: list[EchoServer]
+) -> None:
+    """An unhonoured access annotation closes its Ingress (503 naming the key; nothing reaches
+    the upstream) and a typo names the key it resembles: in an Event, in /status and in the log."""
+    s0 = echo_servers[0]
+    _web(api, s0.port)  # a.test: open, same Service
+    typo, guard = "nginx.ingress.kubernetes.io/rewrite-targt", "nginx.ingress.kubernetes.io/auth-url"
+    api.apply(m.ingress("guarded", [("g.test", "/", "Prefix", "svc0")], class_name="fastingress",
+                        annotations={typo: "/", guard: "https://auth.example/check"}))
+    with run_controller(tmp_path, api, workers=1, extra=FAST_ELECTION) as fi:
+        r = fi.get("g.test", "/secret")
+        assert r.status_code == 503
+        assert f"refused: {guard} is not supported" in r.text
+        assert fi.server_of("a.test") == "s0"
+        assert [q["path"] for q in s0.requests] == ["/"]  # only the open host's request
+
+        def events() -> dict[str, dict[str, object]]:
+            found = [e for e in api.objects("Event") if e.get("involvedObject", {}).get("name") == "guarded"]
+            return {str(e["reason"]): e for e in found} if len(found) >= 2 else {}
+
+        by_reason = wait_for(events, what="Events about the guarded Ingress")
+        assert f"did you mean `{typo[:-5]}target`?" in str(by_reason["InvalidAnnotation"]["message"])
+        assert "503 (fail closed)" in str(by_reason["FailClosed"]["message"])
+        diagnostics = {d["field"]: d for d in fi.status()["diagnostics"] if d["name"] == "guarded"}
+        assert diagnostics[f"metadata.annotations[{typo}]"]["suggestion"] == typo[:-5] + "target"
+        assert diagnostics[f"metadata.annotations[{guard}]"]["severity"] == "error"
+        assert f"did you mean `{typo[:-5]}target`?" in fi.log()
+
+
 def _slice(name: str, endpoints: list[tuple[int, bool, bool]]) -> dict[str, object]:
     """One EndpointSlice of Service svc0; endpoints: (port, ready, terminating).
 
