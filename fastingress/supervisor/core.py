@@ -248,9 +248,8 @@ class Supervisor:
         if settings.https_port:
             parts.append(f"https on {host_port(settings.bind, settings.https_port)}")
         parts.append(f"admin on {host_port(settings.admin_bind, self.admin_port)}")
-        codec = getattr(settings, "http1_codec", None)  # the HTTP/1.1 codec flag, where there is one
-        if isinstance(codec, str) and codec:
-            parts.append(f"HTTP/1.1 codec {codec}")
+        if self.slots:  # what the workers are told to use (--http1-codec, where there is one)
+            parts.append(f"HTTP/1.1 codec {self.slots[0].settings.http1_codec}")
         parts.append(f"snapshot generation {self.generation}")
         standby = " (+1 standby)" if self.use_standby else ""
         workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}{standby}"

@@ -191,7 +191,8 @@ def test_start_up_lines_process_titles_and_admin_status_lines(
             f"https on 127.0.0.1:{fi.https_port}, admin on 127.0.0.1:{fi.admin_port}"
         )
         assert starting in log, log
-        assert re.search(re.escape(starting) + r"(, HTTP/1\.1 codec \w+)?, snapshot generation 1\n", log)
+        codec_and_generation = r", HTTP/1\.1 codec (llhttp|h11), snapshot generation 1\n"
+        assert re.search(re.escape(starting) + codec_and_generation, log)
         assert log.index(f"admin on http://127.0.0.1:{fi.admin_port}") < log.index("loaded manifests")
 
         assert _cmdline(fi.proc.pid) == "fastingress: supervisor"
@@ -200,8 +201,11 @@ def test_start_up_lines_process_titles_and_admin_status_lines(
             "fastingress: worker 0",
             "fastingress: worker 1",
         ]
-        standby = int(fi.status()["standby"]["pid"])
-        assert standby and _cmdline(standby) == "fastingress: standby worker"
+        def standby_title() -> str | None:  # the standby starts a moment after the workers
+            pid = int(fi.status()["standby"]["pid"])
+            return _cmdline(pid) if pid else None
+
+        wait_for(lambda: standby_title() == "fastingress: standby worker", what="the standby's title")
 
         admin = fi.admin_port
         assert _status_line(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == b"HTTP/1.1 200 OK"
