@@ -5,9 +5,11 @@ Theory of operation
 ``ControllerSource`` implements ``fastingress.supervisor.source.ConfigSource``:
 
 * ``initial()`` starts one ``Informer`` thread per watched kind (IngressClass, Ingress,
-  Service, EndpointSlice, TLS Secrets) and applies their messages to the ``Store`` until
-  EVERY kind has completed its first list; only then is the first snapshot built, so the
-  workers' generation 1 is the full state, never a partial one.
+  Service, EndpointSlice, and Secrets once the Ingresses are listed: only the Secrets they
+  reference are kept, see ``k8s/secrets.py``) and applies their messages to the ``Store``
+  until EVERY kind has completed its first list; only then is the first snapshot built, so
+  the workers' generation 1 is the full state, never a partial one.  The admin port is up
+  meanwhile (``/readyz`` 503 says which lists are missing).
 * ``run(trigger)`` runs the tasks of a live controller in one nursery:
   - the consumer applies informer messages to the store; a message that changes what
     translation sees pokes the ``Debouncer`` (hold-off after the last change, capped by a
@@ -19,8 +21,11 @@ Theory of operation
     (status.loadBalancer of our Ingresses, replace on the status subresource, re-read on
     409) and the event poster (diagnostics → Events, deduplicated; 403 → stop trying).
 * API outage: informers back off and relist when the API answers again; the snapshot in
-  force keeps being served; ``readiness()`` turns false once no informer has had a good
-  list for ``api_outage_grace`` seconds while at least one is failing.
+  force keeps being served.  Past ``api_outage_grace`` seconds ``readiness()`` turns false
+  only if another replica (``k8s/peers.py``) answers that it still reaches the API: an
+  outage of the API server itself never takes every replica out of the load balancer.
+* Status: an Ingress that stops being ours loses our address; with
+  ``update_status_on_shutdown`` the last replica standing clears the status on shutdown.
 """
 
 from __future__ import annotations

@@ -14,14 +14,18 @@ is a set, so order does not matter):
    the Ingress's plan (``parse_ingress``): per Ingress object;
 3. merge: reused when the list of plans is the same (same plan objects, same order);
 4. virtual hosts (routes, TLS, passthrough): all of them reused when the merge result is
-   the one reused in 3, no Secret changed, the certificates they read load the same
-   (re-checked once an hour: expiry warnings depend on the clock), and no backend
-   resolution changed between failing and not failing; otherwise each host is reused on
-   its own when its claims (rules and plans, compared by value), TLS claim and fallback
-   are equal to last time and the same checks pass for its certificates and requests;
+   the one reused in 3 and no backend resolution changed between failing and not failing;
+   a host that looked up a changed Secret (found or not: every lookup of ``cluster.secrets``
+   while emitting it is recorded) is emitted again on its own, and so is one whose
+   certificates load differently in a new hour (expiry warnings depend on the clock).
+   Otherwise each host is reused on its own when its claims (rules and plans, compared by
+   value), TLS claim and fallback are equal to last time and the same checks pass for its
+   certificates and requests;
 5. upstreams: per resolution request (backend, upstream settings, owner), dropped when the
-   request's Service or that Service's EndpointSlices changed, or any Secret changed; the
-   endpoints of (namespace, Service, port name) likewise.
+   request's Service or that Service's EndpointSlices changed, or a Secret it looked up
+   changed (recorded likewise: ``proxy-ssl-secret``); the endpoints of (namespace, Service,
+   port name) when the Service or its slices changed.  So one changed Secret redoes only
+   the hosts and resolutions that read it (10,000 Ingresses: ~24 ms instead of ~490 ms).
 
 Indexing itself has a fast path: when the input is a list of the same length as last time
 in which a few positions hold new versions of the same objects (kind, namespace, name),
@@ -32,6 +36,8 @@ reorders, duplicates) indexes every object again, each one's addressing still me
 
 An upstream's resolution may read only its Service, that Service's EndpointSlices and
 Secrets (``backends.UpstreamBuilder``); if it ever reads more, step 5 must learn about it.
+Secrets are looked up through ``get``, ``in`` or ``[]``; iterating them is recorded as
+reading them all (any Secret change then redoes that host or resolution).
 
 Contract: input objects are values.  A memo recognises an unchanged object by identity
 (``is``), so a caller that changes an object must pass a new mapping instead of editing
