@@ -190,8 +190,9 @@ class Supervisor:
 
     def _note_failures(self, reason: str, failures: Sequence[str]) -> None:
         """Inputs that did not load (each held at its last good version): a failed reload."""
+        when = "start (--allow-partial)" if reason == "start" else f"reload ({reason})"
         for failure in failures:
-            log.error("reload (%s): %s", reason, failure)
+            log.error("%s: %s", when, failure)
         if failures:
             self.reload_failures += reason != "start"
             self.last_reload_ok = False
