@@ -42,6 +42,10 @@ from fastingress.settings import (
 
 PROG = "fastingress"
 EXIT_USAGE = 2
+HTTP1_CODECS = ("llhttp", "h11")
+HTTP1_CODEC_HELP = (
+    "HTTP/1.1 data path: llhttp (the event-driven core, default) or h11 (the task-based reference)"
+)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # --demo: the backends the manifests in config/examples point at (their EndpointSlices).
 DEMO_BACKENDS: tuple[tuple[str, int], ...] = (("frontend", 9001), ("api", 9002), ("docs", 9003))
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     standalone.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     standalone.add_argument("--access-log", action="store_true", help="log one line per request")
+    standalone.add_argument("--http1-codec", choices=HTTP1_CODECS, default="llhttp", help=HTTP1_CODEC_HELP)
     standalone.add_argument(
         "--standby-worker",
         action=argparse.BooleanOptionalAction,
@@ -262,6 +267,7 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--access-log", action="store_true", help="log one line per request")
+    parser.add_argument("--http1-codec", choices=HTTP1_CODECS, default="llhttp", help=HTTP1_CODEC_HELP)
     parser.add_argument(
         "--standby-worker",
         action=argparse.BooleanOptionalAction,
@@ -452,6 +458,7 @@ def _serving(args: argparse.Namespace) -> dict[str, Any]:
         "grace_period": args.grace_period,
         "log_level": args.log_level,
         "access_log": args.access_log,
+        "http1_codec": args.http1_codec,
         "worker_command": tuple(shlex.split(args.worker_command)) if args.worker_command else (),
         "runtime_dir": args.runtime_dir,
         "standby_worker": args.standby_worker,

@@ -78,6 +78,7 @@ class StandaloneSettings(msgspec.Struct, frozen=True):
     watch_interval: float = 1.0
     log_level: LogLevel = "info"
     access_log: bool = False
+    http1_codec: Literal["llhttp", "h11"] = "llhttp"  # the event-driven core, or the h11 reference path
     # The worker program (argv prefix); "--settings JSON" is appended.  Empty: python -m workers.
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None  # None: a fresh private directory (default_runtime_dir())
@@ -220,6 +221,7 @@ class ControllerSettings(msgspec.Struct, frozen=True):
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None
     standby_worker: bool = True
+    http1_codec: Literal["llhttp", "h11"] = "llhttp"
     # -- issue 10 -------------------------------------------------------------------------
     update_status_on_shutdown: bool = True  # the last replica clears Ingress status (ingress-nginx)
     pod_name: str = ""  # $POD_NAME: our own endpoint among the publish Service's (peers)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from fastingress.errors import (
     BadRequest,
@@ -49,11 +49,12 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from workers.decide import NO_LABELS, Answer, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
 from workers.heads import TEXT, RequestInfo, add_forwarded, error_body, response_headers, scan_request
 from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
+from workers.policy import RequestCtx
 from workers.tlspolicy import add_hsts
 from workers.upstream_tls import client_tls
 
@@ -92,6 +93,7 @@ class ClientConn(Timed):
         "client_ip",
         "codec",
         "core",
+        "ctx",
         "first",
         "handoff",
         "head",
@@ -121,7 +123,7 @@ class ClientConn(Timed):
         "writing_paused",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917
         self,
         core: Core,
         worker: Worker,
@@ -140,6 +142,7 @@ class ClientConn(Timed):
         self.tls = tls  # "" for plain HTTP, else "TLSv1.3/http/1.1" (access log)
         self.handoff = handoff
         self.tls_conn: object = None  # the pyOpenSSL Connection of a TLS client (for handoffs)
+        self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
         self.codec = ServerCodec(worker.settings.max_header_bytes)
         self.state = IDLE
         self.first = True
@@ -297,18 +300,43 @@ class ClientConn(Timed):
             self.codec.next_event()  # the (empty) end of the request message
         try:
             decision = decide(worker.table, worker.balancer, head.method, head.target, info,
-                              tls=bool(self.tls), https_port=worker.https_port, labels=self.labels)
+                              tls=bool(self.tls), https_port=worker.https_port, labels=self.labels,
+                              client_ip=self.client_ip.decode(), now=self.core.now, tls_peer=self.tls_conn)
         except FastIngressError as exc:
             self._fail(exc)
             return
+        self._decided(decision, head, info)
+
+    def _decided(self, decision: Decision, head: RequestHead, info: RequestInfo) -> None:
         if isinstance(decision, Proxy):
+            self.ctx = decision.ctx
             self._forward(decision, head, info)
         elif isinstance(decision, Answer):
+            self.ctx = decision.ctx
             self._answer(decision.status, decision.body, decision.content_type, decision.extra)
+        elif isinstance(decision, Pending):
+            self.ctx = decision.ctx
+            self.state = WAIT
+            self.transport.pause_reading()
+            self.core.spawn(self._wait_for_policy, decision, head, info)
         elif decision.reason == "resolve" and decision.proxy is not None:
+            self.ctx = decision.proxy.ctx
             self._resolve(decision.proxy, head, info)
         else:
             self._hand_over(head)
+
+    async def _wait_for_policy(self, pending: Pending, head: RequestHead, info: RequestInfo) -> None:
+        """A policy waits (an auth subrequest): in a task; the request resumes in the core."""
+        result = await pending.defer.run()
+        if self.state != WAIT:
+            return  # the client went away meanwhile (its done hooks ran then)
+        self.state = IDLE  # (no request head is read in the meantime: input is paused)
+        try:
+            decision = pending.resume(result)
+        except FastIngressError as exc:
+            self._fail(exc)
+            return
+        self._decided(decision, head, info)
 
     # ---- answering ourselves ---------------------------------------------------------
 
@@ -336,6 +364,8 @@ class ClientConn(Timed):
         ]
         if self.tls and worker.hsts is not None:
             headers.append((b"strict-transport-security", worker.hsts))
+        if self.ctx is not None:
+            self.ctx.respond(status, headers)
         if close:
             headers.append((b"connection", b"close"))
         self.status = status
@@ -361,7 +391,8 @@ class ClientConn(Timed):
         log.warning(
             "upstream error: %s %s host=%s route=%s ingress=%s endpoint=%s request_id=%s: %s",
             self.method.decode("latin-1"), self.target.decode("latin-1"), self.labels[0],
-            f"{route.path_type}:{route.path}" if route is not None else "-", self.labels[1], endpoint, rid, exc,
+            f"{route.path_type}:{route.path}" if route is not None else "-", self.labels[1], endpoint,
+            rid, exc,
         )
 
     def _close_after_answer(self) -> None:
@@ -385,6 +416,10 @@ class ClientConn(Timed):
         if not self.in_request:
             return
         self.in_request = False
+        ctx = self.ctx
+        if ctx is not None:
+            self.ctx = None
+            ctx.finish()
         worker = self.worker
         duration = _perf() - self.t0
         host, ingress, service = self.labels
@@ -468,7 +503,8 @@ class ClientConn(Timed):
         conn.owner = self
         conn.requests += 1
         ucodec = conn.codec
-        data = ucodec.request_head(head.method, self.proxy.target if self.proxy else head.target, info.headers)
+        target = self.proxy.target if self.proxy else head.target
+        data = ucodec.request_head(head.method, target, info.headers)
         if not self.req_open:
             conn.write(data + ucodec.end())
             self._arm_read(conn)
@@ -573,7 +609,7 @@ class ClientConn(Timed):
                     assert isinstance(ev, ResponseHead)
                     if ev.status < 200:
                         if ev.status == 101:
-                            raise UpstreamFailed(f"upstream {conn.label} switched protocols unasked")
+                            _fail_upstream(conn, "switched protocols unasked")
                         continue  # 100 Continue and friends: we speak for ourselves
                     out.append(self._response_head(ev))
                     continue
@@ -582,7 +618,7 @@ class ClientConn(Timed):
                     self._to_client(out)
                     self._exchange_done()
                     return
-                raise UpstreamFailed(f"upstream {conn.label} closed the connection mid-response")
+                _fail_upstream(conn, "closed the connection mid-response")
         except (UpstreamFailed, LocalProtocolError) as exc:
             self._to_client(out)
             if self._retryable(conn):
@@ -604,6 +640,8 @@ class ClientConn(Timed):
         headers = response_headers(ev.headers, worker.server_header)
         if self.tls and worker.hsts is not None:
             add_hsts(headers, worker.hsts)
+        if self.ctx is not None:
+            self.ctx.respond(ev.status, headers)
         if worker.draining or self.req_open:
             headers.append((b"connection", b"close"))
         self.status = ev.status
@@ -728,6 +766,10 @@ class ClientConn(Timed):
         self.worker.closed(self)
         assert self.handoff is not None
         self.handoff("h2", self, initial)
+
+
+def _fail_upstream(conn: UpstreamConn, what: str) -> NoReturn:
+    raise UpstreamFailed(f"upstream {conn.label} {what}")
 
 
 __all__ = ["LINGERING_TIME", "LINGERING_TIMEOUT", "ClientConn"]

@@ -71,8 +71,8 @@ class UpstreamConn(Timed):
     """One connection to an upstream endpoint (see the module docstring)."""
 
     __slots__ = (
-        "codec", "connect_timeout", "fresh", "key", "label", "owner", "pool", "requests", "sock", "state", "tls",
-        "transport", "writing_paused",
+        "codec", "connect_timeout", "fresh", "key", "label", "owner", "pool", "requests", "sock", "state",
+        "tls", "transport", "writing_paused",
     )
 
     def __init__(self, pool: CorePool, key: Address, tls: ClientTLS | None, label: str) -> None:
@@ -125,9 +125,8 @@ class UpstreamConn(Timed):
             assert self.sock is not None
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._fail(UpstreamFailed(
-                    f"upstream {self.label}: connect to {self._where()} failed: {errno.errorcode.get(err, err)}"
-                ))
+                why = errno.errorcode.get(err, err)
+                self._fail(UpstreamFailed(f"upstream {self.label}: connect to {self._where()} failed: {why}"))
                 return
             self._connected()
         elif self.state == HANDSHAKE:
@@ -153,7 +152,8 @@ class UpstreamConn(Timed):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
-            self._fail(UpstreamFailed(f"upstream {self.label}: {self.pool.tls.handshake_failed(self.key, self.tls, exc)}"))
+            failed = self.pool.tls.handshake_failed(self.key, self.tls, exc)
+            self._fail(UpstreamFailed(f"upstream {self.label}: {failed}"))
             return
         try:
             self.pool.tls.check_alpn(sock.selected_alpn_protocol(), self.key, self.tls)
@@ -225,7 +225,8 @@ class UpstreamConn(Timed):
         elif self.state in (CONNECTING, HANDSHAKE):
             timeout = self.connect_timeout
             what = "TLS handshake with" if self.state == HANDSHAKE else "connect to"
-            self._fail(UpstreamTimeout(f"upstream {self.label}: {what} {self._where()} timed out after {timeout:g}s"))
+            self._fail(UpstreamTimeout(
+                f"upstream {self.label}: {what} {self._where()} timed out after {timeout:g}s"))
         elif self.owner is not None:
             self.owner.upstream_timeout(self)
 

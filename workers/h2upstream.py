@@ -722,6 +722,8 @@ async def _relay_h1(
     headers = _response_headers(rheaders, worker.server_header)
     if session.tls and worker.hsts is not None:
         add_hsts(headers, worker.hsts)
+    if session.ctx is not None:
+        session.ctx.respond(status, headers)
     close = worker.draining or not codec.their_message_done
     if close:
         headers.append((b"connection", b"close"))

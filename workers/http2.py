@@ -274,6 +274,11 @@ class H2StreamChannel(trio.abc.Stream):
         self.server = server
         self.st = st
 
+    @property
+    def ssl_connection(self) -> object:
+        """The client's TLS connection (client certificates), None over h2c."""
+        return getattr(self.server.stream, "ssl_connection", None)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         st = self.st
         if data:  # not produced by H2StreamCodec, but keep it as body bytes if it comes

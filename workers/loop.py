@@ -145,9 +145,10 @@ class Core:
             sleep.deadline = -_INF
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Start a trio task (in the connection nursery) for work that must wait."""
+        """Start a trio task (in the connection nursery) for work that must wait; a bug in it
+        is logged and loses that work only, never the worker."""
         assert self._nursery is not None
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(_guarded, fn, *args)
 
     def _run_soon(self) -> None:
         soon = self.soon
@@ -207,6 +208,13 @@ class Core:
         self.epoll.close()
 
 
+async def _guarded(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception:
+        log.exception("internal error in a task of the core")
+
+
 def _abort_quietly(obj: object) -> None:
     abort = getattr(obj, "abort", None)
     if abort is None:
@@ -218,5 +226,6 @@ def _abort_quietly(obj: object) -> None:
 
 
 __all__ = [
-    "ALL_EVENTS", "EPOLLERR", "EPOLLET", "EPOLLHUP", "EPOLLIN", "EPOLLOUT", "EPOLLRDHUP", "INPUT_EVENTS", "Core", "Handler", "Timed",
+    "ALL_EVENTS", "EPOLLERR", "EPOLLET", "EPOLLHUP", "EPOLLIN", "EPOLLOUT", "EPOLLRDHUP", "INPUT_EVENTS",
+    "Core", "Handler", "Timed",
 ]

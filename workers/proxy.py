@@ -62,11 +62,12 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from fastingress.snapshot.schema import GlobalSettings, Upstream
-from workers.decide import NO_LABELS, Answer, Handoff, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide
 from workers.h2upstream import forward_h2
 from workers.heads import TEXT, RequestInfo, add_forwarded, error_body, response_headers, scan_request
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
 from workers.llhttp import ServerCodec as LlhttpServerCodec
+from workers.policy import RequestCtx
 from workers.pool import UpstreamConn
 from workers.state import Worker
 from workers.tlspolicy import add_hsts
@@ -129,8 +130,8 @@ class Session:
     """One client connection."""
 
     __slots__ = (
-        "body_consumed", "client_ip", "codec", "idle", "in_request", "labels", "method", "phase",
-        "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "tls", "worker",
+        "body_consumed", "client_ip", "codec", "ctx", "idle", "in_request", "labels", "method", "phase",
+        "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "tls", "tls_peer", "worker",
     )
 
     def __init__(
@@ -158,6 +159,9 @@ class Session:
         self.body_consumed = 0
         self.pump_done = False
         self.pump_error: BaseException | None = None
+        self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
+        # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
+        self.tls_peer: object = getattr(stream, "ssl_connection", None)
 
     def drain(self) -> None:
         """The worker drains: an idle connection closes now, a busy one after its response."""
@@ -195,6 +199,10 @@ class Session:
         if not self.in_request:
             return
         self.in_request = False
+        ctx = self.ctx
+        if ctx is not None:
+            self.ctx = None
+            ctx.finish()
         worker = self.worker
         status = self.status or default_status
         duration = _perf() - self.t0
@@ -316,6 +324,8 @@ class Session:
         ]
         if self.tls and self.worker.hsts is not None:
             headers.append((b"strict-transport-security", self.worker.hsts))
+        if self.ctx is not None:
+            self.ctx.respond(status, headers)
         if close:
             headers.append((b"connection", b"close"))
         self.status = status
@@ -340,12 +350,19 @@ class Session:
         labels = list(NO_LABELS)
         try:
             decision = decide(table, balancer, head.method, head.target, info, tls=bool(self.tls),
-                              https_port=worker.https_port, labels=labels)
+                              https_port=worker.https_port, labels=labels, client_ip=self.client_ip.decode(),
+                              now=_now(), tls_peer=self.tls_peer)
+            while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
+                self.ctx = decision.ctx
+                decision = decision.resume(await decision.defer.run())
         finally:
             self.labels = (labels[0], labels[1], labels[2])
         if isinstance(decision, Answer):
+            self.ctx = decision.ctx
             return await self._send_simple(decision.status, decision.body, decision.content_type,
                                            extra=decision.extra)
+        self.ctx = decision.ctx if isinstance(decision, Proxy) else (
+            decision.proxy.ctx if decision.proxy is not None else None)
         if isinstance(decision, Handoff):
             proxy = decision.proxy
             assert proxy is not None
@@ -354,7 +371,7 @@ class Session:
                                         upstream=proxy.upstream, balancer=balancer, limit=proxy.limit)
         else:
             proxy = decision
-        assert table is not None
+        assert table is not None and proxy is not None
         return await self._forward(head, info, proxy, table.snapshot.settings)
 
     # ---- forwarding ------------------------------------------------------------------
@@ -603,6 +620,8 @@ class Session:
                 headers = response_headers(ev.headers, self.worker.server_header)
                 if self.tls and self.worker.hsts is not None:
                     add_hsts(headers, self.worker.hsts)
+                if self.ctx is not None:
+                    self.ctx.respond(ev.status, headers)
                 if self.worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
                 self.status = ev.status

@@ -311,7 +311,7 @@ class _TaskFront:
     def __init__(self, listener: trio.SocketListener, tls_listener: trio.SocketListener | None) -> None:
         self.listener = listener
         self.tls_listener = tls_listener
-        self.scope = trio.CancelScope()
+        self.scopes = (trio.CancelScope(), trio.CancelScope())  # one per accept loop
 
     def ports(self) -> tuple[int, int]:
         port = int(self.listener.socket.getsockname()[1])
@@ -319,13 +319,14 @@ class _TaskFront:
         return port, tls
 
     def start(self, worker: Worker, certs: CertCache, connections: trio.Nursery) -> None:
-        connections.start_soon(_accept_loop, self.listener, worker, connections, self.scope)
+        connections.start_soon(_accept_loop, self.listener, worker, connections, self.scopes[0])
         if self.tls_listener is not None:
-            connections.start_soon(_accept_loop, self.tls_listener, worker, connections, self.scope,
+            connections.start_soon(_accept_loop, self.tls_listener, worker, connections, self.scopes[1],
                                    partial(_serve_tls, certs))
 
     def stop_accepting(self) -> None:
-        self.scope.cancel()
+        for scope in self.scopes:
+            scope.cancel()
 
     async def aclose(self) -> None:
         await self.listener.aclose()
@@ -377,14 +378,18 @@ async def _open_front(settings: WorkerSettings, dial: Dial | None) -> _TaskFront
     if settings.http1_codec == "h11":
         listener = await open_listener(settings.bind, settings.http_port)
         try:
-            tls_listener = await open_listener(settings.bind, settings.https_port) if settings.https_port else None
+            tls_listener = (
+                await open_listener(settings.bind, settings.https_port) if settings.https_port else None
+            )
         except BaseException:
             await listener.aclose()
             raise
         return _TaskFront(listener, tls_listener)
     sock = listen_socket(settings.bind, settings.http_port, LISTEN_BACKLOG)
     try:
-        tls_sock = listen_socket(settings.bind, settings.https_port, LISTEN_BACKLOG) if settings.https_port else None
+        tls_sock = (
+            listen_socket(settings.bind, settings.https_port, LISTEN_BACKLOG) if settings.https_port else None
+        )
     except BaseException:
         sock.close()
         raise

@@ -100,6 +100,11 @@ class TLSStream(trio.abc.Stream):
         self.server_name: str | None = None  # SNI the client sent (lower case)
         self.resumed = False
 
+    @property
+    def ssl_connection(self) -> SSL.Connection:
+        """The pyOpenSSL connection (client certificates, for policies)."""
+        return self._conn
+
     # ---- plumbing --------------------------------------------------------------------
 
     def _pending_output(self) -> bytes:
@@ -306,6 +311,10 @@ class SocketTLSStream(trio.abc.Stream):
         self._closed = False
         self.tls_version = tls_version
         self.selected_alpn = selected_alpn
+
+    @property
+    def ssl_connection(self) -> SSL.Connection:
+        return self._conn
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:

@@ -62,7 +62,8 @@ class Transport:
     """A plain TCP socket (see the module docstring)."""
 
     __slots__ = (
-        "_closing", "_lost", "_shut", "_wbuf", "_wlen", "core", "fd", "proto", "read_pending", "reading", "sock",
+        "_closing", "_lost", "_shut", "_wbuf", "_wlen", "core", "fd", "proto", "read_pending", "reading",
+        "sock",
     )
 
     def __init__(self, core: Core, sock: socket.socket, proto: StreamProtocol | None = None) -> None:
@@ -344,10 +345,8 @@ class TLSTransport(Transport):
         return self._send(b"".join(bufs))
 
     def _do_shutdown(self) -> None:
-        try:
+        with contextlib.suppress(SSL.Error):
             self.tls.shutdown()  # close_notify, then FIN
-        except SSL.Error:
-            pass
         super()._do_shutdown()
 
 

@@ -149,7 +149,9 @@ class TLSContexts:
             raise UpstreamFailed(f"TLS to {address[0]}:{address[1]}: bad name {hostname!r}: {exc}") from None
         return ssock
 
-    def handshake_failed(self, address: tuple[str, int], tls: ClientTLS, exc: BaseException) -> UpstreamFailed:
+    def handshake_failed(
+        self, address: tuple[str, int], tls: ClientTLS, exc: BaseException
+    ) -> UpstreamFailed:
         """Forget the session and say why (the caller names the upstream)."""
         self._sessions.pop((address[0], address[1], tls), None)
         return UpstreamFailed(

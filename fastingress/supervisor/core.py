@@ -289,6 +289,7 @@ class Supervisor:
                 grace_period=settings.grace_period,
                 log_level=settings.log_level,
                 access_log=settings.access_log,
+                http1_codec=settings.http1_codec,
                 parent_pid=os.getpid(),
             )
             self.slots.append(WorkerSlot(index, worker_settings, write_end))

@@ -97,6 +97,7 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     # that is not honoured; non-empty means every route of the Ingress answers 503.
     closed: tuple[tuple[str, str], ...] = ()
     canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
+    x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -184,6 +185,17 @@ def parse_rewrite_target(value: str) -> str:
     return text
 
 
+_HEADER_VALUE_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
+
+
+def parse_header_value(value: str) -> str:
+    """A value to send in a header: visible ASCII (inner spaces allowed), not empty."""
+    text = value.strip()
+    if not _HEADER_VALUE_RE.match(text):
+        raise ValueError("expected a non-empty header value of visible ASCII characters")
+    return text
+
+
 def parse_vhost(value: str) -> str:
     text = value.strip()
     if not _VHOST_RE.match(text):
@@ -245,6 +257,7 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-secret": implemented("upstream.tls_secret", parse_secret_ref),
     "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
+    "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
     # -- access control, not implemented yet: fail closed (issue 9) -------------------------
     **_rows(
         """
@@ -295,7 +308,6 @@ _ROWS: dict[str, Key] = {
         ssl-ciphers ssl-prefer-server-ciphers
         temporal-redirect temporal-redirect-code
         upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
-        x-forwarded-prefix
         """,
         UNSUPPORTED,
     ),

@@ -192,6 +192,7 @@ class _Emitter:
             ssl_redirect=has_tls and annotations.ssl_redirect,
             force_ssl_redirect=annotations.force_ssl_redirect,
             rewrite_target=annotations.rewrite_target,
+            x_forwarded_prefix=annotations.x_forwarded_prefix,
         )
         return Route(
             path=rule.path,
