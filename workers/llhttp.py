@@ -38,8 +38,8 @@ given.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
