@@ -292,7 +292,7 @@ class Transport:
             self.sock.shutdown(socket.SHUT_WR)
 
     def _close_socket(self) -> None:
-        self.core.remove(self.fd)
+        self.core.forget(self.fd)  # (closing the fd takes it out of the epoll set)
         with contextlib.suppress(OSError):
             self.sock.close()
 
