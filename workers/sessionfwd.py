@@ -92,8 +92,26 @@ class SessionBase:
     """A Session's state and its forwarding half (``workers.proxy.Session`` extends it)."""
 
     __slots__ = (
-        "body_consumed", "client_ip", "codec", "ctx", "idle", "in_request", "labels", "method", "phase",
-        "pump_done", "pump_error", "retry", "scope", "status", "stream", "t0", "target", "tls", "tls_peer",
+        "body_consumed",
+        "client_ip",
+        "codec",
+        "ctx",
+        "idle",
+        "in_request",
+        "labels",
+        "linger",
+        "method",
+        "phase",
+        "pump_done",
+        "pump_error",
+        "retry",
+        "scope",
+        "status",
+        "stream",
+        "t0",
+        "target",
+        "tls",
+        "tls_peer",
         "worker",
     )
 
@@ -110,6 +128,7 @@ class SessionBase:
     pump_error: BaseException | None
     ctx: RequestCtx | None
     retry: Retry | None
+    linger: bool
 
     if TYPE_CHECKING:  # provided by Session
 
@@ -476,6 +495,7 @@ class SessionBase:
                     self.ctx.respond(ev.status, headers)
                 if self.worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
+                    self.linger = not self.pump_done
                 self.status = ev.status
                 out.append(codec.response_head(ev.status, headers, ev.reason, trusted=True))
             elif ev is _END:
