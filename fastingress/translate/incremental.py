@@ -32,6 +32,8 @@ reorders, duplicates) indexes every object again, each one's addressing still me
 
 An upstream's resolution may read only its Service, that Service's EndpointSlices and
 Secrets (``backends.UpstreamBuilder``); if it ever reads more, step 5 must learn about it.
+A host's access policies read the Secrets their annotations name (``_Emitter.secrets_read``):
+step 4 emits the host again when one of those changed, appeared or went away.
 
 Contract: input objects are values.  A memo recognises an unchanged object by identity
 (``is``), so a caller that changes an object must pass a new mapping instead of editing
@@ -110,6 +112,7 @@ class _HostMemo(NamedTuple):
     certificates: dict[str, Certificate]
     diags: Diags
     missing: tuple[tuple[str, str], ...] = ()  # Secrets the host looked for and did not find
+    secrets: tuple[tuple[tuple[str, str], object], ...] = ()  # access policies' Secrets, as read
 
 
 class _Emission(NamedTuple):
@@ -635,7 +638,7 @@ class Translator:
             missing = ((claim[1].ref.namespace, claim[0]),)  # "Secret not found": no load to memoise
         return _HostMemo(
             key, vhost, tuple(recorder.requests), tuple(loads.items()), emitter.certificates, sub.sorted(),
-            missing,
+            missing, tuple(emitter.secrets_read.items()),
         )
 
     def _revalidate(self, cluster: Cluster, memo: _HostMemo) -> list[_Resolved] | None:
@@ -644,6 +647,8 @@ class Translator:
         still missing); else None."""
         if any(secret in cluster.secrets for secret in memo.missing):
             return None
+        if any(cluster.secrets.get(key) is not seen for key, seen in memo.secrets):
+            return None  # a Secret of an access policy (auth-secret, auth-tls-secret) changed
         for (namespace, name), loaded in memo.loads:
             now = self._certificate(cluster, namespace, name)
             if now is not loaded and (now.certificate != loaded.certificate or now.diags != loaded.diags):
