@@ -248,14 +248,14 @@ class CertCache:
         keep: dict[bytes, SSL.Context | None],
     ) -> SSL.Context | None:
         """A Context for ``pem`` that asks for client certificates as ``auth`` says."""
-        key = _fingerprint(*pem, http2) + client_auth_key(auth)
+        key = _fingerprint(*pem, http2) + client_auth_key(auth, name)
         if key in keep:
             return keep[key]
         ctx = self._client_contexts.get(key)
         if key not in self._client_contexts:
             try:
                 ctx = make_context(*pem, http2=http2)
-                configure_context(ctx, auth)
+                configure_context(ctx, auth, name)
             except (CertificateUnusable, ValueError, SSL.Error, crypto.Error) as exc:
                 log.error(  # noqa: TRY400 (one line, never a traceback)
                     "host %s: client certificate settings of %s unusable (%s); its requests are refused",

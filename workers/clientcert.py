@@ -50,11 +50,11 @@ OPTIONAL_NO_CA_ERRORS = frozenset({
 })
 
 
-def client_auth_key(auth: ClientAuth) -> bytes:
-    """What a handshake's verdict depends on: a connection verified under one key says
-    nothing about a host with another."""
+def client_auth_key(auth: ClientAuth, hostname: str) -> bytes:
+    """Whom a handshake's verdict is for: the host (nginx answers 421 to a request for another
+    server than the one SNI chose) and what it was checked against."""
     h = hashlib.sha256()
-    for part in (auth.ca_pem, auth.crl_pem, auth.verify, str(auth.depth)):
+    for part in (hostname, auth.ca_pem, auth.crl_pem, auth.verify, str(auth.depth)):
         h.update(part.encode("utf-8", "replace"))
         h.update(b"\0")
     return h.digest()
@@ -65,6 +65,7 @@ class ClientTLS(NamedTuple):
 
     key: bytes
     depth: int
+    store: crypto.X509Store  # the Context's trust store (CAs, CRL), to judge resumed sessions
 
 
 class PeerInfo(NamedTuple):
@@ -85,9 +86,10 @@ NO_PEER = PeerInfo(False, False, 0, b"NONE", b"", b"", b"")
 class PeerState:
     """App data of a connection switched to a client-certificate Context."""
 
-    __slots__ = ("depth", "error", "info", "key")
+    __slots__ = ("config", "depth", "error", "info", "key")
 
     def __init__(self, config: ClientTLS) -> None:
+        self.config = config
         self.key = config.key
         self.depth = config.depth
         self.error = 0
@@ -142,8 +144,30 @@ def peer(conn: object, key: bytes) -> PeerInfo:
         named = conn.get_servername() is not None
         return NO_PEER._replace(misdirected=named)
     if state.info is None:
+        if _lib.SSL_session_reused(conn._ssl):
+            state.error = _verify_again(conn, state.config)
         state.info = _peer_info(conn, state.error)
     return state.info
+
+
+def _verify_again(conn: SSL.Connection, config: ClientTLS) -> int:
+    """The verdict on a resumed session's certificate, from this host's trust store.
+
+    OpenSSL decides on resuming a TLS 1.2 session (or a 1.3 ticket) before the SNI callback
+    picks the host, so the session may come from another host whose CAs vouched for it, and
+    no verification ran in this handshake: judge the stored chain again, here."""
+    cert = conn.get_peer_certificate()
+    if cert is None:
+        return 0
+    chain = conn.get_peer_cert_chain() or []
+    leaf = cert.to_cryptography()
+    untrusted = [c for c in chain if c.to_cryptography() != leaf]
+    try:
+        verified = crypto.X509StoreContext(config.store, cert, untrusted).get_verified_chain()
+    except crypto.X509StoreContextError as exc:
+        code = exc.errors[0] if exc.errors and isinstance(exc.errors[0], int) else 0
+        return code or 1
+    return CHAIN_TOO_LONG if len(verified) > config.depth + 2 else 0
 
 
 def _peer_info(conn: SSL.Connection, error: int) -> PeerInfo:
@@ -159,11 +183,11 @@ def _peer_info(conn: SSL.Connection, error: int) -> PeerInfo:
     )
 
 
-def configure_context(ctx: SSL.Context, auth: ClientAuth) -> None:
+def configure_context(ctx: SSL.Context, auth: ClientAuth, hostname: str) -> None:
     """Make a fresh server Context ask for and check client certificates as ``auth`` says.
     Raises ValueError for a CA or CRL that does not load (translation checked them)."""
     cas = x509.load_pem_x509_certificates(auth.ca_pem.encode("ascii", "replace"))
-    key = client_auth_key(auth)
+    key = client_auth_key(auth, hostname)
     ctx.set_verify(SSL.VERIFY_PEER, verify_callback)
     store = ctx.get_cert_store()
     if store is None:
@@ -175,7 +199,7 @@ def configure_context(ctx: SSL.Context, auth: ClientAuth) -> None:
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
     ctx.set_client_ca_list([crypto.X509.from_cryptography(ca).get_subject() for ca in cas])
     ctx.set_session_id(b"fastingress-mtls-" + key[:7].hex().encode())  # at most 32 bytes
-    ctx.set_app_data(ClientTLS(key, auth.depth))
+    ctx.set_app_data(ClientTLS(key, auth.depth, store))
 
 
 __all__ = [

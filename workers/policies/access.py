@@ -477,9 +477,9 @@ CN_REFUSED = Answer(403, b"client certificate unauthorized")
 class ClientCheck:
     """The verdict on one request's client certificate for a host's ``ClientAuth``."""
 
-    def __init__(self, auth: ClientAuth) -> None:
+    def __init__(self, auth: ClientAuth, hostname: str) -> None:
         self.auth = auth
-        self.key = client_auth_key(auth)
+        self.key = client_auth_key(auth, hostname)
         self.match = re.compile(auth.match_cn) if auth.match_cn else None
         page = auth.error_page
         self.error_answer: Answer | None = None
@@ -532,7 +532,8 @@ def _client_policy() -> Policy:
             return Answer(503, error_body(503, "client certificate settings missing for this host"))
         found = checks.get(id(auth))
         if found is None or found[0] is not auth:
-            found = (auth, ClientCheck(auth))
+            assert vhost is not None
+            found = (auth, ClientCheck(auth, vhost.hostname))
             checks.clear()
             checks[id(auth)] = found
         return found[1].judge(ctx)
