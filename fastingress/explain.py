@@ -294,9 +294,9 @@ def _access_policies(route: Route, vhost: VirtualHost | None, client_ip: str) ->
     out: list[Policy] = []
     policy = route.policy
     if policy.client_auth and vhost is not None and vhost.client_auth is not None:
-        auth = vhost.client_auth
-        out.append(Policy("auth-tls", explain_client(auth).removeprefix("client certificates: "),
-                          "400 without a good client certificate" if auth.verify in ("on", "optional")
+        tls = vhost.client_auth
+        out.append(Policy("auth-tls", explain_client(tls).removeprefix("client certificates: "),
+                          "400 without a good client certificate" if tls.verify in ("on", "optional")
                           else "headers only"))
     ranges = policy.source_ranges
     if ranges is not None:
