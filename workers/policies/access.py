@@ -274,7 +274,7 @@ DIGEST_REPLAYS = 20  # auth_digest_replays: nc values 1..19, each once
 DIGEST_MAXTRIES = 5  # auth_digest_maxtries: failures before a client is ignored ...
 DIGEST_EVASION = 300.0  # auth_digest_evasion_time: ... for this long
 _TABLE_MAX = 10000
-_PARAM = re.compile(rb'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(?:,|$)')
+_PARAM = re.compile(rb'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
 
 
 def parse_digest(value: bytes | None) -> dict[str, str] | None:
