@@ -535,3 +535,19 @@ def test_status_has_no_not_supported_diagnostic_for_access_keys(setup: Setup) ->
         if any(k in d["field"] for k in keys):
             assert "not implemented" not in d["message"] and "not supported" not in d["message"], d
 
+
+
+def test_client_certificates_over_http2(fresh: Setup) -> None:
+    """HTTP/2 streams take the connection's certificate verdict too (ALPN h2, httpx)."""
+    url = f"https://127.0.0.1:{fresh.fi.https_port}/h2"
+    for cert, expected in ((fresh.pki.client, 200), (None, 400), (fresh.pki.stranger, 400)):
+        with httpx.Client(http2=True, verify=_ctx(fresh, cert), timeout=10) as client:
+            r = client.get(url, headers={"host": "on.test"}, extensions={"sni_hostname": "on.test"})
+            assert r.http_version == "HTTP/2"
+            assert r.status_code == expected, (cert, r.text)
+            if expected == 200:
+                headers = {k.lower(): v for k, v in r.json()["headers"]}
+                assert headers["ssl-client-verify"] == "SUCCESS"
+                r = client.get(url, headers={"host": "open-tls.test"}, extensions={"sni_hostname": "on.test"})
+                assert r.status_code == 200 and r.json()["server"] == "open"  # no client auth there
+    assert seen(fresh) == ["on.test"]
