@@ -53,6 +53,7 @@ from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import RequestHead, Signal
+from workers.linger import LINGERING_TIME, LINGERING_TIMEOUT
 from workers.llhttp import ServerCodec
 from workers.loop import Core
 from workers.policy import RequestCtx
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastingress.worker")
 
-LINGERING_TIME = 30.0  # nginx lingering_time
-LINGERING_TIMEOUT = 5.0  # nginx lingering_timeout
 H2_PREFACE_START = b"PRI * HTTP/2.0"
 
 
@@ -158,13 +157,14 @@ class ClientConn(Forwarder):
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.deadline = _INF
+        self.core.cancel_deadline(self)
         up = self.up
         if up is not None:
             self.up = None
             up.close()
         if self.in_request:
             self._finish(self.status or 499)
+        self.codec.release()  # (the parser refers back to the codec: no cycle for the GC)
         self.worker.closed(self)
 
     def writable(self) -> None:
@@ -205,7 +205,7 @@ class ClientConn(Forwarder):
                     self._forward_body()
                     return
                 else:
-                    if state != CLOSED:
+                    if state not in (CLOSED, LINGER):
                         self.transport.pause_reading()  # pipelined input waits in the kernel
                     return
         finally:

@@ -73,6 +73,7 @@ import trio
 from fastingress.errors import UpstreamFailed
 from fastingress.snapshot.schema import GlobalSettings
 from workers.http1 import Body, Event, Headers, RequestHead, ServerCodec, Signal, valid_value
+from workers.linger import linger
 from workers.proxy import RECV_SIZE, Session
 from workers.state import Worker
 
@@ -362,6 +363,7 @@ class H2Server:
         self.draining = False
         self.last_stream_id = 0  # highest stream id accepted
         self.goaway_sent = False
+        self.peer_gone = False  # the client closed (or broke) the connection
         self.closed = False
         self.resets = FloodMeter(limits.max_resets, limits.flood_window)
         self.settings_meter = FloodMeter(limits.max_settings, limits.flood_window)
@@ -387,10 +389,12 @@ class H2Server:
                 await self._read_loop(initial)
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+            self.peer_gone = True  # the client went away
         finally:
             self.closed = True
             worker.closed(self)
+            if self.goaway_sent and not self.peer_gone:
+                await linger(self.stream)  # the client may still be writing: no reset for it
             await trio.aclose_forcefully(self.stream)
 
     async def _read_loop(self, initial: bytes) -> None:
@@ -414,6 +418,7 @@ class H2Server:
                 self.read_scope.deadline = trio.current_time() + timeout
                 data = bytes(await self.stream.receive_some(RECV_SIZE))
                 if not data:
+                    self.peer_gone = True
                     return
         if self.read_scope.cancelled_caught and not self.closed:
             # Idle (or drained) connection: say goodbye politely.
@@ -431,6 +436,7 @@ class H2Server:
             log.info("http2 connection from %s closed: %s", self.client_ip, exc)
             with trio.move_on_after(1.0):
                 await self.flush()
+            self.goaway_sent = True
             return False
         now = trio.current_time()
         for ev in events:
@@ -706,6 +712,7 @@ class H2Server:
             self.conn.close_connection(code, last_stream_id=self.last_stream_id)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.flush()
+        self.goaway_sent = True
         self.closed = True
 
 

@@ -169,9 +169,7 @@ class _Emitter:
         self.builder = UpstreamBuilder(cluster, sink)
         self.certificates: dict[str, Certificate] = {}
         self.load_cert = load_certificate  # incremental.Translator swaps in a memoised loader
-        self._access: dict[ObjRef, _Access] = {}
-        # Secrets the access policies read (None: looked for, not found), for incremental reuse
-        self.secrets_read: dict[tuple[str, str], object] = {}
+        self._access: dict[ObjRef, _Access] = {}  # (the Secrets it reads are looked up in ``cluster``)
 
     def access(self, plan: IngressPlan) -> _Access:
         """``plan``'s access policies (source ranges, basic auth, client certificates), once."""
@@ -182,11 +180,6 @@ class _Emitter:
         ranges = source_ranges(annotations, ref, self.sink)
         users, auth_closed = basic_auth(annotations, ref, self.cluster, self.sink, fail_open)
         client, tls_closed = client_auth(annotations, ref, self.cluster, self.sink, fail_open)
-        for secret in (annotations.auth_secret, annotations.auth_tls_secret):
-            if secret is not None:
-                namespace, _, name = secret.rpartition("/")
-                key = (namespace or ref.namespace, name)
-                self.secrets_read[key] = self.cluster.secrets.get(key)
         found = self._access[plan.ref] = _Access(
             ranges, users, client, auth_closed + tls_closed, tls_closed
         )
