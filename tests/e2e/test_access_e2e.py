@@ -492,23 +492,32 @@ def _resume(setup: Setup, ctx: ssl.SSLContext, sni: str, session: ssl.SSLSession
 
 
 def test_a_resumed_session_is_judged_by_the_host_it_lands_on(fresh: Setup) -> None:
-    """OpenSSL resumes a TLS 1.2 session before the SNI callback picks the host, so a session
-    made for another host can land on a host with client certificates: there it is judged by
-    that host's CAs, never by the handshake that made it.  A session made with a client
-    certificate has a session id context of its own host, so it is never resumed at all."""
+    """A resumed session runs no verification in its handshake: its certificate is judged
+    again, by the CAs of the host it lands on.  Each worker has its own session cache, so a
+    reconnection resumes when it meets the same worker (tried until it does; 2 workers).
+    Offered to another host, a TLS 1.2 session keeps the server name it was made for (OpenSSL),
+    so the request names another host than the handshake's (421), or, when not resumed, the
+    certificate is judged by the other host's CAs (400): never let through."""
     ctx = _ctx(fresh, fresh.pki.client)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # session ids: resumable at once
     with tls_connect(fresh.fi.https_port, "on.test", ctx) as sock:
         assert request(sock, "on.test", "/first").status == 200
         session = sock.session
-    for host in ("on.test", "other-ca.test"):
-        with _resume(fresh, ctx, host, session) as sock:
-            assert not sock.session_reused  # a full handshake, with the certificate
-            r = request(sock, host, "/again")
-            if host == "on.test":
-                assert r.status == 200 and r.echoed("ssl-client-verify") == "SUCCESS"
-            else:  # another CA: the client's certificate is not one of its own
-                assert r.status == 400 and b"The SSL certificate error" in r.body
+    resumed = 0
+    for _ in range(16):
+        with _resume(fresh, ctx, "on.test", session) as sock:
+            r = request(sock, "on.test", "/again")
+            assert r.status == 200 and r.echoed("ssl-client-verify") == "SUCCESS"
+            resumed += sock.session_reused
+        if resumed:
+            break
+    assert resumed, "no reconnection met the worker that holds the session"
+    outcomes = set()
+    for _ in range(8):
+        with _resume(fresh, ctx, "other-ca.test", session) as sock:
+            r = request(sock, "other-ca.test", "/elsewhere")
+            outcomes.add((r.status, sock.session_reused))
+    assert outcomes <= {(421, True), (400, False)}, outcomes
     plain = _ctx(fresh, None)
     plain.maximum_version = ssl.TLSVersion.TLSv1_2
     with tls_connect(fresh.fi.https_port, "open-tls.test", plain) as sock:
@@ -519,7 +528,8 @@ def test_a_resumed_session_is_judged_by_the_host_it_lands_on(fresh: Setup) -> No
         # no certificate (400), or OpenSSL kept the session's server name (open-tls.test) for a
         # full handshake: then the request names another host (421)
         assert r.status in {400, 421}, (r, sock.session_reused)
-    assert [q["path"] for q in fresh.guarded.requests] == ["/first", "/again"]
+    paths = [q["path"] for q in fresh.guarded.requests]
+    assert paths[0] == "/first" and set(paths[1:]) == {"/again"}
 
 
 def test_plain_http_to_a_client_certificate_host(fresh: Setup) -> None:
