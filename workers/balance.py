@@ -23,15 +23,21 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from fastingress.errors import NoEndpoint
 from fastingress.snapshot.schema import Forward, Upstream
-from workers.policy import RequestCtx
 
 Address = tuple[str, int]
 DECAY_TIME = 10.0  # seconds (ingress-nginx's DECAY_TIME)
 FAILURE_RTT = 1.0  # seconds: what a failed attempt counts as, at least
 EWMA_STATE = "ewma"  # RequestCtx.state key: (Ewma, endpoint, start) of the attempt in progress
+
+
+class RequestState(Protocol):
+    """What this module needs of a ``workers.policy.RequestCtx`` (which imports this module)."""
+
+    state: dict[str, object]
 
 
 class Ewma:
@@ -140,7 +146,7 @@ class Balancer:
         self,
         upstream: Upstream,
         addrs: tuple[Address, ...],
-        ctx: RequestCtx | None = None,
+        ctx: RequestState | None = None,
         tried: tuple[Address, ...] = (),
     ) -> tuple[Address, Address | None]:
         """(primary, alternate) by the upstream's load-balance; ``tried``: endpoints that failed
@@ -179,7 +185,7 @@ def _after(addrs: tuple[Address, ...], tried: tuple[Address, ...]) -> Address:
     return addrs[start % n]
 
 
-def observe_response(ctx: RequestCtx, status: int) -> None:
+def observe_response(ctx: RequestState, status: int) -> None:
     """A response head (ours or the upstream's) for an attempt chosen by EWMA: measure it."""
     entry = ctx.state.pop(EWMA_STATE, None)
     if not isinstance(entry, tuple):

@@ -129,6 +129,8 @@ class SessionBase:
     ctx: RequestCtx | None
     retry: Retry | None
     linger: bool
+    method: bytes
+    target: bytes
 
     if TYPE_CHECKING:  # provided by Session
 
