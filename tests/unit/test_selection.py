@@ -476,3 +476,15 @@ def test_a_canary_with_an_access_key_we_do_not_honour_takes_no_requests(fail_ope
     assert route.policy.canary is None and route.ingress == "shop/main"
     (finding,) = [d for d in result.diagnostics if d.name == "canary" and "auth-snippet" in d.field]
     assert "this canary takes no requests" in finding.message
+
+
+def test_cookies_are_read_like_nginx_does() -> None:
+    """One odd cookie of a browser (a JSON value, a space) must not hide the affinity or canary
+    cookie beside it (the standard library's SimpleCookie drops them all)."""
+    ctx = _ctx(headers=[(b"cookie", b'prefs={"a":1,"b":"x y"}; theme=dark mode'),
+                        (b"cookie", b'INGRESSCOOKIE=k|b; beta="always"; theme=light')])
+    assert ctx.cookie("INGRESSCOOKIE") == "k|b"
+    assert ctx.cookie("beta") == "always"
+    assert ctx.cookie("theme") == "dark mode"  # the first one, as nginx
+    assert ctx.cookie("prefs") == '{"a":1,"b":"x y"}'
+    assert ctx.cookie("missing") is None
