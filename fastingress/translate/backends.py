@@ -208,6 +208,12 @@ class UpstreamBuilder:
         port_field: str,
     ) -> Upstream:
         svc_ref = ObjRef("Service", backend.namespace, backend.service)
+        if base.balancing is not None:
+            self._sink.warning(
+                owner, f"{backend.field}.name" if backend.field else "",
+                f"ExternalName Service {backend.namespace}/{backend.service}: affinity, upstream-hash-by and "
+                "load-balance are not applied to its DNS addresses yet (round robin)",
+            )
         external = get_str(spec, "externalName")
         if not external or len(external) > 253 or not _DNS_NAME_RE.match(external):
             self._sink.error(svc_ref, "spec.externalName", "ExternalName Service needs a valid DNS name")

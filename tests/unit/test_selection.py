@@ -488,3 +488,18 @@ def test_cookies_are_read_like_nginx_does() -> None:
     assert ctx.cookie("theme") == "dark mode"  # the first one, as nginx
     assert ctx.cookie("prefs") == '{"a":1,"b":"x y"}'
     assert ctx.cookie("missing") is None
+
+
+def test_balancing_on_an_external_name_service_is_a_warning() -> None:
+    from fastingress.translate import translate
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "ns"},
+               "spec": {"type": "ExternalName", "externalName": "api.example.com", "ports": [{"port": 443}]}}
+    ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "i", "namespace": "ns", "annotations": {PREFIX + "affinity": "cookie"}},
+               "spec": {"rules": [{"host": "a.test", "http": {"paths": [{
+                   "path": "/", "pathType": "Prefix",
+                   "backend": {"service": {"name": "ext", "port": {"number": 443}}}}]}}]}}
+    result = translate([service, ingress])
+    assert any("not applied to its DNS addresses" in d.message and d.severity == "warning"
+               for d in result.diagnostics)
