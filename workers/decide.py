@@ -135,7 +135,7 @@ def decide(
         return _act(table, balancer, match.action, route, path, query, info, None)
     ctx = RequestCtx(
         method=method, target=target, path=path, query=query, host=info.host, headers=info.headers,
-        client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer,
+        client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer, info=info,
     )
     ctx.response_hooks = compiled.response
     ctx.done_hooks = compiled.done

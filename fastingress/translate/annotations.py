@@ -44,6 +44,7 @@ from typing import Any, Literal, NamedTuple, cast
 import msgspec
 
 from fastingress.snapshot.schema import Protocol
+from fastingress.translate import policy_extauth as extauth
 
 PREFIX = "nginx.ingress.kubernetes.io/"
 FASTINGRESS_PREFIX = "fastingress.io/"
@@ -98,6 +99,7 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     closed: tuple[tuple[str, str], ...] = ()
     canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
     x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
+    extauth: extauth.ExtAuthAnnotations = extauth.ExtAuthAnnotations()  # auth-url and companions
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -258,14 +260,33 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
     "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
+    # -- external auth (translate/policy_extauth.py) ------------------------------------------
+    "auth-url": implemented("extauth.url", extauth.parse_auth_url, guard=True),
+    "auth-method": implemented("extauth.method", extauth.parse_auth_method, guard=True),
+    "auth-signin": implemented("extauth.signin", extauth.parse_auth_signin, guard=True),
+    "auth-signin-redirect-param": implemented(
+        "extauth.signin_redirect_param", extauth.parse_redirect_param, guard=True
+    ),
+    "auth-response-headers": implemented(
+        "extauth.response_headers", extauth.parse_response_headers, guard=True
+    ),
+    "auth-request-redirect": implemented(
+        "extauth.request_redirect", extauth.parse_request_redirect, guard=True
+    ),
+    "auth-cache-key": implemented("extauth.cache_key", extauth.parse_cache_key, guard=True),
+    "auth-cache-duration": implemented("extauth.cache_duration", extauth.parse_cache_duration, guard=True),
+    "auth-proxy-set-headers": implemented(
+        "extauth.proxy_set_headers", extauth.parse_configmap_ref, guard=True
+    ),
+    "auth-always-set-cookie": implemented("extauth.always_set_cookie", extauth.parse_go_bool, guard=True),
+    "auth-keepalive": implemented("extauth.keepalive", extauth.parse_int),
+    "auth-keepalive-requests": implemented("extauth.keepalive_requests", extauth.parse_int),
+    "auth-keepalive-timeout": implemented("extauth.keepalive_timeout", extauth.parse_int_seconds),
+    "auth-keepalive-share-vars": INERT,  # nginx variables shared with a Lua subrequest: no such thing here
     # -- access control, not implemented yet: fail closed (issue 9) -------------------------
     **_rows(
         """
         auth-type auth-secret auth-secret-type auth-realm
-        auth-url auth-method auth-signin auth-signin-redirect-param auth-response-headers
-        auth-request-redirect auth-cache-key auth-cache-duration auth-proxy-set-headers
-        auth-always-set-cookie auth-keepalive auth-keepalive-requests auth-keepalive-share-vars
-        auth-keepalive-timeout
         auth-tls-secret auth-tls-verify-client auth-tls-verify-depth auth-tls-error-page
         auth-tls-pass-certificate-to-upstream auth-tls-match-cn
         whitelist-source-range allowlist-source-range denylist-source-range
@@ -399,9 +420,11 @@ class AnnotationFinding(msgspec.Struct, frozen=True):
 
 
 def _set(result: IngressAnnotations, path: str, value: Any) -> IngressAnnotations:
-    if path.startswith("upstream."):
-        upstream = msgspec.structs.replace(result.upstream, **{path.removeprefix("upstream."): value})
-        return msgspec.structs.replace(result, upstream=upstream)
+    """``result`` with ``path`` ("field", or "nested.field" of a nested Struct) set to ``value``."""
+    outer, dot, inner = path.partition(".")
+    if dot:
+        nested = msgspec.structs.replace(getattr(result, outer), **{inner: value})
+        return msgspec.structs.replace(result, **{outer: nested})
     return msgspec.structs.replace(result, **{path: value})
 
 
@@ -506,7 +529,7 @@ class _Parse:
         try:
             value = row.parser(text)
         except ValueError as exc:
-            suggestion = exc.suggestion if isinstance(exc, BadValue) else ""
+            suggestion = str(getattr(exc, "suggestion", ""))  # BadValue (or an area's own error)
             if row.guard:
                 self.close(key, "has an invalid value", f"bad value {_shown(text)}: {exc}", suggestion)
             else:

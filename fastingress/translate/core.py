@@ -27,7 +27,9 @@ import msgspec
 
 from fastingress.snapshot.schema import (
     Action,
+    AuthHeader,
     Certificate,
+    ExternalAuth,
     Forward,
     GlobalSettings,
     Respond,
@@ -37,6 +39,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
     WeightedBackend,
 )
+from fastingress.translate import policy_extauth
 from fastingress.translate.annotations import PREFIX, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
@@ -159,7 +162,33 @@ class _Emitter:
         to add checks that need the cluster (a guard's missing Secret, issue 9)."""
         if self.options.unsafe_fail_open:
             return ()
-        return plan.annotations.closed
+        return plan.annotations.closed + self.extauth_closed(plan)
+
+    def extauth_closed(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
+        """External auth whose auth-proxy-set-headers ConfigMap is missing or invalid."""
+        extauth = plan.annotations.extauth
+        if extauth.proxy_set_headers is None:
+            return ()
+        key = f"{PREFIX}auth-proxy-set-headers"
+        return policy_extauth.closed_reasons(extauth, plan.ref.namespace, self.cluster.configmaps, key)
+
+    def external_auth(self, rule: PathRule, plan: IngressPlan) -> ExternalAuth | None:
+        """The route's external auth (auth-url), with its ConfigMap's headers."""
+        extauth = plan.annotations.extauth
+        if extauth.url is None:
+            return None
+        headers: tuple[AuthHeader, ...] = ()
+        if extauth.proxy_set_headers is not None:
+            namespace, name = policy_extauth.configmap_key(extauth.proxy_set_headers, plan.ref.namespace)
+            configmap = self.cluster.configmaps.get((namespace, name))
+            if configmap is not None:
+                headers, _ = policy_extauth.proxy_set_headers(configmap)
+                for key in policy_extauth.framing_headers(configmap):
+                    self.sink.warning(
+                        ObjRef("ConfigMap", namespace, name), f"data[{key}]",
+                        "the auth subrequest frames itself: this header is not sent (auth-proxy-set-headers)",
+                    )
+        return policy_extauth.external_auth(extauth, rule.host, rule.path, rule.path_type, headers)
 
     def action(self, backend: BackendRef, plan: IngressPlan) -> Action | None:
         """Forward to ``backend`` with ``plan``'s settings, or the fail-closed 503."""
@@ -193,6 +222,7 @@ class _Emitter:
             force_ssl_redirect=annotations.force_ssl_redirect,
             rewrite_target=annotations.rewrite_target,
             x_forwarded_prefix=annotations.x_forwarded_prefix,
+            external_auth=None if isinstance(action, Respond) else self.external_auth(rule, plan),
         )
         return Route(
             path=rule.path,

@@ -7,11 +7,12 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import forwarded
+from workers.policies import extauth, forwarded
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
     forwarded.compile,
+    extauth.compile,
 )
 
 __all__ = ["COMPILERS"]
