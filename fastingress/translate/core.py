@@ -160,17 +160,26 @@ class _Emitter:
         """(annotation key, why) for each access guard of ``plan`` that is not honoured;
         empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  The place
         to add checks that need the cluster (a guard's missing Secret, issue 9)."""
+        extauth = self.extauth_closed(plan)
         if self.options.unsafe_fail_open:
             return ()
-        return plan.annotations.closed + self.extauth_closed(plan)
+        return plan.annotations.closed + extauth
 
     def extauth_closed(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
-        """External auth whose auth-proxy-set-headers ConfigMap is missing or invalid."""
+        """External auth whose auth-proxy-set-headers ConfigMap is missing or invalid (an
+        error diagnostic says so, in the words of ``annotations._Parse.close``)."""
         extauth = plan.annotations.extauth
         if extauth.proxy_set_headers is None:
             return ()
         key = f"{PREFIX}auth-proxy-set-headers"
-        return policy_extauth.closed_reasons(extauth, plan.ref.namespace, self.cluster.configmaps, key)
+        reasons = policy_extauth.closed_reasons(extauth, plan.ref.namespace, self.cluster.configmaps, key)
+        for _, why in reasons:
+            if self.options.unsafe_fail_open:
+                tail = "served WITHOUT this protection because of --unsafe-fail-open"
+            else:
+                tail = "every path of this Ingress answers 503 (fail closed)"
+            self.sink.error(plan.ref, f"metadata.annotations[{key}]", f"{why}; {tail}")
+        return reasons
 
     def external_auth(self, rule: PathRule, plan: IngressPlan) -> ExternalAuth | None:
         """The route's external auth (auth-url), with its ConfigMap's headers."""

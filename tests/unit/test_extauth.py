@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from fastingress.explain import ExplainRequest, explain
 from fastingress.snapshot.nginxvars import TemplateError, parse_template, template_text
 from fastingress.snapshot.schema import CacheValid, ExternalAuth, Forward, Respond, Route, VirtualHost
 from fastingress.translate import TranslateOptions, translate
@@ -541,3 +542,16 @@ def test_auth_urls_once_expanded() -> None:
     for bad in ("ftp://a/", "http:///x", "http://a:port/", "http://a/ b", "http://u@a/", "http://ä/"):
         with pytest.raises(BadURL):
             parse_url(bad)
+
+
+def test_explain_shows_the_external_auth_of_a_route() -> None:
+    annotations = {
+        PREFIX + "auth-url": "https://$host/oauth2/auth",
+        PREFIX + "auth-signin": "https://$host/oauth2/start?rd=$escaped_request_uri",
+        PREFIX + "auth-cache-key": "$http_authorization",
+    }
+    snapshot = translate([SERVICE, _ingress(annotations)]).snapshot
+    e = explain(snapshot, ExplainRequest("http://a.test/x"))
+    (policy,) = [p for p in e.policies if p.name == "external auth"]
+    assert policy.value.startswith("GET https://${host}/oauth2/auth (auth-url); 401 -> 302 to https://${host}")
+    assert "cached by ${http_authorization} (auth-cache-key)" in policy.value
