@@ -347,6 +347,10 @@ class _Spec:
         except (AuthFailed, BadURL) as exc:
             self.fail(ctx, str(exc))
             return Answer(500, error_body(500))
+        except Exception:  # a bug must cost this request (500), never leave it hanging
+            route = self.route
+            log.exception("external auth: internal error (route %s of %s)", route.path, route.ingress or "-")
+            return Answer(500, error_body(500))
         outcome = self.outcome(answer)
         if key is not None:
             seconds = cache_seconds(self.auth.cache_valid, answer.status, answer.headers, wall=time.time())
