@@ -212,7 +212,7 @@ class TLSAccept(Timed):
             stream = SocketTLSStream(conn, sock, tls_version=version, selected_alpn="h2")
             server.core.spawn(partial(serve_h2, tls=tls), server.worker, stream, self.client_ip, b"")
             return
-        self.deadline = _INF
+        server.core.cancel_deadline(self)
         transport = TLSTransport(server.core, self.sock, conn)
         client = ClientConn(server.core, server.worker, server.pool, transport, self.client_ip, tls,
                             server.handoff)
@@ -222,7 +222,7 @@ class TLSAccept(Timed):
         server.core.call_soon(transport.kick)  # data may have come with the handshake
 
     def _detach(self) -> socket.socket:
-        self.deadline = _INF
+        self.server.core.cancel_deadline(self)
         self.server.core.remove(self.sock.fileno())
         return self.sock
 
@@ -231,7 +231,7 @@ class TLSAccept(Timed):
         self.abort()
 
     def abort(self) -> None:
-        self.deadline = _INF
+        self.server.core.cancel_deadline(self)
         self.server.core.remove(self.sock.fileno())
         with contextlib.suppress(OSError):
             self.sock.close()
