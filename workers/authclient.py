@@ -86,6 +86,11 @@ class _Conn:
         self.idle_since = 0.0
 
 
+async def _close(conn: _Conn) -> None:
+    conn.codec.release()  # (the parser refers back to the codec: break the cycle now)
+    await trio.aclose_forcefully(conn.stream)
+
+
 async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
     return await trio.open_tcp_stream(host, port)
 
@@ -124,7 +129,7 @@ class AuthClient:
             conn = idle.pop()
             if trio.current_time() - conn.idle_since <= limits.keepalive_timeout:
                 return conn
-            await trio.aclose_forcefully(conn.stream)  # (older ones are under it: all stale)
+            await _close(conn)  # (older ones are under it: all stale)
         return None
 
     async def _open(self, origin: Origin, timeout: float) -> _Conn:
@@ -165,7 +170,7 @@ class AuthClient:
                 raise AuthFailed(f"no answer from {where} within {limits.read_timeout:g}s")
         finally:
             if answer is None or not reusable:
-                await trio.aclose_forcefully(conn.stream)
+                await _close(conn)
         if reusable:
             await self._release(conn, origin, limits)
         return answer
@@ -212,7 +217,7 @@ class AuthClient:
         conn.codec.start_next_cycle()
         idle = self._idle.setdefault(origin, [])
         if len(idle) >= limits.keepalive:
-            await trio.aclose_forcefully(conn.stream)
+            await _close(conn)
             return
         conn.idle_since = trio.current_time()
         idle.append(conn)
@@ -220,7 +225,7 @@ class AuthClient:
     async def close(self) -> None:
         for idle in self._idle.values():
             while idle:
-                await trio.aclose_forcefully(idle.pop().stream)
+                await _close(idle.pop())
         self._idle.clear()
 
 
