@@ -10,6 +10,7 @@ the main ones over HTTP/2 too.  One worker, so that the per-worker cache and poo
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,12 +18,14 @@ import httpx
 import pytest
 import trio
 import trustme
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from tests.support import manifests as m
 from tests.support.authserver import AuthServer, header
 from tests.support.h2client import H2Client
 from tests.support.process import Fastingress, free_port, run_fastingress
-from tests.support.upstream import EchoServer
+from tests.support.upstream import EchoServer, WebSocketEchoServer
 
 P = "nginx.ingress.kubernetes.io/"
 CODECS = ("llhttp", "h11")
@@ -104,10 +107,22 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     codec: str = request.param
     tmp = tmp_path_factory.mktemp(f"extauth-{codec}")
     cert = trustme.CA().issue_cert("127.0.0.1")
-    with EchoServer("up") as up, AuthServer() as auth, AuthServer(tls=cert) as tls_auth:
+    with (
+        EchoServer("up") as up,
+        AuthServer() as auth,
+        AuthServer(tls=cert) as tls_auth,
+        WebSocketEchoServer() as ws,
+    ):
         docs = [
             m.service("app"),
             m.endpoint_slice("app", [up.port]),
+            m.service("ws"),
+            m.endpoint_slice("ws", [ws.port]),
+            m.ingress(
+                "ws",
+                [("ws.test", "/", "Prefix", "ws")],
+                annotations={P + "auth-url": f"http://127.0.0.1:{auth.port}/check"},
+            ),
             _configmap("auth-headers", {"X-Custom": "42", "X-Seen-Path": "$request_uri"}),
             m.ingress("open", [("open.test", "/", "Prefix", "app")]),
         ]
@@ -352,3 +367,19 @@ async def test_over_http2(setup: Setup) -> None:
         "http://auth.test/h2?x=1",
         "http://auth.test/h2",
     }
+
+
+def test_websockets_are_authenticated_too(setup: Setup) -> None:
+    def connect(headers: dict[str, str]) -> None:
+        sock = socket.create_connection(("127.0.0.1", setup.fi.http_port), timeout=10)
+        with ws_connect("ws://ws.test/chat", sock=sock, open_timeout=10, additional_headers=headers) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=10) == "hello"
+
+    connect(GOOD)
+    with pytest.raises(InvalidStatus) as refused:
+        connect({})
+    assert refused.value.response.status_code == 401
+    subs = setup.auth.for_host("ws.test")
+    assert [header(r, "authorization") for r in subs] == [["Bearer good"], []]
+    assert header(subs[0], "upgrade") == []  # hop-by-hop headers stay with the client request
