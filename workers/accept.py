@@ -57,6 +57,7 @@ def listen_socket(bind: str, port: int, backlog: int = 1024) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         sock.bind((bind, port))
         sock.listen(backlog)
         sock.setblocking(False)
@@ -105,7 +106,6 @@ class Listener:
                 self.core.spawn(self._resume_later)
                 return
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.on_socket(conn, addr)
         self.core.call_soon(self._accept)  # more may wait; let the others run first
 

@@ -71,8 +71,8 @@ class UpstreamConn(Timed):
     """One connection to an upstream endpoint (see the module docstring)."""
 
     __slots__ = (
-        "codec", "connect_timeout", "fresh", "idle_since", "key", "label", "owner", "pool", "requests", "sock",
-        "state", "tls", "transport", "writing_paused",
+        "codec", "connect_timeout", "fresh", "idle_since", "key", "label", "owner", "pool", "requests",
+        "sock", "state", "tls", "transport", "writing_paused",
     )
 
     def __init__(self, pool: CorePool, key: Address, tls: ClientTLS | None, label: str) -> None:

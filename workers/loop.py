@@ -107,6 +107,10 @@ class Core:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(fd)
 
+    def forget(self, fd: int) -> None:
+        """Drop ``fd``'s handler before the fd is closed (which removes it from the set)."""
+        self.handlers.pop(fd, None)
+
     # ---- timers ------------------------------------------------------------------------
 
     def set_deadline(self, obj: Timed, deadline: float) -> None:
