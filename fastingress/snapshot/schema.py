@@ -141,7 +141,7 @@ class ExternalAuth(msgspec.Struct, frozen=True, gc=False):
     A *template* is a value with nginx variables, parsed once in translation: a tuple of
     strings alternating literal text (even indices) and variable names (odd indices), e.g.
     ``https://$host/oauth2/auth`` is ``("https://", "host", "/oauth2/auth")``.  The names are
-    ones the workers know (``fastingress.translate.policy_extauth.VARIABLES``).
+    ones the workers know (``fastingress.snapshot.nginxvars``).
     """
 
     url: tuple[str, ...] = ()  # template of the absolute http(s) auth URL
