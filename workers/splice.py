@@ -24,11 +24,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from workers.h1forward import Forwarder
-    from workers.h1pool import UpstreamConn
+from workers.transport import Transport
+
+
+class _Upstream(Protocol):
+    transport: Transport | None
+
+
+class _Owner(Protocol):
+    """The client side of the exchange (``workers.h1forward.Forwarder``)."""
+
+    transport: Transport
+
+    def splice_waiting(self, *, client_blocked: bool) -> None: ...
+
+    def spliced(self, moved: int) -> None: ...
+
+    def splice_failed(self, exc: SpliceFailed) -> None: ...
 
 SPLICE_MIN = 64 * 1024  # below this, copying costs less than setting up the pipe
 PIPE_SIZE = 1 << 20
@@ -54,7 +68,7 @@ class Splicer:
 
     __slots__ = ("_in_pipe", "_left", "_rfd", "_wfd", "moved", "owner", "up")
 
-    def __init__(self, owner: Forwarder, up: UpstreamConn, left: int) -> None:
+    def __init__(self, owner: _Owner, up: _Upstream, left: int) -> None:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):
             fcntl.fcntl(wfd, _F_SETPIPE_SZ, PIPE_SIZE)
