@@ -1,0 +1,164 @@
+"""Framing of the HTTP/1.1 messages we send, for the llhttp codecs (``workers.llhttp``).
+
+It frames the way h11 does (the reference codec), so that a response or request reads the
+same whichever codec wrote it:
+
+* a Content-Length given is kept, and the body must match it;
+* without one, a response to an HTTP/1.1 peer is chunked (``transfer-encoding: chunked``
+  replaces any Content-Length); a response to an HTTP/1.0 peer, or to a request we could not
+  read, is delimited by closing the connection, with no framing header;
+* a response to HEAD carries the headers a GET would get and no body; 1xx, 204 and 304 carry
+  no body and keep their headers as given (body bytes given for them are dropped, where h11
+  raises: the proxy's own answers to HEAD requests pass their body);
+* a request without Content-Length or chunked encoding has no body;
+* ``Connection: close`` (a single header, ``keep-alive`` dropped) when the connection will
+  not be reused.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from workers.http1 import Headers
+
+_CHUNKED = b"chunked"
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+# modes of a message we send
+_NONE = 0  # nothing started in this cycle
+_LENGTH = 1
+_CHUNK = 2
+_UNTIL_CLOSE = 3
+_NO_BODY = 4
+_DONE = 5
+
+
+class LocalProtocolError(Exception):
+    """We (not the peer) tried to send something the framing forbids (e.g. more body than
+    the Content-Length we declared)."""
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def frame_head(first_line: bytes, headers: Headers) -> bytes:
+    parts = [first_line]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def with_close(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with one ``Connection`` header that holds ``close`` (as h11 sends it)."""
+    tokens: set[bytes] = set()
+    out = []
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+        else:
+            out.append((name, value))
+    tokens.discard(b"keep-alive")
+    tokens.add(b"close")
+    out.append((b"connection", b", ".join(sorted(tokens))))
+    return out
+
+
+def has_close(headers: Headers) -> bool:
+    for name, value in headers:
+        if name.lower() == b"connection" and b"close" in (t.strip().lower() for t in value.split(b",")):
+            return True
+    return False
+
+
+class Writer:
+    """The framing of the message we send in one cycle."""
+
+    __slots__ = ("_left", "_mode")
+
+    def __init__(self) -> None:
+        self._mode = _NONE
+        self._left = 0
+
+    def begin(
+        self, headers: Headers, *, no_body: bool, chunk_ok: bool, head: bool = False, request: bool = False
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Choose the framing; returns the headers to send and whether the body ends at close.
+
+        ``no_body``: 1xx/204/304 (headers kept as given); ``head``: the answer to a HEAD
+        request (framed as for GET, no body); ``request``: no framing header means no body.
+        """
+        if self._mode != _NONE:
+            raise LocalProtocolError("a message was already started in this cycle")
+        if no_body:
+            self._mode = _NO_BODY
+            return list(headers), False
+        out: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
+                continue  # re-added below when we frame chunked
+            out.append((name, value))
+        if not chunked and length is not None:
+            self._mode = _NO_BODY if head else _LENGTH
+            self._left = length
+            return out, False
+        if request and not chunked:
+            self._mode = _NO_BODY
+            return out, False
+        out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+        if chunk_ok:
+            out.append((b"transfer-encoding", _CHUNKED))
+            self._mode = _NO_BODY if head else _CHUNK
+            return out, False
+        self._mode = _NO_BODY if head else _UNTIL_CLOSE
+        return out, not head
+
+    def data(self, data: bytes) -> bytes:
+        mode = self._mode
+        if not data:
+            return b""
+        if mode == _LENGTH:
+            left = self._left - len(data)
+            if left < 0:
+                raise LocalProtocolError("Too much data for declared Content-Length")
+            self._left = left
+            return data
+        if mode == _CHUNK:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        if mode == _UNTIL_CLOSE:
+            return data
+        if mode == _NO_BODY:
+            return b""  # (a HEAD/204/304 answer: the body a GET would get is dropped)
+        raise LocalProtocolError("no message body may be sent now")
+
+    def end(self, trailers: Headers) -> bytes:
+        mode = self._mode
+        if mode == _CHUNK:
+            self._mode = _DONE
+            if trailers:
+                return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+            return b"0\r\n\r\n"
+        if mode == _LENGTH and self._left:
+            raise LocalProtocolError("Too little data for declared Content-Length")
+        if mode in (_NONE, _DONE):
+            raise LocalProtocolError("no message to end")
+        self._mode = _DONE
+        return b""
+
+    @property
+    def done(self) -> bool:
+        return self._mode == _DONE
+
+    @property
+    def started(self) -> bool:
+        return self._mode != _NONE
+
+
+__all__ = ["LocalProtocolError", "Writer", "frame_head", "has_close", "reason_phrase", "with_close"]
