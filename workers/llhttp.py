@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import ClassVar
 
 import httptools
 
@@ -75,6 +76,14 @@ _FAILED = 9
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+# what may start a start line that is not complete yet (to refuse garbage early)
+_REQUEST_PREFIX = re.compile(
+    _TOKEN + rb"?(?: [\x21-\x7e]*(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.[0-9]?)?)?)?)?)?)?)?)?)?\r?"
+)
+_STATUS_PREFIX = re.compile(
+    rb"(?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9](?: (?:[0-9]{0,2}|[0-9]{3}(?: [\t \x21-\x7e\x80-\xff]*)?))?)?"
+    rb")?)?)?)?)?)?)?\r?"
+)
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
@@ -109,6 +118,8 @@ class _Reader:
         "_proposal", "_rest", "_reuse", "_start", "_state", "_tail", "_trailer_bytes", "their_done",
     )
 
+    _line_prefix: ClassVar[re.Pattern[bytes]]
+
     def __init__(self, limit: int) -> None:
         self._events: deque[Event | _Error] = deque()
         self._limit = limit
@@ -134,7 +145,11 @@ class _Reader:
     def _error(self, message: str, status: int = 400) -> PeerError:
         raise NotImplementedError
 
-    def _check_start_line(self, line: bytes) -> bool:
+    def _check_start_line(self, line: bytes) -> PeerError | None:
+        """Match the start line (into ``_start``); the error to answer, if any."""
+        raise NotImplementedError
+
+    def _bad_start(self) -> PeerError:
         raise NotImplementedError
 
     def _begin_body(self, head: RequestHead | ResponseHead) -> None:
@@ -219,20 +234,30 @@ class _Reader:
         size = self._head_len + stop - pos
         if size > self._limit:
             return self._fail(self._too_large(size))
+        chunk: bytes | memoryview = data if pos == 0 and stop == n else memoryview(data)[pos:stop]
         if not self._line_done:
+            # The start line is checked whole before llhttp sees it (so that the answer
+            # does not depend on how it arrived); until then it waits in ``_line``.
             line = self._line
             if line and line[-1] == 13 and data[pos] == 10:  # (CR | LF across two reads)
-                complete = True
-                del line[-1]
+                text: bytes | None = bytes(line[:-1])
             else:
                 j = data.find(b"\r\n", pos, stop)
-                line += data[pos:j if j >= 0 else stop]
-                complete = j >= 0 or end >= 0
-            if complete:
-                self._line_done = True
-                if not self._check_start_line(bytes(line)):
-                    return self._fail(self._error("malformed start line"))
-        chunk = data if pos == 0 and stop == n else memoryview(data)[pos:stop]
+                text = bytes(line) + data[pos:j] if j >= 0 else None
+            if text is None:
+                line += chunk
+                if self._line_prefix.fullmatch(line) is None:
+                    return self._fail(self._bad_start())
+                self._head_len = size
+                self._tail = bytes(line[-3:])
+                return n
+            self._line_done = True
+            err = self._check_start_line(text)
+            if err is not None:
+                return self._fail(err)
+            if line:
+                chunk = bytes(line) + chunk
+                line.clear()
         try:
             self._parser.feed_data(chunk)
         except httptools.HttpParserUpgrade:
@@ -243,7 +268,10 @@ class _Reader:
                 cause = self._error(f"malformed head: {exc}")
             return self._fail(cause)
         except httptools.HttpParserError as exc:
-            return self._fail(self._error(f"malformed head: {exc}"))
+            reason = str(exc)
+            # (h11 answers 501 to any Transfer-Encoding but chunked, as nginx does)
+            te = "Transfer-Encoding" in reason and "Content-Length" not in reason
+            return self._fail(self._error(f"malformed head: {reason}", 501 if te else 400))
         if end < 0:
             self._head_len = size
             self._tail = (tail + data[stop - 3 if stop - pos >= 3 else pos:stop])[-3:]
@@ -432,17 +460,25 @@ class ServerCodec(_Reader):
             return HeadersTooLarge(f"request {message}")
         return BadRequest(f"malformed request: {message}", status_hint=status)
 
-    def _check_start_line(self, line: bytes) -> bool:
-        self._start = _REQUEST_LINE.fullmatch(line)
-        return self._start is not None
+    _line_prefix = _REQUEST_PREFIX
+
+    def _bad_start(self) -> PeerError:
+        return self._error("malformed request line")
+
+    def _check_start_line(self, line: bytes) -> PeerError | None:
+        start = self._start = _REQUEST_LINE.fullmatch(line)
+        if start is None:
+            return self._bad_start()
+        version = start.group(3)
+        if version not in _HTTP_VERSIONS:
+            return self._error(f"HTTP/{version.decode()} is not supported", 505)
+        return None
 
     def on_headers_complete(self) -> None:
         self._head_done = True
         start = self._start
         assert start is not None
         method, target, version = start.groups()
-        if version not in _HTTP_VERSIONS:
-            raise self._error(f"HTTP/{version.decode()} is not supported", 505)
         if method == b"CONNECT":
             raise self._error("CONNECT is not supported", 405)
         hosts = 0
@@ -498,11 +534,11 @@ class ServerCodec(_Reader):
             chunk_ok=version == b"1.1",
             head=self._method == b"HEAD",
         )
-        if has_close(out):
-            self._keep_alive = False
-        elif until_close or not self._keep_alive or version is None:
+        if until_close or not self._keep_alive or version is None:
             self._keep_alive = False
             out = with_close(out)
+        elif has_close(out):
+            self._keep_alive = False
         return frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), out)
 
     def informational(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> bytes:
@@ -573,17 +609,25 @@ class ClientCodec(_Reader):
     def _error(self, message: str, status: int = 502) -> PeerError:
         return UpstreamFailed(f"bad response from upstream: {message}")
 
-    def _check_start_line(self, line: bytes) -> bool:
-        self._start = _STATUS_LINE.fullmatch(line)
-        return self._start is not None
+    _line_prefix = _STATUS_PREFIX
+
+    def _bad_start(self) -> PeerError:
+        return self._error("malformed status line")
+
+    def _check_start_line(self, line: bytes) -> PeerError | None:
+        start = self._start = _STATUS_LINE.fullmatch(line)
+        if start is None:
+            return self._bad_start()
+        version = start.group(1)
+        if version not in _HTTP_VERSIONS:
+            return self._error(f"HTTP/{version.decode()}")
+        return None
 
     def on_headers_complete(self) -> None:
         self._head_done = True
         start = self._start
         assert start is not None
         version, status, reason = start.groups()
-        if version not in _HTTP_VERSIONS:
-            raise self._error(f"HTTP/{version.decode()}")
         code = int(status)
         if code < 100:
             raise self._error(f"status {code}")
