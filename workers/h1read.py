@@ -62,15 +62,15 @@ _CHUNK_LINE = re.compile(
 )
 _FIELD_LINE = re.compile(TOKEN + rb":[ \t]*(?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff])*)?[ \t]*")
 _MAX_CHUNK_LINE = 4096
-_CTL_BYTES = bytes([*range(0, 0x09), *range(0x0A, 0x20), 0x7F])
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_SPECIAL = frozenset({*_FRAMING, b"connection", b"expect", b"upgrade"})
 
 
 def comma_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",")]
 
 
-class _Error:
+class Error:
     """A queued parse error: raised by ``next_event`` once the events before it are consumed."""
 
     __slots__ = ("exc",)
@@ -83,7 +83,7 @@ class Reader:
     """The receiving half both codecs share: framing here, heads parsed by llhttp."""
 
     __slots__ = (
-        "_chunked", "_cline", "_eof", "_events", "_failure", "_head_done", "_head_len", "_headers",
+        "_chunked", "_cline", "_eof", "_events", "_failure", "_head_len", "_headers",
         "_left", "_length", "_limit", "_line", "_line_done", "_msg_done", "_parser", "_pending",
         "_proposal", "_rest", "_reuse", "_start", "_state", "_tail", "_trailer_bytes", "their_done",
     )
@@ -91,7 +91,7 @@ class Reader:
     _line_prefix: ClassVar[re.Pattern[bytes]]
 
     def __init__(self, limit: int) -> None:
-        self._events: deque[Event | _Error] = deque()
+        self._events: deque[Event | Error] = deque()
         self._limit = limit
         self._state = HEAD
         self._parser = self._new_parser()
@@ -101,6 +101,7 @@ class Reader:
         self._failure: PeerError | None = None
         self._proposal = False  # the peer (or we) asked for a protocol switch
         self._cline = bytearray()  # a partial chunk-size, chunk-end or trailer line
+        self._line = bytearray()  # the start of a start line, held back until it is whole
         self._left = 0
         self._trailer_bytes = 0
         self._pending: RequestHead | ResponseHead | None = None  # queued once llhttp accepted the head
@@ -115,8 +116,8 @@ class Reader:
     def _error(self, message: str, status: int = 400) -> PeerError:
         raise NotImplementedError
 
-    def _check_start_line(self, line: bytes) -> PeerError | None:
-        """Match the start line (into ``_start``); the error to answer, if any."""
+    def _check_start_line(self, line: bytes, start: int, end: int) -> PeerError | None:
+        """Match ``line[start:end]``, the start line (into ``_start``); the error, if any."""
         raise NotImplementedError
 
     def _bad_start(self) -> PeerError:
@@ -127,27 +128,24 @@ class Reader:
 
     def _reset_head(self) -> None:
         self._head_len = 0
-        self._line = bytearray()  # the start line until its CRLF
         self._line_done = False
         self._tail = b""  # the last bytes of the head so far (a CRLFCRLF across reads)
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_done = False  # llhttp completed the head
         self._msg_done = False  # llhttp completed the message (no body, per llhttp)
         self._start: re.Match[bytes] | None = None
 
     # --- httptools callbacks --------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        value = value.strip(b" \t")
-        if len(value.translate(None, _CTL_BYTES)) != len(value):
-            raise self._error(f"invalid character in header {name.decode('latin-1')!r}")
-        self._headers.append((name.lower(), value))
+        # (llhttp checked the name is a token and the value has no control character but
+        # HTAB, and dropped the blanks before the value; those after it are ours to drop)
+        self._headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_message_complete(self) -> None:
         self._msg_done = True
 
     # --- framing --------------------------------------------------------------------
     def _fail(self, exc: PeerError) -> int:
-        self._events.append(_Error(exc))
+        self._events.append(Error(exc))
         self._state = FAILED
         self._pending = None
         return 1 << 62
@@ -162,11 +160,16 @@ class Reader:
                 pos = self._read_head(data, pos)
             elif state in (LENGTH, CHUNK_DATA):
                 end = min(pos + self._left, n)
-                self._events.append(Body(data if pos == 0 and end == n else data[pos:end]))
+                body = data if pos == 0 and end == n else data[pos:end]
+                self._events.append(Body(body))
+                if self._reuse and state == LENGTH:
+                    self._feed_body(body)
                 self._left -= end - pos
                 pos = end
                 if not self._left:
                     if state == LENGTH:
+                        if not self._msg_done:
+                            self._reuse = False
                         self._end_message()
                     else:
                         self._state = CHUNK_END
@@ -209,25 +212,31 @@ class Reader:
             # The start line is checked whole before llhttp sees it (so that the answer
             # does not depend on how it arrived); until then it waits in ``_line``.
             line = self._line
-            if line and line[-1] == 13 and data[pos] == 10:  # (CR | LF across two reads)
-                text: bytes | None = bytes(line[:-1])
-            else:
+            if not line:
                 j = data.find(b"\r\n", pos, stop)
-                text = bytes(line) + data[pos:j] if j >= 0 else None
-            if text is None:
-                line += chunk
-                if self._line_prefix.fullmatch(line) is None:
-                    return self._fail(self._bad_start())
-                self._head_len = size
-                self._tail = bytes(line[-3:])
-                return n
-            self._line_done = True
-            err = self._check_start_line(text)
-            if err is not None:
-                return self._fail(err)
-            if line:
+                if j >= 0:  # (the common case: the whole line in one read)
+                    err = self._check_start_line(data, pos, j)
+                else:
+                    err = self._hold_line(chunk, size)
+                    if err is None:
+                        return n
+            else:
+                if line[-1] == 13 and data[pos] == 10:  # (CR | LF across two reads)
+                    text = bytes(line[:-1])
+                else:
+                    j = data.find(b"\r\n", pos, stop)
+                    if j < 0:
+                        err = self._hold_line(chunk, size)
+                        if err is None:
+                            return n
+                        return self._fail(err)
+                    text = bytes(line) + data[pos:j]
+                err = self._check_start_line(text, 0, len(text))
                 chunk = bytes(line) + chunk
                 line.clear()
+            if err is not None:
+                return self._fail(err)
+            self._line_done = True
         try:
             self._parser.feed_data(chunk)
         except httptools.HttpParserUpgrade:
@@ -247,14 +256,32 @@ class Reader:
             self._tail = (tail + data[stop - 3 if stop - pos >= 3 else pos:stop])[-3:]
             return n
         head = self._pending
-        if not self._head_done or head is None:
+        if head is None:  # (llhttp did not see the head end where we did)
             return self._fail(self._error("malformed head"))
-        if not self._msg_done or not self._parser.should_keep_alive():
-            self._reuse = False
         self._events.append(head)
         self._pending = None
         self._begin_body(head)
+        if not self._parser.should_keep_alive() or not (self._msg_done or self._state == LENGTH):
+            self._reuse = False
         return end
+
+    def _feed_body(self, body: bytes) -> None:
+        """llhttp counts a Content-Length body too (no callback), so that it can read the
+        next head: cheaper than a new parser when the body comes with the head."""
+        try:
+            self._parser.feed_data(body)
+        except httptools.HttpParserError:
+            self._reuse = False
+
+    def _hold_line(self, chunk: bytes | memoryview, size: int) -> PeerError | None:
+        """Keep the start of a start line until it is whole (unless it cannot become valid)."""
+        line = self._line
+        line += chunk
+        if self._line_prefix.fullmatch(line) is None:
+            return self._bad_start()
+        self._head_len = size
+        self._tail = bytes(line[-3:])
+        return None
 
     def _too_large(self, size: int) -> PeerError:
         return self._error(f"head larger than {self._limit} bytes ({size})", 431)
@@ -316,12 +343,17 @@ class Reader:
         elif state not in (DONE, SWITCHED, FAILED):
             self._fail(self._error("connection closed mid-body"))
 
-    def _framing(self, te_status: int) -> None:
-        """Content-Length and chunked of the head just read, refusing what h11 refuses."""
+    def _scan(self, te_status: int) -> tuple[int, bool, bool, bool]:
+        """One pass over the fields of the head just read: its framing (into ``_length`` and
+        ``_chunked``, refusing what h11 refuses), and the number of Host fields, whether
+        Connection holds ``close``, Expect ``100-continue``, and Upgrade a protocol."""
         length: int | None = None
-        chunked = False
+        chunked = close = expect = upgrade = False
+        hosts = 0
         headers = self._headers
         for i, (name, value) in enumerate(headers):
+            if name not in _SPECIAL:
+                continue
             if name == b"content-length":
                 if length is not None:
                     raise self._error("more than one Content-Length")
@@ -333,10 +365,19 @@ class Reader:
                     raise self._error("only Transfer-Encoding: chunked is supported", te_status)
                 chunked = True
                 headers[i] = (name, b"chunked")  # (h11 hands it lower-cased)
+            elif name == b"host":
+                hosts += 1
+            elif name == b"connection":
+                close = close or b"close" in comma_tokens(value)
+            elif name == b"expect":
+                expect = expect or b"100-continue" in comma_tokens(value)
+            else:
+                upgrade = upgrade or any(comma_tokens(value))
         if chunked and length is not None:
             raise self._error("both Content-Length and Transfer-Encoding")
         self._length = length
         self._chunked = chunked
+        return hosts, close, expect, upgrade
 
     def _body(self) -> None:
         length = self._length
@@ -357,20 +398,10 @@ class Reader:
             return
         self._process(data if type(data) is bytes else bytes(data))
 
-    def _next(self) -> Event | _Error | None:
-        events = self._events
-        if events:
-            ev = events.popleft()
-            if type(ev) is _Error:
-                events.clear()
-                self._failure = ev.exc
-                raise ev.exc
-            if ev is _END:
-                self.their_done = True
-            return ev
-        if self._failure is not None:
-            raise self._failure
-        return None
+    def _raise(self, err: Error) -> None:
+        self._events.clear()
+        self._failure = err.exc
+        raise err.exc
 
     def _idle_event(self) -> Event:
         """What ``next_event`` says when no event is queued."""
@@ -408,5 +439,5 @@ class Reader:
 
 __all__ = [
     "CHUNK_DATA", "CHUNK_END", "CHUNK_SIZE", "DONE", "FAILED", "HEAD", "LENGTH", "SWITCHED", "TOKEN",
-    "TRAILERS", "UNTIL_CLOSE", "Reader", "comma_tokens",
+    "TRAILERS", "UNTIL_CLOSE", "Error", "Reader", "comma_tokens",
 ]

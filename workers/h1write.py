@@ -22,6 +22,8 @@ from http import HTTPStatus
 from workers.http1 import Headers
 
 _CHUNKED = b"chunked"
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_WATCHED = frozenset({*_FRAMING, b"connection", b"upgrade"})
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 # modes of a message we send
@@ -50,7 +52,11 @@ def frame_head(first_line: bytes, headers: Headers) -> bytes:
     return b"".join(parts)
 
 
-def with_close(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",")]
+
+
+def with_close(headers: Headers) -> list[tuple[bytes, bytes]]:
     """``headers`` with one ``Connection`` header that holds ``close`` (as h11 sends it)."""
     tokens: set[bytes] = set()
     out = []
@@ -65,25 +71,24 @@ def with_close(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def has_close(headers: Headers) -> bool:
-    for name, value in headers:
-        if name.lower() == b"connection" and b"close" in (t.strip().lower() for t in value.split(b",")):
-            return True
-    return False
-
-
 class Writer:
-    """The framing of the message we send in one cycle."""
+    """The framing of the message we send in one cycle.
 
-    __slots__ = ("_left", "_mode")
+    ``begin`` also notes whether the headers hold ``Connection: close`` (``close``) and an
+    ``Upgrade`` with a protocol in it (``upgrade``).
+    """
+
+    __slots__ = ("_left", "_mode", "close", "upgrade")
 
     def __init__(self) -> None:
         self._mode = _NONE
         self._left = 0
+        self.close = False
+        self.upgrade = False
 
     def begin(
         self, headers: Headers, *, no_body: bool, chunk_ok: bool, head: bool = False, request: bool = False
-    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    ) -> tuple[Headers, bool]:
         """Choose the framing; returns the headers to send and whether the body ends at close.
 
         ``no_body``: 1xx/204/304 (headers kept as given); ``head``: the answer to a HEAD
@@ -91,28 +96,32 @@ class Writer:
         """
         if self._mode != _NONE:
             raise LocalProtocolError("a message was already started in this cycle")
-        if no_body:
-            self._mode = _NO_BODY
-            return list(headers), False
-        out: list[tuple[bytes, bytes]] = []
         length: int | None = None
-        chunked = False
+        chunked = close = upgrade = False
         for name, value in headers:
             lower = name.lower()
-            if lower == b"content-length":
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = True
-                continue  # re-added below when we frame chunked
-            out.append((name, value))
+            if lower in _WATCHED:
+                if lower == b"content-length":
+                    length = int(value)
+                elif lower == b"transfer-encoding":
+                    chunked = True
+                elif lower == b"connection":
+                    close = close or b"close" in _tokens(value)
+                else:
+                    upgrade = upgrade or any(_tokens(value))
+        self.close = close
+        self.upgrade = upgrade
+        if no_body:
+            self._mode = _NO_BODY
+            return headers, False
         if not chunked and length is not None:
             self._mode = _NO_BODY if head else _LENGTH
             self._left = length
-            return out, False
+            return headers, False
         if request and not chunked:
             self._mode = _NO_BODY
-            return out, False
-        out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+            return headers, False
+        out = [(n, v) for n, v in headers if n.lower() not in _FRAMING]
         if chunk_ok:
             out.append((b"transfer-encoding", _CHUNKED))
             self._mode = _NO_BODY if head else _CHUNK
@@ -161,4 +170,4 @@ class Writer:
         return self._mode != _NONE
 
 
-__all__ = ["LocalProtocolError", "Writer", "frame_head", "has_close", "reason_phrase", "with_close"]
+__all__ = ["LocalProtocolError", "Writer", "frame_head", "reason_phrase", "with_close"]

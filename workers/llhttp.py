@@ -40,8 +40,8 @@ import re
 import httptools
 
 from fastingress.errors import BadRequest, HeadersTooLarge, PeerError, UpstreamFailed
-from workers.h1read import HEAD, SWITCHED, TOKEN, UNTIL_CLOSE, Reader, comma_tokens
-from workers.h1write import LocalProtocolError, Writer, frame_head, has_close, reason_phrase, with_close
+from workers.h1read import HEAD, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
+from workers.h1write import LocalProtocolError, Writer, frame_head, reason_phrase, with_close
 from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, Signal
 
 _END = Signal.END
@@ -90,8 +90,8 @@ class ServerCodec(Reader):
     def _bad_start(self) -> PeerError:
         return self._error("malformed request line")
 
-    def _check_start_line(self, line: bytes) -> PeerError | None:
-        start = self._start = _REQUEST_LINE.fullmatch(line)
+    def _check_start_line(self, line: bytes, begin: int, end: int) -> PeerError | None:
+        start = self._start = _REQUEST_LINE.fullmatch(line, begin, end)
         if start is None:
             return self._bad_start()
         version = start.group(3)
@@ -100,31 +100,18 @@ class ServerCodec(Reader):
         return None
 
     def on_headers_complete(self) -> None:
-        self._head_done = True
         start = self._start
         assert start is not None
         method, target, version = start.groups()
         if method == b"CONNECT":
             raise self._error("CONNECT is not supported", 405)
-        hosts = 0
-        close = version != b"1.1"
-        expect = upgrade = False
-        for name, value in self._headers:
-            if name == b"host":
-                hosts += 1
-            elif name == b"connection":
-                close = close or b"close" in comma_tokens(value)
-            elif name == b"expect":
-                expect = expect or b"100-continue" in comma_tokens(value)
-            elif name == b"upgrade":
-                upgrade = upgrade or any(comma_tokens(value))
+        hosts, close, expect, upgrade = self._scan(501)
         if hosts > 1 or (hosts == 0 and version == b"1.1"):
             raise self._error("a request needs exactly one Host header")
-        self._framing(501)
         self._pending = RequestHead(method, target, self._headers, version)
         self._method = method
         self._version = version
-        self._keep_alive = not close
+        self._keep_alive = not close and version == b"1.1"
         self._expect = expect and version == b"1.1"
         self._proposal = upgrade
 
@@ -132,11 +119,20 @@ class ServerCodec(Reader):
         self._body()
 
     def next_event(self) -> Event:
-        ev = self._next()
-        if ev is None:
+        events = self._events
+        if not events:
+            if self._failure is not None:
+                raise self._failure
             return self._idle_event()
-        if type(ev) is Body or ev is _END:
+        ev = events.popleft()
+        kind = type(ev)
+        if kind is Body:
             self._expect = False
+        elif ev is _END:
+            self._expect = False
+            self.their_done = True
+        elif kind is Error:
+            self._raise(ev)  # type: ignore[arg-type]
         return ev  # type: ignore[return-value]
 
     @property
@@ -162,7 +158,7 @@ class ServerCodec(Reader):
         if until_close or not self._keep_alive or version is None:
             self._keep_alive = False
             out = with_close(out)
-        elif has_close(out):
+        elif self._writer.close:
             self._keep_alive = False
         return frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), out)
 
@@ -216,7 +212,7 @@ class ServerCodec(Reader):
 class ClientCodec(Reader):
     """The upstream-facing side (we are the client), on llhttp; see ``workers.http1.ClientCodec``."""
 
-    __slots__ = ("_keep_alive", "_method", "_req_close", "_writer", "switched")
+    __slots__ = ("_keep_alive", "_method", "_req_close", "_resp_close", "_writer", "switched")
 
     trailers_need_chunked = True
 
@@ -226,6 +222,7 @@ class ClientCodec(Reader):
         self._method = b""
         self._keep_alive = False
         self._req_close = False
+        self._resp_close = False
         self.switched = False
 
     def _new_parser(self) -> httptools.HttpResponseParser:
@@ -239,8 +236,8 @@ class ClientCodec(Reader):
     def _bad_start(self) -> PeerError:
         return self._error("malformed status line")
 
-    def _check_start_line(self, line: bytes) -> PeerError | None:
-        start = self._start = _STATUS_LINE.fullmatch(line)
+    def _check_start_line(self, line: bytes, begin: int, end: int) -> PeerError | None:
+        start = self._start = _STATUS_LINE.fullmatch(line, begin, end)
         if start is None:
             return self._bad_start()
         version = start.group(1)
@@ -249,14 +246,13 @@ class ClientCodec(Reader):
         return None
 
     def on_headers_complete(self) -> None:
-        self._head_done = True
         start = self._start
         assert start is not None
         version, status, reason = start.groups()
         code = int(status)
         if code < 100:
             raise self._error(f"status {code}")
-        self._framing(502)
+        self._resp_close = self._scan(502)[1]
         self._pending = ResponseHead(code, self._headers, reason or b"", version)
 
     def _begin_body(self, head: RequestHead | ResponseHead) -> None:
@@ -274,10 +270,7 @@ class ClientCodec(Reader):
             self._reset_head()  # an interim answer: the real one follows
             return
         self._proposal = False
-        close = self._req_close or head.http_version != b"1.1"
-        for name, value in head.headers:
-            if name == b"connection" and b"close" in comma_tokens(value):
-                close = True
+        close = self._req_close or self._resp_close or head.http_version != b"1.1"
         if self._method == b"HEAD" or status in _NO_BODY_STATUS:
             self._end_message()
         elif self._chunked or self._length is not None:
@@ -297,17 +290,23 @@ class ClientCodec(Reader):
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, trusted: bool = False
     ) -> bytes:
         self._method = method
-        self._proposal = method == b"CONNECT" or any(
-            n.lower() == b"upgrade" and any(comma_tokens(v)) for n, v in headers
-        )
-        self._req_close = has_close(headers)
-        out, _ = self._writer.begin(headers, no_body=False, chunk_ok=True, request=True)
+        writer = self._writer
+        out, _ = writer.begin(headers, no_body=False, chunk_ok=True, request=True)
+        self._proposal = writer.upgrade or method == b"CONNECT"
+        self._req_close = writer.close
         return frame_head(method + b" " + target + b" HTTP/1.1\r\n", out)
 
     def next_event(self) -> Event:
-        ev = self._next()
-        if ev is None:
+        events = self._events
+        if not events:
+            if self._failure is not None:
+                raise self._failure
             return self._idle_event()
+        ev = events.popleft()
+        if ev is _END:
+            self.their_done = True
+        elif type(ev) is Error:
+            self._raise(ev)
         return ev  # type: ignore[return-value]
 
     @property
