@@ -260,8 +260,9 @@ class Reader:
             return self._fail(self._error("malformed head"))
         self._events.append(head)
         self._pending = None
+        clean = self._msg_done and self._parser.should_keep_alive()
         self._begin_body(head)
-        if not self._parser.should_keep_alive() or not (self._msg_done or self._state == LENGTH):
+        if not (clean or (self._state == LENGTH and self._parser.should_keep_alive())):
             self._reuse = False
         return end
 
