@@ -11,6 +11,7 @@ import msgspec
 
 from fastingress.errors import ConfigError
 from fastingress.snapshot.schema import GlobalSettings
+from fastingress.translate.model import TranslateOptions
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -36,6 +37,8 @@ class TranslationSettings(msgspec.Struct, frozen=True):
     enable_ssl_passthrough: bool = False  # honour the ssl-passthrough annotation
     hsts: bool = False  # Strict-Transport-Security on HTTPS answers (off by default, see README)
     hsts_max_age: int = 31536000
+    # -- fail closed (issue 8) ---------------------------------------------------------------
+    unsafe_fail_open: bool = False  # serve routes whose access annotations are not honoured, open
 
     def global_settings(self) -> GlobalSettings:
         """The data-plane settings these flags decide (the rest keeps its defaults)."""
@@ -45,6 +48,18 @@ class TranslationSettings(msgspec.Struct, frozen=True):
             hsts=self.hsts,
             hsts_max_age=self.hsts_max_age,
         )
+
+
+def translate_options(translation: TranslationSettings) -> TranslateOptions:
+    """The translator's options these flags decide (the one place they are mapped)."""
+    return TranslateOptions(
+        controller_class=translation.controller_class,
+        ingress_class=translation.ingress_class,
+        watch_without_class=translation.watch_without_class,
+        default_backend_service=translation.default_backend_service,
+        settings=translation.global_settings(),
+        unsafe_fail_open=translation.unsafe_fail_open,
+    )
 
 
 class StandaloneSettings(msgspec.Struct, frozen=True):
@@ -63,10 +78,14 @@ class StandaloneSettings(msgspec.Struct, frozen=True):
     watch_interval: float = 1.0
     log_level: LogLevel = "info"
     access_log: bool = False
+    http1_codec: Literal["llhttp", "h11"] = "llhttp"  # the event-driven core, or the h11 reference path
     # The worker program (argv prefix); "--settings JSON" is appended.  Empty: python -m workers.
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None  # None: a fresh private directory (default_runtime_dir())
     standby_worker: bool = True  # keep one pre-started worker to replace a dead one in ~50 ms
+    # -- issue 10 -------------------------------------------------------------------------
+    allow_partial: bool = False  # start even if a manifest file cannot be read or parsed
+    demo_backends: tuple[tuple[str, int], ...] = ()  # --demo: (name, port) served in-process
 
 
 class BuildSettings(msgspec.Struct, frozen=True):
@@ -145,6 +164,10 @@ def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
             f"--watch-interval must be between 0.01 and 3600 seconds, got {settings.watch_interval}"
         )
     _check_translation(settings.translation)
+    if settings.allow_partial and settings.snapshot is not None:
+        raise ConfigError("--allow-partial applies to --manifests only")
+    for name, port in settings.demo_backends:
+        _check_port(f"--demo backend {name}", port, allow_zero=False)
     return settings
 
 
@@ -198,6 +221,11 @@ class ControllerSettings(msgspec.Struct, frozen=True):
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None
     standby_worker: bool = True
+    http1_codec: Literal["llhttp", "h11"] = "llhttp"
+    # -- issue 10 -------------------------------------------------------------------------
+    update_status_on_shutdown: bool = True  # the last replica clears Ingress status (ingress-nginx)
+    pod_name: str = ""  # $POD_NAME: our own endpoint among the publish Service's (peers)
+    list_page_size: int = 500  # objects a LIST page (limit/continue)
 
 
 _DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -234,4 +262,60 @@ def validate_controller(settings: ControllerSettings) -> ControllerSettings:
         raise ConfigError("--debounce-hold-off must be between 0 and --debounce-max-delay (at most 60 s)")
     if not 1 <= settings.watch_timeout <= 3600:
         raise ConfigError(f"--watch-timeout must be between 1 and 3600 seconds, got {settings.watch_timeout}")
+    if not 1 <= settings.list_page_size <= 100000:
+        raise ConfigError(f"--list-page-size must be between 1 and 100000, got {settings.list_page_size}")
+    return settings
+
+
+# -- check and explain (issue 8) ---------------------------------------------------------------
+
+OutputFormat = Literal["text", "json"]
+
+
+class CheckSettings(msgspec.Struct, frozen=True):
+    """``fastingress check PATH...``: lint manifests offline."""
+
+    paths: tuple[str, ...]
+    strict: bool = False  # warnings fail too
+    output: OutputFormat = "text"
+    translation: TranslationSettings = TranslationSettings()
+
+
+def validate_check(settings: CheckSettings) -> CheckSettings:
+    if not settings.paths:
+        raise ConfigError("at least one PATH is required")
+    _check_translation(settings.translation)
+    return settings
+
+
+class ExplainSettings(msgspec.Struct, frozen=True):
+    """``fastingress explain``: exactly one of ``manifests`` / ``admin``."""
+
+    url: str
+    manifests: tuple[str, ...] = ()
+    admin: str | None = None  # base URL of a running instance's admin port
+    headers: tuple[tuple[str, str], ...] = ()
+    client_ip: str = ""
+    method: str = "GET"
+    https_port: int = 443  # for the Location of redirects to HTTPS (manifests only)
+    output: OutputFormat = "text"
+    translation: TranslationSettings = TranslationSettings()
+
+
+_METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
+
+
+def validate_explain(settings: ExplainSettings) -> ExplainSettings:
+    if bool(settings.manifests) == (settings.admin is not None):
+        raise ConfigError("exactly one of --manifests or --admin is required")
+    if settings.admin is not None and not settings.admin.startswith(("http://", "https://")):
+        raise ConfigError(f"--admin must be a URL like http://127.0.0.1:10254, got {settings.admin!r}")
+    if not settings.url.startswith(("http://", "https://")):
+        raise ConfigError(f"URL must start with http:// or https://, got {settings.url!r}")
+    if settings.client_ip:
+        _check_address("--client-ip", settings.client_ip)
+    if not _METHOD_RE.match(settings.method):
+        raise ConfigError(f"-X/--method must be an HTTP method like GET, got {settings.method!r}")
+    _check_port("--https-port", settings.https_port, allow_zero=True)
+    _check_translation(settings.translation)
     return settings

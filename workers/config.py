@@ -21,6 +21,9 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     grace_period: float = 30.0  # seconds in-flight requests get on SIGTERM
     log_level: str = "info"
     access_log: bool = False
+    http1_codec: str = "llhttp"  # "llhttp": the event-driven core; "h11": the task-based reference path
+    # -- issue 10 (appended) ------------------------------------------------------------
+    parent_pid: int = 0  # the supervisor: the worker exits when it is gone (0: do not watch)
 
 
 class RequestCount(msgspec.Struct, frozen=True, array_like=True):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -64,9 +63,11 @@ from workers.tlspolicy import add_hsts
 from workers.upstream_tls import ClientTLS, client_tls
 
 if TYPE_CHECKING:
+    from workers.balance import Balancer
+    from workers.heads import RequestInfo
     from workers.http1 import RequestHead, ServerCodec
-    from workers.pool import Balancer, UpstreamConn
-    from workers.proxy import RequestInfo, Session
+    from workers.pool import UpstreamConn
+    from workers.proxy import Session
 
 log = logging.getLogger("fastingress.worker")
 
@@ -505,17 +506,11 @@ def grpc_error_headers(status: int, message: str) -> list[Header]:
 
 
 def request_headers(
-    session: Session, info: RequestInfo, upstream: Upstream, *, method: bytes, target: bytes
+    session: Session, info: RequestInfo, upstream: Upstream, *, method: bytes, target: bytes, authority: bytes
 ) -> list[Header]:
     """HTTP/2 request headers: pseudo-headers, end-to-end headers and X-Forwarded-*."""
     worker = session.worker
     host = info.host
-    if upstream.host_override:
-        authority = upstream.host_override.encode("latin-1", "replace")
-        if not valid_value(authority):
-            raise UpstreamFailed(f"upstream {upstream.name}: invalid host override {authority!r}")
-    else:
-        authority = host
     scheme = b"https" if upstream.protocol == "GRPCS" else b"http"
     headers: list[Header] = [
         (b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target),
@@ -533,7 +528,7 @@ def request_headers(
     headers.append((b"x-forwarded-proto", b"https" if session.tls else worker.scheme_bytes))
     headers.append((b"x-forwarded-host", host))
     headers.append((b"x-forwarded-port", worker.https_port_bytes if session.tls else worker.port_bytes))
-    headers.append((b"x-request-id", info.request_id or b"%032x" % random.getrandbits(128)))
+    headers.append((b"x-request-id", info.new_request_id()))
     return headers
 
 
@@ -566,8 +561,8 @@ async def forward_h2(
     head: RequestHead,
     info: RequestInfo,
     *,
-    path: str,
-    query: str,
+    target: bytes,
+    authority: bytes,
     upstream: Upstream,
     balancer: Balancer,
     limit: int,
@@ -578,8 +573,8 @@ async def forward_h2(
     with trio.CancelScope() as scope:
         deadline = _Deadline(scope)
         try:
-            return await _exchange_h1(session, head, info, path=path, query=query, upstream=upstream,
-                                      balancer=balancer, limit=limit, deadline=deadline)
+            return await _exchange_h1(session, head, info, target=target, authority=authority,
+                                      upstream=upstream, balancer=balancer, limit=limit, deadline=deadline)
         except (UpstreamFailed, UpstreamTimeout, NoEndpoint) as exc:
             if not grpc or not session.codec.can_respond:
                 raise
@@ -619,8 +614,8 @@ async def _exchange_h1(
     head: RequestHead,
     info: RequestInfo,
     *,
-    path: str,
-    query: str,
+    target: bytes,
+    authority: bytes,
     upstream: Upstream,
     balancer: Balancer,
     limit: int,
@@ -635,8 +630,7 @@ async def _exchange_h1(
     if not addrs:
         raise NoEndpoint(f"upstream {upstream.name} has no ready endpoint")
     primary, alternate = balancer.pick(upstream.name, addrs)
-    target = (path + query).encode() if path != "*" else b"*"
-    headers = request_headers(session, info, upstream, method=head.method, target=target)
+    headers = request_headers(session, info, upstream, method=head.method, target=target, authority=authority)
     tls = client_tls(upstream)
     h2pool = pool.h2
     has_body = info.has_body
@@ -728,6 +722,8 @@ async def _relay_h1(
     headers = _response_headers(rheaders, worker.server_header)
     if session.tls and worker.hsts is not None:
         add_hsts(headers, worker.hsts)
+    if session.ctx is not None:
+        session.ctx.respond(status, headers)
     close = worker.draining or not codec.their_message_done
     if close:
         headers.append((b"connection", b"close"))

@@ -73,7 +73,9 @@ import trio
 from fastingress.errors import UpstreamFailed
 from fastingress.snapshot.schema import GlobalSettings
 from workers.http1 import Body, Event, Headers, RequestHead, ServerCodec, Signal, valid_value
-from workers.proxy import RECV_SIZE, Session, Worker
+from workers.linger import linger
+from workers.proxy import RECV_SIZE, Session
+from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
 
@@ -184,12 +186,13 @@ class H2StreamCodec(ServerCodec):
     queued on the ``_Stream`` and written by ``H2StreamChannel.send_all``.
     """
 
-    __slots__ = ("_events", "_expect", "_st")
+    __slots__ = ("_events", "_expect", "_head_only", "_st")
 
     trailers_need_chunked = False
 
     def __init__(self, st: _Stream, head: RequestHead, ended: bool) -> None:
         self._st = st
+        self._head_only = head.method == b"HEAD"  # a HEAD answer carries no DATA
         self._events: collections.deque[Event] = collections.deque((head,))
         if ended:
             self._events.append(_END)
@@ -209,7 +212,7 @@ class H2StreamCodec(ServerCodec):
         return self._events.popleft() if self._events else _NEED_DATA
 
     def data(self, data: bytes) -> bytes:
-        if data:
+        if data and not self._head_only:
             self._st.out_data.append(memoryview(data))
         return b""
 
@@ -271,6 +274,11 @@ class H2StreamChannel(trio.abc.Stream):
     def __init__(self, server: H2Server, st: _Stream) -> None:
         self.server = server
         self.st = st
+
+    @property
+    def ssl_connection(self) -> object:
+        """The client's TLS connection (client certificates), None over h2c."""
+        return getattr(self.server.stream, "ssl_connection", None)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         st = self.st
@@ -355,6 +363,7 @@ class H2Server:
         self.draining = False
         self.last_stream_id = 0  # highest stream id accepted
         self.goaway_sent = False
+        self.peer_gone = False  # the client closed (or broke) the connection
         self.closed = False
         self.resets = FloodMeter(limits.max_resets, limits.flood_window)
         self.settings_meter = FloodMeter(limits.max_settings, limits.flood_window)
@@ -366,7 +375,7 @@ class H2Server:
 
     async def run(self, initial: bytes = b"") -> None:
         worker = self.worker
-        worker.mux_opened(self)
+        worker.opened(self)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -380,10 +389,12 @@ class H2Server:
                 await self._read_loop(initial)
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+            self.peer_gone = True  # the client went away
         finally:
             self.closed = True
-            worker.mux_closed(self)
+            worker.closed(self)
+            if self.goaway_sent and not self.peer_gone:
+                await linger(self.stream)  # the client may still be writing: no reset for it
             await trio.aclose_forcefully(self.stream)
 
     async def _read_loop(self, initial: bytes) -> None:
@@ -407,6 +418,7 @@ class H2Server:
                 self.read_scope.deadline = trio.current_time() + timeout
                 data = bytes(await self.stream.receive_some(RECV_SIZE))
                 if not data:
+                    self.peer_gone = True
                     return
         if self.read_scope.cancelled_caught and not self.closed:
             # Idle (or drained) connection: say goodbye politely.
@@ -424,6 +436,7 @@ class H2Server:
             log.info("http2 connection from %s closed: %s", self.client_ip, exc)
             with trio.move_on_after(1.0):
                 await self.flush()
+            self.goaway_sent = True
             return False
         now = trio.current_time()
         for ev in events:
@@ -666,6 +679,9 @@ class H2Server:
 
     # ---- ending ------------------------------------------------------------------------
 
+    def drain(self) -> None:
+        self.start_drain()
+
     def start_drain(self) -> None:
         """GOAWAY(NO_ERROR, last stream id); in-flight streams finish, then close."""
         if self.draining or self.nursery is None:
@@ -696,6 +712,7 @@ class H2Server:
             self.conn.close_connection(code, last_stream_id=self.last_stream_id)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.flush()
+        self.goaway_sent = True
         self.closed = True
 
 

@@ -27,7 +27,8 @@ from typing import NamedTuple
 import trio
 
 from fastingress.errors import FastIngressError
-from workers.proxy import Worker, copy_bytes
+from workers.proxy import copy_bytes
+from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
 

@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-``Worker`` is the per-process state every client connection shares: the route table in
-force (with its ``Balancer``), the upstream ``Pool``, ``Metrics`` and the drain flag.
-``serve_client(worker, stream, client_ip)`` runs one client connection as a loop of
-request cycles; ``server.py`` calls it for each accepted socket, tests call it with
-``trio.testing.memory_stream_pair`` and an injected ``connect``.
+A ``Session`` runs one client connection over a trio Stream as a loop of request cycles,
+one task per connection (plus one per request body).  It is the reference data path
+(``--http1-codec h11``: h11 parses), the path of every HTTP/2 stream (``workers.http2``), and
+where the event-driven core (``workers.h1conn``) hands a request that needs tasks (an Upgrade
+tunnel, an HTTP/2 upstream; the llhttp codec and the parsed head move along).
+``workers.serve.serve_client`` starts one for an accepted stream; tests run it over
+``trio.testing.memory_stream_pair`` with an injected ``connect``.
 
 One request cycle:
 
@@ -15,8 +17,8 @@ One request cycle:
    ``phase`` records which kind of operation the deadline belongs to, so when it fires we
    know whether it was a client timeout (close quietly) or an upstream timeout (504 if no
    response byte went out yet);
-2. take the route table *now* (a snapshot swap later does not affect this request),
-   normalise the target, match, then answer directly (redirect, respond, errors) or
+2. take the route table *now* (a snapshot swap later does not affect this request) and
+   ``workers.decide.decide`` what to do: answer directly (redirect, respond, errors) or
    forward;
 3. forwarding: pick a backend (smooth WRR) and an endpoint (round robin over ready ones),
    take an idle pooled connection or connect (one retry on another endpoint), send the
@@ -36,8 +38,8 @@ each read of a request body, ``keepalive_timeout`` between requests, the upstrea
 
 HTTP/2 (``workers/http2.py``) runs one ``Session`` per stream with an h2-backed codec and
 stream in place of ``ServerCodec`` and the socket, so every request takes this same path; a
-plain connection whose first bytes are the HTTP/2 preface (h2c prior knowledge) or a TLS one
-that negotiated ALPN "h2" is handed over to it by ``serve_client``.
+plain connection whose first bytes are the HTTP/2 preface (h2c prior knowledge) raises
+``H2Preface`` here and ``serve_client`` hands it over.
 
 Errors are ``fastingress.errors`` exceptions carrying ``status_hint``; before the response
 started they become a short text answer, after it they abort the client connection.
@@ -46,11 +48,8 @@ started they become a short text answer, after it they abort the client connecti
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Sequence
-from http import HTTPStatus
-from typing import Protocol
 
 import trio
 
@@ -58,170 +57,29 @@ from fastingress.errors import (
     BadRequest,
     BodyTooLarge,
     FastIngressError,
-    NoEndpoint,
     PeerError,
     UpstreamFailed,
     UpstreamTimeout,
 )
-from fastingress.snapshot.schema import Forward, GlobalSettings, Redirect, Respond, Upstream
-from workers.config import stats_encoder
+from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide
 from workers.h2upstream import forward_h2
-from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, ServerCodec, Signal, valid_value
-from workers.metrics import Metrics
-from workers.pathnorm import normalize_target
-from workers.pool import Balancer, Pool, UpstreamConn
-from workers.routing import RouteMatch, RouteTable, rewrite
-from workers.tlspolicy import add_hsts, hsts_value, redirect_location, wants_https
-from workers.upstream_tls import H2_PROTOCOLS, client_tls
+from workers.heads import TEXT, error_body, scan_request
+from workers.http1 import Event, RequestHead, ServerCodec, Signal
+from workers.linger import linger
+from workers.llhttp import ServerCodec as LlhttpServerCodec
+from workers.policy import RequestCtx
+from workers.sessionfwd import PH_CLIENT, PH_HEAD, PH_UPSTREAM, RECV_SIZE, SessionBase, _arm, copy_bytes
+from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
 
-RECV_SIZE = 65536
-DEADLINE_SLACK = 0.05  # seconds
-_INF = float("inf")
 _perf = time.perf_counter
 _now = trio.current_time
-
-# What the cycle's deadline currently guards.
-PH_HEAD = 0  # waiting for / reading a request head
-PH_CLIENT = 1  # reading the body from / writing the answer to the client
-PH_UPSTREAM = 2  # sending to / reading from the upstream
-
 _NEED_DATA = Signal.NEED_DATA
 _H2_PREFACE_START = b"PRI * HTTP/2.0"
-_END = Signal.END
-
-# Request headers we drop (hop-by-hop) or set ourselves.
-_REQ_DROP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"host", b"expect",
-        b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host",
-        b"x-forwarded-port", b"x-request-id",
-    }
-)
-_RESP_DROP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"server",
-    }
-)
-_CONN_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade"})
-_TEXT = b"text/plain; charset=utf-8"
-_HTTP1_PROTOCOLS = frozenset({"HTTP", "AUTO_HTTP", "HTTPS"})  # GRPC/GRPCS/H2C: h2upstream; FCGI: later
 
 
-def _connection_tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
-
-
-def _arm(scope: trio.CancelScope, timeout: float) -> None:
-    """Set ``scope``'s deadline to now + ``timeout`` (an idle timeout for the next operation).
-
-    Moving a deadline costs a heap update in trio; consecutive operations of a request
-    usually want (almost) the same deadline, so a deadline at most ``DEADLINE_SLACK``
-    earlier than asked is kept: a timeout may fire up to that much early.
-    """
-    deadline = _now() + timeout
-    if not 0.0 <= deadline - scope.deadline <= DEADLINE_SLACK:
-        scope.deadline = deadline
-
-
-class RequestInfo:
-    """What the proxy needs from a request's headers, collected in one pass."""
-
-    __slots__ = ("chunked", "content_length", "headers", "host", "request_id", "upgrade")
-
-    def __init__(self) -> None:
-        self.host = b""
-        self.content_length: int | None = None
-        self.chunked = False
-        self.upgrade: bytes | None = None
-        self.request_id: bytes | None = None
-        self.headers: list[tuple[bytes, bytes]] = []  # end-to-end headers to forward
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-
-def scan_request(headers: Headers) -> RequestInfo:
-    """One pass over the request headers: framing facts plus the end-to-end headers."""
-    info = RequestInfo()
-    out = info.headers
-    connection: list[bytes] = []
-    upgrade: bytes | None = None
-    for name, value in headers:
-        if name not in _REQ_DROP:
-            if name == b"content-length":
-                info.content_length = int(value)
-            out.append((name, value))
-        elif name == b"host":
-            info.host = value
-        elif name == b"transfer-encoding":
-            info.chunked = True
-        elif name == b"connection":
-            connection.extend(_connection_tokens(value))
-        elif name == b"upgrade":
-            upgrade = value
-        elif name == b"x-request-id":
-            info.request_id = value
-    if info.chunked and info.content_length is not None:
-        # Both framings: the chunked one wins (as h11 reads it) and Content-Length must not
-        # reach the upstream, or it could frame the body differently (request smuggling).
-        info.content_length = None
-        out[:] = [(n, v) for n, v in out if n != b"content-length"]
-    if connection:
-        if upgrade is not None and b"upgrade" in connection:
-            info.upgrade = upgrade
-        extra = set(connection) - _CONN_STANDARD
-        if extra:
-            info.headers = [(n, v) for n, v in out if n not in extra]
-    return info
-
-
-def response_headers(headers: Headers, server: bytes, *, upgrade: bool = False) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones, with our Server header."""
-    out: list[tuple[bytes, bytes]] = []
-    connection: list[bytes] | None = None
-    for name, value in headers:
-        if name in _RESP_DROP:
-            if name == b"connection":
-                connection = _connection_tokens(value)
-            elif upgrade and name == b"upgrade":
-                out.append((name, value))
-            continue
-        out.append((name, value))
-    if connection:
-        extra = set(connection) - _CONN_STANDARD
-        if extra:
-            out = [(n, v) for n, v in out if n not in extra]
-    if upgrade:
-        out.append((b"connection", b"upgrade"))
-    out.append((b"server", server))
-    return out
-
-
-def _reason_body(status: int, detail: str = "") -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    text = f"{status} {phrase}\n"
-    if detail:
-        text += detail + "\n"
-    return text.encode()
-
-
-class _DeadConnection(Exception):
-    """A reused upstream connection closed before answering (retry it once)."""
-
-
-class _ClientGone(Exception):
-    """The client went away or timed out while its body was being read."""
-
-
-class _H2Preface(Exception):
+class H2Preface(Exception):
     """The first bytes of a plain connection are the HTTP/2 preface (h2c prior knowledge)."""
 
     def __init__(self, data: bytes) -> None:
@@ -229,172 +87,63 @@ class _H2Preface(Exception):
         self.data = data
 
 
-class Multiplexed(Protocol):
-    """A connection carrying many requests at once (``workers.http2.H2Server``)."""
-
-    def start_drain(self) -> None: ...
-
-
-def endpoint_addresses(table: RouteTable) -> frozenset[tuple[str, int]]:
-    """Every (address, port) the table's upstreams list (ExternalName ones resolve later)."""
-    return frozenset((e.address, e.port) for u in table.snapshot.upstreams for e in u.endpoints)
+def new_server_codec(worker: Worker) -> ServerCodec:
+    """The client-side codec the worker is configured with (llhttp, or the h11 reference)."""
+    if worker.http1_codec == "h11":
+        return ServerCodec(worker.settings.max_header_bytes)
+    return LlhttpServerCodec(worker.settings.max_header_bytes)  # type: ignore[return-value]
 
 
-class Worker:
-    """Per-process state shared by every client connection."""
+class Session(SessionBase):
+    """One client connection."""
+
+    __slots__ = ()  # (the state lives in SessionBase, with the forwarding half)
 
     def __init__(
         self,
-        pool: Pool,
-        *,
-        index: int = 0,
-        listen_port: int = 80,
-        scheme: str = "http",
-        access_log: bool = False,
-        https_port: int = 0,
+        worker: Worker,
+        stream: trio.abc.Stream,
+        client_ip: str,
+        tls: str = "",
+        codec: ServerCodec | None = None,
     ) -> None:
-        self.pool = pool
-        self.https_port = https_port  # 0: no HTTPS listener (no ssl-redirect then)
-        self.https_port_bytes = str(https_port).encode()
-        self.hsts: bytes | None = None  # Strict-Transport-Security value for HTTPS answers
-        self.index = index
-        self.listen_port = listen_port
-        self.port_bytes = str(listen_port).encode()
-        self.scheme_bytes = scheme.encode()
-        self.access_log = access_log
-        self.metrics = Metrics()
-        self.table: RouteTable | None = None
-        self.endpoints: frozenset[tuple[str, int]] = frozenset()  # of the table in force
-        self.balancer = Balancer()
-        self.settings = GlobalSettings()
-        self.server_header = self.settings.server_header.encode()
-        self.generation = 0
-        self.draining = False
-        self.sessions: set[Session] = set()
-        self.multiplexed: set[Multiplexed] = set()  # HTTP/2 connections (streams run Sessions)
-        self.drained = trio.Event()
-
-    def install(self, table: RouteTable, generation: int) -> None:
-        """Swap in a new route table; requests already parsed keep the old one."""
-        endpoints = endpoint_addresses(table)
-        self.pool.retire(self.endpoints - endpoints)
-        self.endpoints = endpoints
-        self.table = table
-        self.balancer = Balancer()
-        self.settings = table.snapshot.settings
-        server = self.settings.server_header.encode("latin-1", "replace")
-        if not valid_value(server):
-            log.error("snapshot generation %d: invalid server_header %r; using 'fastingress'",
-                      generation, self.settings.server_header)
-            server = b"fastingress"
-        self.server_header = server
-        self.hsts = hsts_value(self.settings)
-        self.generation = generation
-
-    def start_drain(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
-        self.draining = True
-        for session in list(self.sessions):
-            if session.idle:
-                session.scope.cancel()
-        for mux in list(self.multiplexed):
-            mux.start_drain()  # GOAWAY; in-flight streams finish
-        if not self.sessions and not self.multiplexed:
-            self.drained.set()
-
-    def _opened(self, session: Session) -> None:
-        self.sessions.add(session)
-        self.metrics.active_connections += 1
-
-    def _closed(self, session: Session) -> None:
-        self.sessions.discard(session)
-        self.metrics.active_connections -= 1
-        if self.draining and not self.sessions and not self.multiplexed:
-            self.drained.set()
-
-    def mux_opened(self, mux: Multiplexed) -> None:
-        self.multiplexed.add(mux)
-        self.metrics.active_connections += 1
-
-    def mux_closed(self, mux: Multiplexed) -> None:
-        self.multiplexed.discard(mux)
-        self.metrics.active_connections -= 1
-        if self.draining and not self.sessions and not self.multiplexed:
-            self.drained.set()
-
-    def stats_bytes(self) -> bytes:
-        return stats_encoder.encode(self.metrics.stats(self.index, self.generation, self.draining))
-
-
-async def serve_client(worker: Worker, stream: trio.abc.Stream, client_ip: str, *, tls: str = "") -> None:
-    """Serve one client connection until it closes, times out or the worker drains.
-
-    ``tls`` is "" for plain HTTP, else what the access log records of the TLS session
-    (``TLSv1.3/http/1.1``); the request is then HTTPS (X-Forwarded-Proto, HSTS, no ssl-redirect).
-    """
-    if tls and getattr(stream, "selected_alpn", None) == "h2":  # (offered only with settings.http2)
-        return await _serve_h2(worker, stream, client_ip, b"", tls)
-    session = Session(worker, stream, client_ip, tls)
-    worker._opened(session)
-    preface = b""
-    try:
-        await session.run()
-    except _H2Preface as exc:
-        preface = exc.data
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    except Exception:
-        # A bug, not the peer's fault: log it (with traceback) and lose this connection
-        # only, never the worker.
-        log.exception("worker %d: internal error on a connection from %s",
-                      worker.index, client_ip)
-    finally:
-        session.finish_request(499)
-        worker._closed(session)
-        if not preface:
-            await trio.aclose_forcefully(stream)
-    if preface:
-        await _serve_h2(worker, stream, client_ip, preface, tls)
-
-
-async def _serve_h2(
-    worker: Worker, stream: trio.abc.Stream, client_ip: str, initial: bytes, tls: str
-) -> None:
-    from workers.http2 import serve_h2  # (imported here: http2 builds on this module)
-
-    await serve_h2(worker, stream, client_ip, initial, tls=tls)
-
-
-class Session:
-    """One client connection."""
-
-    __slots__ = (
-        "body_consumed", "client_ip", "codec", "idle", "in_request", "labels", "method", "phase",
-        "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "tls", "worker",
-    )
-
-    def __init__(self, worker: Worker, stream: trio.abc.Stream, client_ip: str, tls: str = "") -> None:
         self.worker = worker
         self.tls = tls  # "" for plain HTTP
         self.stream = stream
         self.client_ip = client_ip.encode()
-        self.codec = ServerCodec(worker.settings.max_header_bytes)
+        self.codec = codec if codec is not None else new_server_codec(worker)
         self.scope = trio.CancelScope()
         self.idle = False
         self.phase = PH_HEAD
         self.in_request = False
         self.status = 0
         self.t0 = 0.0
-        self.labels = ("-", "-", "-")
+        self.labels = NO_LABELS
         self.method = b""
         self.target = b""
         self.body_consumed = 0
         self.pump_done = False
         self.pump_error: BaseException | None = None
+        self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
+        self.linger = False  # answered before the request was read whole (see linger_close)
+        # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
+        self.tls_peer: object = getattr(stream, "ssl_connection", None)
+
+    async def linger_close(self) -> None:
+        """When we answered before reading the whole request: ``workers.linger``."""
+        if self.linger:
+            await linger(self.stream)
+
+    def drain(self) -> None:
+        """The worker drains: an idle connection closes now, a busy one after its response."""
+        if self.idle:
+            self.scope.cancel()
 
     # ---- the cycle loop --------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, head: RequestHead | None = None, *, t0: float = 0.0) -> None:
+        """Serve cycles until the connection ends; ``head``: the first request's head, already
+        read (a handoff from the event-driven core), ``t0`` when it arrived."""
         first = True
         while True:
             # One scope serves every cycle until its deadline fires (a fired scope stays
@@ -402,7 +151,8 @@ class Session:
             with trio.CancelScope() as scope:
                 self.scope = scope
                 while True:
-                    keep = await self._cycle(first)
+                    keep = await self._cycle(first, head, t0)
+                    head = None
                     self.finish_request(499)
                     if not keep or self.worker.draining:
                         return
@@ -420,6 +170,10 @@ class Session:
         if not self.in_request:
             return
         self.in_request = False
+        ctx = self.ctx
+        if ctx is not None:
+            self.ctx = None
+            ctx.finish()
         worker = self.worker
         status = self.status or default_status
         duration = _perf() - self.t0
@@ -433,14 +187,16 @@ class Session:
                 " " + self.tls if self.tls else "",
             )
 
-    async def _cycle(self, first: bool) -> bool:
-        head = await self._read_head(first)
+    async def _cycle(self, first: bool, head: RequestHead | None = None, t0: float = 0.0) -> bool:
         if head is None:
-            return False
+            head = await self._read_head(first)
+            if head is None:
+                return False
+            t0 = _perf()
         self.in_request = True
-        self.t0 = _perf()
+        self.t0 = t0
         self.status = 0
-        self.labels = ("-", "-", "-")
+        self.labels = NO_LABELS
         self.method = head.method
         self.target = head.target
         try:
@@ -466,7 +222,7 @@ class Session:
                 self.in_request = True
                 self.t0 = _perf()
                 self.status = 0
-                self.labels = ("-", "-", "-")
+                self.labels = NO_LABELS
                 await self._send_error(exc.status_hint, close=True)
                 return None
             if type(ev) is RequestHead:
@@ -487,7 +243,7 @@ class Session:
                 return None
             if first and not pending and data[:14] == _H2_PREFACE_START and not self.tls \
                     and self.worker.settings.http2:
-                raise _H2Preface(bytes(data))  # h2c prior knowledge: serve_client hands over
+                raise H2Preface(bytes(data))  # h2c prior knowledge: serve_client hands over
             pending = True
             codec.receive_data(data)
 
@@ -516,7 +272,7 @@ class Session:
     # ---- direct answers --------------------------------------------------------------
 
     async def _send_error(self, status: int, *, close: bool | None = None) -> bool:
-        return await self._send_simple(status, _reason_body(status), _TEXT, close=close)
+        return await self._send_simple(status, error_body(status), TEXT, close=close)
 
     async def _send_simple(
         self,
@@ -539,10 +295,17 @@ class Session:
         ]
         if self.tls and self.worker.hsts is not None:
             headers.append((b"strict-transport-security", self.worker.hsts))
+        if self.ctx is not None:
+            self.ctx.respond(status, headers)
         if close:
             headers.append((b"connection", b"close"))
+            if not codec.their_message_done:
+                self.linger = True  # answered before the request was read whole
         self.status = status
-        data = codec.response_head(status, headers) + codec.data(body) + codec.end()
+        if self.method != b"HEAD":  # (a HEAD answer declares the length, sends no body)
+            data = codec.response_head(status, headers) + codec.data(body) + codec.end()
+        else:
+            data = codec.response_head(status, headers) + codec.end()
         self.phase = PH_CLIENT
         _arm(self.scope, self.worker.settings.client_header_timeout)
         await self.stream.send_all(data)
@@ -556,383 +319,32 @@ class Session:
         info = scan_request(head.headers)
         if not info.has_body:
             self.codec.next_event()  # the (empty) end of the request message
-        if table is None:
-            self.status = 503
-            return await self._send_simple(
-                503, b"503 Service Unavailable\nno configuration yet\n", _TEXT
-            )
-        path, query = normalize_target(head.target)
-        match = table.match(info.host.decode("latin-1"), path)
-        route = match.route
-        self.labels = (
-            match.vhost.hostname if match.vhost is not None else "-",
-            route.ingress or "-" if route is not None else "-",
-            route.service or "-" if route is not None else "-",
-        )
-        action = match.action
-        if not self.tls and route is not None and wants_https(route.policy):
-            location = redirect_location(info.host, head.target, path, worker.https_port)
-            if location is not None:
-                return await self._send_simple(
-                    308, _reason_body(308), _TEXT, extra=((b"location", location),)
-                )
-        if action is None:
-            return await self._send_error(404)
-        kind = type(action)
-        if kind is Forward:
-            assert isinstance(action, Forward)
-            if route is not None and route.policy.rewrite_target is not None:
-                path, query = rewrite(route, path, query)
-            return await self._forward(
-                head, info, path=path, query=query, match=match, table=table, action=action
-            )
-        if kind is Redirect:
-            assert isinstance(action, Redirect)
-            return await self._send_simple(
-                action.status, _reason_body(action.status), _TEXT,
-                extra=((b"location", action.location.encode()),),
-            )
-        assert isinstance(action, Respond)
-        return await self._send_simple(action.status, action.body.encode(), action.content_type.encode())
-
-    # ---- forwarding ------------------------------------------------------------------
-
-    async def _forward(
-        self,
-        head: RequestHead,
-        info: RequestInfo,
-        *,
-        path: str,
-        query: str,
-        match: RouteMatch,
-        table: RouteTable,
-        action: Forward,
-    ) -> bool:
-        worker = self.worker
-        settings = table.snapshot.settings
-        route = match.route
-        limit = route.policy.max_body_size if route is not None else settings.max_body_size
-        if limit and info.content_length is not None and info.content_length > limit:
-            raise BodyTooLarge(f"Content-Length {info.content_length} exceeds {limit}")
-        balancer = worker.balancer if worker.table is table else Balancer()
-        name = balancer.pick_backend(action)
-        upstream = table.upstreams.get(name)
-        if upstream is None:
-            raise NoEndpoint(f"upstream {name} is not in the snapshot")
-        if upstream.protocol in H2_PROTOCOLS:  # HTTP/2 upstream (workers/h2upstream.py)
-            return await forward_h2(self, head, info, path=path, query=query, upstream=upstream,
-                                    balancer=balancer, limit=limit)
-        if upstream.protocol not in _HTTP1_PROTOCOLS:
-            raise UpstreamFailed(f"upstream {name}: protocol {upstream.protocol} is not supported yet")
-        if upstream.external_name and not upstream.endpoints:
-            addrs = tuple((a, upstream.port) for a in await worker.pool.resolve(upstream))
+        balancer = worker.balancer
+        labels = list(NO_LABELS)
+        try:
+            decision = decide(table, balancer, head.method, head.target, info, tls=bool(self.tls),
+                              https_port=worker.https_port, labels=labels, client_ip=self.client_ip.decode(),
+                              now=_now(), tls_peer=self.tls_peer)
+            while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
+                self.ctx = decision.ctx
+                decision = decision.resume(await decision.defer.run())
+        finally:
+            self.labels = (labels[0], labels[1], labels[2])
+        if isinstance(decision, Answer):
+            self.ctx = decision.ctx
+            return await self._send_simple(decision.status, decision.body, decision.content_type,
+                                           extra=decision.extra)
+        self.ctx = decision.ctx if isinstance(decision, Proxy) else (
+            decision.proxy.ctx if decision.proxy is not None else None)
+        if isinstance(decision, Handoff):
+            proxy = decision.proxy
+            assert proxy is not None
+            if decision.reason == "http2-upstream":
+                return await forward_h2(self, head, info, target=proxy.target, authority=proxy.host,
+                                        upstream=proxy.upstream, balancer=balancer, limit=proxy.limit)
         else:
-            addrs = balancer.ready(upstream)
-        if not addrs:
-            raise NoEndpoint(f"upstream {name} has no ready endpoint")
-        primary, alternate = balancer.pick(name, addrs)
+            proxy = decision
+        assert table is not None and proxy is not None
+        return await self._forward(head, info, proxy, table.snapshot.settings)
 
-        headers = info.headers
-        host = info.host
-        if upstream.host_override:
-            override = upstream.host_override.encode("latin-1", "replace")
-            if not valid_value(override):
-                raise UpstreamFailed(f"upstream {upstream.name}: invalid host override {override!r}")
-            host_value = override
-        else:
-            host_value = host
-        headers.append((b"host", host_value))
-        ip = self.client_ip
-        headers.append((b"x-forwarded-for", ip))
-        headers.append((b"x-real-ip", ip))
-        headers.append((b"x-forwarded-proto", b"https" if self.tls else worker.scheme_bytes))
-        headers.append((b"x-forwarded-host", host))
-        headers.append((b"x-forwarded-port", worker.https_port_bytes if self.tls else worker.port_bytes))
-        headers.append((b"x-request-id", info.request_id or b"%032x" % random.getrandbits(128)))
-        if info.upgrade is not None:
-            headers.append((b"connection", b"upgrade"))
-            headers.append((b"upgrade", info.upgrade))
-        if info.chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
-        target = (path + query).encode() if path != "*" else b"*"
-
-        conn, reused = await self._acquire(primary, alternate, upstream, settings)
-        self.body_consumed = 0
-        try:
-            while True:
-                try:
-                    keep = await self._exchange(
-                        conn, reused, method=head.method, target=target, headers=headers, info=info,
-                        upstream=upstream, limit=limit,
-                    )
-                except _DeadConnection:
-                    await trio.aclose_forcefully(conn.stream)
-                    if self.body_consumed:
-                        raise UpstreamFailed(
-                            f"upstream {upstream.name} closed a kept-alive connection"
-                        ) from None
-                    self.scope.deadline = _INF
-                    conn, reused = await self._acquire(conn.key, None, upstream, settings, fresh=True)
-                    continue
-                break
-        except BaseException:
-            await trio.aclose_forcefully(conn.stream)
-            raise
-        ucodec = conn.codec
-        if ucodec.reusable and not worker.draining:
-            await worker.pool.release(conn, settings.upstream_keepalive_connections,
-                                      settings.upstream_keepalive_requests)
-        elif not ucodec.switched:
-            await trio.aclose_forcefully(conn.stream)
-        return keep
-
-    async def _acquire(
-        self,
-        primary: tuple[str, int],
-        alternate: tuple[str, int] | None,
-        upstream: Upstream,
-        settings: GlobalSettings,
-        *,
-        fresh: bool = False,
-    ) -> tuple[UpstreamConn, bool]:
-        pool = self.worker.pool
-        tls = client_tls(upstream)  # None for cleartext; HTTPS: TLS inside connect
-        if not fresh:
-            conn = await pool.take(primary, settings.upstream_keepalive_timeout, tls)
-            if conn is not None:
-                return conn, True
-        self.phase = PH_CLIENT
-        self.scope.deadline = _INF  # connect has its own timeout
-        try:
-            return await pool.connect(primary, upstream.connect_timeout, tls, upstream.name), False
-        except (UpstreamFailed, UpstreamTimeout) as exc:
-            if alternate is None:
-                raise
-            self.worker.metrics.upstream_errors += 1
-            log.warning("upstream %s: %s; trying %s:%d", upstream.name, exc, *alternate)
-        conn = await pool.take(alternate, settings.upstream_keepalive_timeout, tls)
-        if conn is not None:
-            return conn, True
-        return await pool.connect(alternate, upstream.connect_timeout, tls, upstream.name), False
-
-    async def _exchange(
-        self,
-        conn: UpstreamConn,
-        reused: bool,
-        *,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        info: RequestInfo,
-        upstream: Upstream,
-        limit: int,
-    ) -> bool:
-        ucodec = conn.codec
-        conn.requests += 1
-        data = ucodec.request_head(method, target, headers, trusted=True)
-        has_body = info.has_body
-        if not has_body:
-            data += ucodec.end()
-        self.phase = PH_UPSTREAM
-        _arm(self.scope, upstream.send_timeout)
-        try:
-            await conn.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if reused:
-                raise _DeadConnection from None
-            raise UpstreamFailed(f"upstream {upstream.name}: send failed: {exc}") from None
-        if not has_body:
-            self.pump_done = True
-            return await self._relay(conn, reused, upstream)
-
-        self.pump_done = False
-        self.pump_error = None
-        err: BaseException | None = None
-        keep = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, conn, upstream, limit, nursery.cancel_scope)
-            try:
-                keep = await self._relay(conn, reused, upstream)
-            except (FastIngressError, _DeadConnection) as exc:
-                err = exc
-            nursery.cancel_scope.cancel()
-        pump_error = self.pump_error
-        if pump_error is not None and (err is None or isinstance(err, _DeadConnection)):
-            err = pump_error
-        if err is not None:
-            if isinstance(err, _ClientGone):
-                raise trio.BrokenResourceError("client went away") from None
-            raise err
-        return keep and self.pump_done
-
-    async def _pump(
-        self, conn: UpstreamConn, upstream: Upstream, limit: int, nursery_scope: trio.CancelScope
-    ) -> None:
-        """Stream the client's request body upstream (a task beside ``_relay``)."""
-        codec = self.codec
-        ucodec = conn.codec
-        stream = self.stream
-        ustream = conn.stream
-        client_timeout = self.worker.settings.client_header_timeout
-        received = 0
-        on_client = True
-        try:
-            with trio.CancelScope() as scope:
-                if codec.waiting_for_100_continue:
-                    _arm(scope, client_timeout)
-                    await stream.send_all(codec.informational(100, []))
-                while True:
-                    ev = codec.next_event()
-                    if ev is _NEED_DATA:
-                        on_client = True
-                        _arm(scope, client_timeout)
-                        data = await stream.receive_some(RECV_SIZE)
-                        codec.receive_data(data)
-                        continue
-                    if type(ev) is Body:
-                        assert isinstance(ev, Body)
-                        received += len(ev.data)
-                        self.body_consumed = received
-                        if limit and received > limit:
-                            raise BodyTooLarge(f"request body exceeds {limit} bytes")
-                        out = ucodec.data(ev.data)
-                    elif ev is _END:
-                        out = ucodec.end()
-                    else:
-                        raise BadRequest("request body ended unexpectedly")
-                    if out:
-                        on_client = False
-                        _arm(scope, upstream.send_timeout)
-                        await ustream.send_all(out)
-                    if ev is _END:
-                        self.pump_done = True
-                        if self.phase == PH_UPSTREAM:
-                            _arm(self.scope, upstream.read_timeout)
-                        return
-            if scope.cancelled_caught:
-                self.pump_error = (
-                    _ClientGone() if on_client
-                    else UpstreamTimeout(f"upstream {upstream.name}: send timed out")
-                )
-        except FastIngressError as exc:
-            self.pump_error = exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.pump_error = (
-                _ClientGone() if on_client
-                else UpstreamFailed(f"upstream {upstream.name}: send failed: {exc}")
-            )
-        nursery_scope.cancel()
-
-    async def _relay(self, conn: UpstreamConn, reused: bool, upstream: Upstream) -> bool:
-        """Relay the upstream's response to the client; returns client keep-alive."""
-        ucodec = conn.codec
-        codec = self.codec
-        stream = self.stream
-        ustream = conn.stream
-        scope = self.scope
-        out: list[bytes] = []
-        got = False
-        skip = ucodec.nothing_buffered
-        while True:
-            if skip:
-                skip = False
-                ev: Event = _NEED_DATA
-            else:
-                ev = ucodec.next_event()
-            if ev is _NEED_DATA:
-                if out:
-                    self.phase = PH_CLIENT
-                    _arm(scope, upstream.send_timeout)
-                    await stream.send_all(b"".join(out))
-                    out.clear()
-                self.phase = PH_UPSTREAM
-                if got or self.pump_done:
-                    _arm(scope, upstream.read_timeout)
-                else:
-                    # Like nginx, the read timeout starts once the request is sent: the
-                    # pump arms it when the body is done (a slow upload is not a slow upstream).
-                    scope.deadline = _INF
-                try:
-                    data = await ustream.receive_some(RECV_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    if reused and not got:
-                        raise _DeadConnection from None
-                    raise UpstreamFailed(f"upstream {upstream.name}: read failed: {exc}") from None
-                if not data and reused and not got:
-                    raise _DeadConnection
-                got = True
-                ucodec.receive_data(data)
-                continue
-            kind = type(ev)
-            if kind is Body:
-                assert isinstance(ev, Body)
-                out.append(codec.data(ev.data))
-            elif kind is ResponseHead:
-                assert isinstance(ev, ResponseHead)
-                if ev.status < 200:
-                    if ev.status == 101:
-                        return await self._tunnel(conn, ev, out, upstream.read_timeout)
-                    continue  # 100 Continue and friends: we speak for ourselves
-                headers = response_headers(ev.headers, self.worker.server_header)
-                if self.tls and self.worker.hsts is not None:
-                    add_hsts(headers, self.worker.hsts)
-                if self.worker.draining or not self.pump_done:
-                    headers.append((b"connection", b"close"))
-                self.status = ev.status
-                out.append(codec.response_head(ev.status, headers, ev.reason, trusted=True))
-            elif ev is _END:
-                out.append(codec.end())
-                self.phase = PH_CLIENT
-                _arm(scope, upstream.send_timeout)
-                await stream.send_all(b"".join(out))
-                return codec.reusable
-            else:
-                raise UpstreamFailed(f"upstream {upstream.name} closed the connection mid-response")
-
-    async def _tunnel(
-        self, conn: UpstreamConn, ev: ResponseHead, out: list[bytes], read_timeout: float
-    ) -> bool:
-        """After a 101: copy raw bytes both ways until either side closes."""
-        codec = self.codec
-        headers = response_headers(ev.headers, self.worker.server_header, upgrade=True)
-        self.status = 101
-        out.append(codec.informational(101, headers, ev.reason))
-        out.append(conn.codec.trailing_data)
-        client_extra = codec.trailing_data
-        self.phase = PH_CLIENT
-        self.scope.deadline = _INF
-        self.finish_request(101)  # a tunnel is "done" as a request once it is established
-        await self.stream.send_all(b"".join(out))
-        ustream = conn.stream
-        if client_extra:
-            await ustream.send_all(client_extra)
-        # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
-        # from the upstream for that long closes it); a client may stay silent.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
-            nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
-        await trio.aclose_forcefully(ustream)
-        return False
-
-
-async def copy_bytes(
-    src: trio.abc.Stream, dst: trio.abc.Stream, tunnel: trio.CancelScope, idle_timeout: float = _INF
-) -> None:
-    """Copy bytes until EOF, an error or ``idle_timeout`` seconds without a byte from ``src``,
-    then cancel ``tunnel`` (the scope of both directions).  Upgrades and TLS passthrough."""
-    try:
-        with trio.CancelScope() as scope:
-            while True:
-                _arm(scope, idle_timeout)
-                data = await src.receive_some(RECV_SIZE)
-                if not data:
-                    break
-                await dst.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
-    tunnel.cancel()
-
-
-__all__ = [
-    "RequestInfo", "Session", "Worker", "copy_bytes", "response_headers", "scan_request", "serve_client",
-]
+__all__ = ["RECV_SIZE", "H2Preface", "Session", "copy_bytes", "new_server_codec"]

@@ -34,6 +34,8 @@ import re
 from typing import NamedTuple
 
 from fastingress.snapshot.schema import Action, Route, Snapshot, Upstream, VirtualHost
+from workers.policies import COMPILERS
+from workers.policy import Compiled, compile_route
 
 _HOST_CACHE_MAX = 4096
 
@@ -146,7 +148,8 @@ class RouteTable:
     """An immutable compiled view of one snapshot."""
 
     __slots__ = (
-        "_catch_all", "_exact", "_host_cache", "_wildcard", "default_action", "snapshot", "upstreams",
+        "_catch_all", "_exact", "_host_cache", "_policies", "_wildcard", "default_action", "snapshot",
+        "upstreams",
     )
 
     def __init__(self, snapshot: Snapshot) -> None:
@@ -158,6 +161,7 @@ class RouteTable:
         self._wildcard: dict[str, _Host | VirtualHost] = {}
         self._catch_all: _Host | VirtualHost | None = None
         self._host_cache: dict[str, _Host | None] = {}
+        self._policies: dict[int, Compiled | None] = {}  # id(route) -> its compiled policies
         exact = self._exact
         for vhost in snapshot.virtual_hosts:
             name = vhost.hostname.lower()
@@ -167,6 +171,15 @@ class RouteTable:
                 self._add_host(name, vhost)
             else:
                 exact[name] = vhost
+
+    def policies(self, route: Route) -> Compiled | None:
+        """The route's compiled policies (``workers.policy``), compiled on first use; None if none."""
+        cache = self._policies
+        try:
+            return cache[id(route)]
+        except KeyError:
+            compiled = cache[id(route)] = compile_route(route, self.snapshot, COMPILERS)
+            return compiled
 
     @classmethod
     def compile(cls, snapshot: Snapshot) -> RouteTable:

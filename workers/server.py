@@ -44,12 +44,16 @@ from fastingress.errors import SnapshotError
 from fastingress.snapshot.codec import decode_msgpack
 from fastingress.snapshot.schema import Snapshot
 from fastingress.snapshot.shm import ShmReader
+from workers.accept import CoreServer, listen_socket
 from workers.certs import CertCache
 from workers.config import WorkerSettings
+from workers.h1pool import CorePool, Dial
+from workers.loop import Core
 from workers.passthrough import NOT_TLS, Hello, peek_client_hello, relay
 from workers.pool import Connect, Pool
-from workers.proxy import Worker, serve_client
 from workers.routing import RouteTable
+from workers.serve import serve_client
+from workers.state import Worker
 from workers.tls import TLSStream
 
 log = logging.getLogger("fastingress.worker")
@@ -301,33 +305,122 @@ async def _watch_signals(stop: trio.Event, receiver: AsyncIterator[int] | None) 
         stop.set()
 
 
+class _TaskFront:
+    """The reference path (``--http1-codec h11``): trio listeners, a task per connection."""
+
+    def __init__(self, listener: trio.SocketListener, tls_listener: trio.SocketListener | None) -> None:
+        self.listener = listener
+        self.tls_listener = tls_listener
+        self.scopes = (trio.CancelScope(), trio.CancelScope())  # one per accept loop
+
+    def ports(self) -> tuple[int, int]:
+        port = int(self.listener.socket.getsockname()[1])
+        tls = int(self.tls_listener.socket.getsockname()[1]) if self.tls_listener is not None else 0
+        return port, tls
+
+    def start(self, worker: Worker, certs: CertCache, connections: trio.Nursery) -> None:
+        connections.start_soon(_accept_loop, self.listener, worker, connections, self.scopes[0])
+        if self.tls_listener is not None:
+            connections.start_soon(_accept_loop, self.tls_listener, worker, connections, self.scopes[1],
+                                   partial(_serve_tls, certs))
+
+    def stop_accepting(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+        if self.tls_listener is not None:
+            await self.tls_listener.aclose()
+
+
+class _CoreFront:
+    """The event-driven core (``workers.loop``): one epoll task serves HTTP/1.1 and TLS."""
+
+    def __init__(self, sock: socket.socket, tls_sock: socket.socket | None, dial: Dial | None) -> None:
+        self.sock = sock
+        self.tls_sock = tls_sock
+        self.dial = dial
+        self.core = Core()
+        self.server: CoreServer | None = None
+
+    def ports(self) -> tuple[int, int]:
+        port = int(self.sock.getsockname()[1])
+        tls = int(self.tls_sock.getsockname()[1]) if self.tls_sock is not None else 0
+        return port, tls
+
+    def start(self, worker: Worker, certs: CertCache, connections: trio.Nursery) -> None:
+        pool = CorePool(self.core, worker.pool.tls, self.dial)
+        worker.retire_hooks.append(pool.retire)
+        server = self.server = CoreServer(self.core, worker, pool, certs)
+        server.listen_http(self.sock)
+        if self.tls_sock is not None:
+            server.listen_https(self.tls_sock)
+        connections.start_soon(self.core.run, connections)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.stop_accepting()
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.stop_accepting()
+            self.server.pool.close()
+        else:
+            self.sock.close()
+            if self.tls_sock is not None:
+                self.tls_sock.close()
+        self.core.close()
+        await trio.lowlevel.checkpoint()
+
+
+async def _open_front(settings: WorkerSettings, dial: Dial | None) -> _TaskFront | _CoreFront:
+    if settings.http1_codec == "h11":
+        listener = await open_listener(settings.bind, settings.http_port)
+        try:
+            tls_listener = (
+                await open_listener(settings.bind, settings.https_port) if settings.https_port else None
+            )
+        except BaseException:
+            await listener.aclose()
+            raise
+        return _TaskFront(listener, tls_listener)
+    sock = listen_socket(settings.bind, settings.http_port, LISTEN_BACKLOG)
+    try:
+        tls_sock = (
+            listen_socket(settings.bind, settings.https_port, LISTEN_BACKLOG) if settings.https_port else None
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return _CoreFront(sock, tls_sock, dial)
+
+
 async def run_worker(
     settings: WorkerSettings,
     *,
     connect: Connect = tcp_connect,
+    dial: Dial | None = None,
     stop: trio.Event | None = None,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one worker until it is told to stop (signal, notify EOF or ``stop``), then drain."""
+    """Run one worker until it is told to stop (signal, notify EOF or ``stop``), then drain.
+
+    ``connect`` (task paths) and ``dial`` (the core: endpoint -> address) let tests reach
+    upstreams under made-up addresses."""
     if stop is None:
         stop = trio.Event()
     pool = Pool(connect)
-    listener = await open_listener(settings.bind, settings.http_port)
-    tls_listener: trio.SocketListener | None = None
+    front = await _open_front(settings, dial)
     try:
-        if settings.https_port:
-            tls_listener = await open_listener(settings.bind, settings.https_port)
         stats_listener = await open_stats_listener(settings.stats_socket)
     except BaseException:
-        await listener.aclose()
-        if tls_listener is not None:
-            await tls_listener.aclose()
+        await front.aclose()
         raise
-    port = int(listener.socket.getsockname()[1])
-    https_port = int(tls_listener.socket.getsockname()[1]) if tls_listener is not None else 0
+    port, https_port = front.ports()
     worker = Worker(pool, index=settings.index, listen_port=port, access_log=settings.access_log,
-                    https_port=https_port)
+                    https_port=https_port, http1_codec=settings.http1_codec)
     certs = CertCache()
     certs.install(Snapshot())  # the self-signed default until the first snapshot arrives
     loader = SnapshotLoader(worker, settings.shm_path, certs)
@@ -343,27 +436,22 @@ async def run_worker(
                 background.start_soon(_watch_snapshots, loader, pool, settings.notify_fd, stop)
                 background.start_soon(_serve_stats, worker, stats_listener)
                 async with trio.open_nursery() as connections:
-                    accept_scope = trio.CancelScope()
-                    connections.start_soon(_accept_loop, listener, worker, connections, accept_scope)
-                    tls_scope = trio.CancelScope()
-                    if tls_listener is not None:
-                        connections.start_soon(_accept_loop, tls_listener, worker, connections, tls_scope,
-                                               partial(_serve_tls, certs))
+                    front.start(worker, certs, connections)
                     task_status.started(worker)
                     await stop.wait()
-                    accept_scope.cancel()
-                    tls_scope.cancel()
+                    front.stop_accepting()
                     worker.start_drain()
                     with trio.move_on_after(settings.grace_period):
                         await worker.drained.wait()
-                    if worker.sessions:
+                    if worker.open:
                         log.warning("worker %d: grace period over, closing %d connection(s)",
-                                    worker.index, len(worker.sessions))
+                                    worker.index, len(worker.open))
                     connections.cancel_scope.cancel()
                 background.cancel_scope.cancel()
     finally:
         loader.close()
         with trio.CancelScope(shield=True):
+            await front.aclose()
             await pool.close()
         with contextlib.suppress(OSError):
             os.unlink(settings.stats_socket)

@@ -40,6 +40,7 @@ transport; it does not wait for the peer's close_notify.
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import trio
 from OpenSSL import SSL
@@ -74,7 +75,7 @@ class _Gate:
             self._lot.unpark()
 
 
-class TLSStream(trio.abc.Stream):
+class TLSStream(trio.abc.HalfCloseableStream):
     """Server side TLS over ``transport`` (a trio Stream), using ``context`` to start with.
 
     The SNI callback installed on ``context`` (see ``workers.certs``) may switch the
@@ -98,6 +99,11 @@ class TLSStream(trio.abc.Stream):
         self.tls_version = ""  # "TLSv1.2" / "TLSv1.3" after the handshake
         self.server_name: str | None = None  # SNI the client sent (lower case)
         self.resumed = False
+
+    @property
+    def ssl_connection(self) -> SSL.Connection:
+        """The pyOpenSSL connection (client certificates, for policies)."""
+        return self._conn
 
     # ---- plumbing --------------------------------------------------------------------
 
@@ -274,6 +280,15 @@ class TLSStream(trio.abc.Stream):
         self._check_open()
         await self.transport.wait_send_all_might_not_block()
 
+    async def send_eof(self) -> None:
+        """close_notify, then FIN when the transport can half-close; reading goes on."""
+        self._check_open()
+        with contextlib.suppress(SSL.Error):
+            self._conn.shutdown()
+        await self._flush()
+        if isinstance(self.transport, trio.abc.HalfCloseableStream):
+            await self.transport.send_eof()
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -293,6 +308,93 @@ class TLSStream(trio.abc.Stream):
             await self.transport.aclose()
 
 
+class SocketTLSStream(trio.abc.HalfCloseableStream):
+    """A trio Stream over a pyOpenSSL ``Connection`` bound to a non-blocking socket, after its
+    handshake (done by the event-driven core): how a TLS connection moves to a task (HTTP/2,
+    an Upgrade tunnel).  WantRead/WantWrite wait for the socket; errors as in ``TLSStream``."""
+
+    def __init__(self, conn: SSL.Connection, sock: socket.socket, *, tls_version: str = "",
+                 selected_alpn: str | None = None) -> None:
+        self._conn = conn
+        self._sock = sock
+        self._closed = False
+        self.tls_version = tls_version
+        self.selected_alpn = selected_alpn
+
+    @property
+    def ssl_connection(self) -> SSL.Connection:
+        return self._conn
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream was closed")
+        size = max_bytes or RECV_SIZE
+        while True:
+            try:
+                data = self._conn.recv(size)
+            except SSL.WantReadError:
+                await trio.lowlevel.wait_readable(self._sock)
+                continue
+            except SSL.WantWriteError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            except SSL.ZeroReturnError:
+                return b""
+            except SSL.SysCallError as exc:
+                if exc.args and exc.args[0] in (-1, 0):
+                    return b""  # EOF without close_notify
+                raise trio.BrokenResourceError(f"TLS read failed: {_reason(exc)}") from None
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(f"TLS read failed: {_reason(exc)}") from None
+            await trio.lowlevel.checkpoint()
+            return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream was closed")
+        view = memoryview(data)
+        sent_any = False
+        while view:
+            chunk = view[:SEND_CHUNK]
+            try:
+                n = self._conn.send(chunk)
+            except SSL.WantWriteError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            except SSL.WantReadError:
+                await trio.lowlevel.wait_readable(self._sock)
+                continue
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(f"TLS write failed: {_reason(exc)}") from None
+            view = view[n:]
+            sent_any = True
+        if not sent_any:
+            await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._sock)
+
+    async def send_eof(self) -> None:
+        """close_notify, then FIN; reading goes on."""
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream was closed")
+        with contextlib.suppress(SSL.Error):
+            self._conn.shutdown()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(SSL.Error, OSError):
+            self._conn.shutdown()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
 def _reason(exc: BaseException) -> str:
     """A short reason from a pyOpenSSL error (its args are a list of (lib, func, reason))."""
     args = exc.args
@@ -305,4 +407,4 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-__all__ = ["TLSStream"]
+__all__ = ["SocketTLSStream", "TLSStream"]

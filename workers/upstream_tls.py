@@ -25,6 +25,7 @@ timeout.  Failures become ``UpstreamFailed`` with a reason (the caller names the
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 
 import msgspec
@@ -124,11 +125,8 @@ class TLSContexts:
             self._contexts[key] = ctx
         return ctx
 
-    async def handshake(
-        self, stream: trio.abc.Stream, address: tuple[str, int], tls: ClientTLS
-    ) -> trio.SSLStream[trio.abc.Stream]:
-        """TLS over ``stream`` (connected to ``address``); UpstreamFailed when it fails."""
-        ctx = self.context(tls)
+    def hostname(self, address: tuple[str, int], tls: ClientTLS) -> str | None:
+        """The name sent as SNI and verified (see the module docstring)."""
         name = tls.server_name
         # With verification the name is needed for the hostname check even when SNI is off;
         # without SNI and without verification no name goes out at all.
@@ -137,26 +135,61 @@ class TLSContexts:
             hostname = None
         if hostname is None and tls.verify:
             hostname = address[0]  # no name known: the certificate must cover the endpoint's IP
+        return hostname
+
+    def wrap(self, sock: socket.socket, address: tuple[str, int], tls: ClientTLS) -> ssl.SSLSocket:
+        """A non-blocking client ``SSLSocket`` over the connected ``sock`` (handshake not done),
+        resuming the last session with ``address``; UpstreamFailed on a bad name."""
+        ctx = self.context(tls)
+        hostname = self.hostname(address, tls)
+        try:
+            ssock = ctx.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False,
+                                    session=self._sessions.get((address[0], address[1], tls)))
+        except ValueError as exc:
+            raise UpstreamFailed(f"TLS to {address[0]}:{address[1]}: bad name {hostname!r}: {exc}") from None
+        return ssock
+
+    def handshake_failed(
+        self, address: tuple[str, int], tls: ClientTLS, exc: BaseException
+    ) -> UpstreamFailed:
+        """Forget the session and say why (the caller names the upstream)."""
+        self._sessions.pop((address[0], address[1], tls), None)
+        return UpstreamFailed(
+            f"TLS handshake with {address[0]}:{address[1]} (name {tls.server_name or '-'}) failed: {exc}"
+        )
+
+    def check_alpn(self, selected: str | None, address: tuple[str, int], tls: ClientTLS) -> None:
+        if tls.alpn and selected not in tls.alpn:
+            raise UpstreamFailed(
+                f"TLS to {address[0]}:{address[1]}: upstream did not negotiate ALPN {'/'.join(tls.alpn)}"
+            )
+
+    def keep_session(self, session: ssl.SSLSession | None, address: tuple[str, int], tls: ClientTLS) -> None:
+        if session is None:
+            return
+        if len(self._sessions) >= _MAX_SESSIONS:
+            self._sessions.clear()
+        self._sessions[(address[0], address[1], tls)] = session
+
+    async def handshake(
+        self, stream: trio.abc.Stream, address: tuple[str, int], tls: ClientTLS
+    ) -> trio.SSLStream[trio.abc.Stream]:
+        """TLS over ``stream`` (connected to ``address``); UpstreamFailed when it fails."""
+        ctx = self.context(tls)
+        hostname = self.hostname(address, tls)
         try:
             ssl_stream = trio.SSLStream(stream, ctx, server_hostname=hostname, https_compatible=True)
         except ValueError as exc:  # e.g. a name the ssl module refuses
             raise UpstreamFailed(f"TLS to {address[0]}:{address[1]}: bad name {hostname!r}: {exc}") from None
-        key = (address[0], address[1], tls)
-        saved = self._sessions.get(key)
+        saved = self._sessions.get((address[0], address[1], tls))
         if saved is not None:
             ssl_stream.session = saved
         try:
             await ssl_stream.do_handshake()
         except (ssl.SSLError, ssl.CertificateError, trio.BrokenResourceError, OSError) as exc:
-            self._sessions.pop(key, None)
             reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
-            raise UpstreamFailed(
-                f"TLS handshake with {address[0]}:{address[1]} (name {name or '-'}) failed: {reason}"
-            ) from None
-        if tls.alpn and ssl_stream.selected_alpn_protocol() not in tls.alpn:
-            raise UpstreamFailed(
-                f"TLS to {address[0]}:{address[1]}: upstream did not negotiate ALPN {'/'.join(tls.alpn)}"
-            )
+            raise self.handshake_failed(address, tls, reason) from None
+        self.check_alpn(ssl_stream.selected_alpn_protocol(), address, tls)
         return ssl_stream
 
     def remember(self, stream: trio.abc.Stream, address: tuple[str, int], tls: ClientTLS) -> None:

@@ -53,6 +53,12 @@ def diag_key(d: DiagnosticLike) -> DiagKey:
 
 def reason_for(d: DiagnosticLike) -> str:
     text = d.message.lower()
+    if d.field.startswith("metadata.annotations["):
+        if "(fail closed)" in text:
+            return "FailClosed"
+        if "--unsafe-fail-open" in text:
+            return "UnsafeFailOpen"
+        return "InvalidAnnotation"
     if "already defined" in text or "conflict" in text or "already claimed" in text:
         return "Conflict"
     if "secret" in text or d.field.startswith("spec.tls"):

@@ -20,7 +20,8 @@ from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 3  # 2: TLS, redirects, upstream TLS, HTTP/2; 3: regex routes, rewrite-target
+SCHEMA_VERSION = 4  # 2: TLS, redirects, upstream TLS, HTTP/2; 3: regex routes, rewrite-target;
+# 4: ingress-nginx annotation policies (canary, access, auth, limits, CORS, headers, errors, balancing)
 
 MIB = 1024 * 1024
 
@@ -63,6 +64,8 @@ class Upstream(msgspec.Struct, frozen=True, gc=False):
     tls_ca_pem: str | None = None  # proxy-ssl-secret's ca.crt, used when tls_verify
     tls_server_name: str | None = None  # proxy-ssl-name: SNI and verified name
     tls_sni: bool = True  # proxy-ssl-server-name (send SNI at all)
+    # -- schema 4 -----------------------------------------------------------------------
+    balancing: Balancing | None = None  # load-balance, upstream-hash-by, affinity
 
 
 class WeightedBackend(msgspec.Struct, frozen=True, gc=False):
@@ -94,6 +97,54 @@ class Respond(msgspec.Struct, frozen=True, tag="respond", gc=False):
 Action = Forward | Redirect | Respond
 
 
+# -- schema 4: the policies of ingress-nginx annotations (issue 9), one Struct per area -------
+# Each is None on a route that does not use it (a worker then compiles nothing for it).
+
+
+class Canary(msgspec.Struct, frozen=True, gc=False):
+    """canary-* of a canary Ingress, attached to the main route it shadows (area: selection)."""
+
+
+class NextUpstream(msgspec.Struct, frozen=True, gc=False):
+    """proxy-next-upstream, -tries, -timeout (area: selection)."""
+
+
+class SourceRanges(msgspec.Struct, frozen=True, gc=False):
+    """allowlist-/whitelist-source-range, denylist-source-range (area: access)."""
+
+
+class BasicAuth(msgspec.Struct, frozen=True, gc=False):
+    """auth-type basic|digest with its users from auth-secret (area: access)."""
+
+
+class ClientAuth(msgspec.Struct, frozen=True, gc=False):
+    """auth-tls-* of a virtual host: client certificates (area: access)."""
+
+
+class ExternalAuth(msgspec.Struct, frozen=True, gc=False):
+    """auth-url and its companions (area: external auth)."""
+
+
+class Limits(msgspec.Struct, frozen=True, gc=False):
+    """limit-rps, -rpm, -connections, -burst-multiplier, -allowlist, -rate, -rate-after (area: limits)."""
+
+
+class Cors(msgspec.Struct, frozen=True, gc=False):
+    """enable-cors and cors-* (area: http)."""
+
+
+class HeaderRules(msgspec.Struct, frozen=True, gc=False):
+    """custom-headers, proxy-redirect-*, proxy-cookie-*, connection-proxy-header (area: http)."""
+
+
+class ErrorPages(msgspec.Struct, frozen=True, gc=False):
+    """custom-http-errors, default-backend, disable-proxy-intercept-errors (area: http)."""
+
+
+class Balancing(msgspec.Struct, frozen=True, gc=False):
+    """load-balance, upstream-hash-by, affinity and session-cookie-* of an upstream (area: selection)."""
+
+
 class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
     """Per-route policies from annotations (grows with every annotation we support)."""
 
@@ -103,6 +154,17 @@ class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
     force_ssl_redirect: bool = False  # redirect even when the host has no TLS of its own
     # -- schema 3 -----------------------------------------------------------------------
     rewrite_target: str | None = None  # rewrite-target: the upstream path, with $1.. from Route.regex
+    # -- schema 4 -----------------------------------------------------------------------
+    x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
+    canary: Canary | None = None
+    next_upstream: NextUpstream | None = None
+    source_ranges: SourceRanges | None = None
+    basic_auth: BasicAuth | None = None
+    external_auth: ExternalAuth | None = None
+    limits: Limits | None = None
+    cors: Cors | None = None
+    headers: HeaderRules | None = None
+    errors: ErrorPages | None = None
 
 
 class Route(msgspec.Struct, frozen=True, gc=False):
@@ -143,6 +205,8 @@ class VirtualHost(msgspec.Struct, frozen=True, gc=False):
     tls_secret: str | None = None  # "namespace/name" key into Snapshot.certificates
     # -- schema 2 -----------------------------------------------------------------------
     passthrough_upstream: str | None = None  # ssl-passthrough: raw TCP to this Upstream.name, not terminated
+    # -- schema 4 -----------------------------------------------------------------------
+    client_auth: ClientAuth | None = None  # auth-tls-*: client certificates for this host
 
 
 class Certificate(msgspec.Struct, frozen=True, gc=False):

@@ -1,4 +1,4 @@
-"""The admin HTTP server (/healthz, /readyz, /metrics, /status): h11 on trio, GET/HEAD only.
+"""The admin HTTP server (/healthz, /readyz, /metrics, /status, /explain): h11 on trio, GET/HEAD only.
 
 The server knows nothing about the supervisor: it calls an injected ``Handler`` with the
 method and path and sends back what it returns.  Requests are tiny; a connection that sends
@@ -31,7 +31,15 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler = Callable[[str, str], Awaitable[Response]]
+Handler = Callable[[str, str, str], Awaitable[Response]]  # (method, path, query without "?")
+
+
+def reason_phrase(status: int) -> bytes:
+    """``Service Unavailable`` for 503 (h11 sends an empty reason unless it is given one)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def text(status: int, body: str) -> Response:
@@ -54,7 +62,8 @@ async def _respond(
         ("Server", "fastingress"),
         *response.headers,
     ]
-    await _send(stream, conn, h11.Response(status_code=response.status, headers=headers))
+    reason = reason_phrase(response.status)
+    await _send(stream, conn, h11.Response(status_code=response.status, headers=headers, reason=reason))
     if response.body and not head_only:
         await _send(stream, conn, h11.Data(data=response.body))
     await _send(stream, conn, h11.EndOfMessage())
@@ -103,12 +112,12 @@ async def _serve_one(stream: trio.abc.Stream, conn: h11.Connection, handler: Han
     assert request is not None  # h11 yields Request before EndOfMessage
     method = request.method.decode("ascii", "replace")
     target = request.target.decode("ascii", "replace")
-    path = target.split("?", 1)[0]
+    path, _, query = target.partition("?")
     if method not in ("GET", "HEAD"):
         response = Response(405, b"405 Method Not Allowed\n", headers=(("Allow", "GET, HEAD"),))
     else:
         try:
-            response = await handler(method, path)
+            response = await handler(method, path, query)
         except Exception:
             log.exception("admin handler failed for %s %s", method, path)
             response = text(500, "500 Internal Server Error\n")

@@ -1,29 +1,73 @@
-"""The ``nginx.ingress.kubernetes.io/*`` annotation table, parsed here once into typed values.
+"""The annotation registry: every key a user can write under ``nginx.ingress.kubernetes.io/``
+(or, with the same meaning, ``fastingress.io/``) and what fastingress does with it.
 
-Theory of operation: every annotation key under ``PREFIX`` is looked up in two tables.
-``IMPLEMENTED`` maps a key to the field of :class:`IngressAnnotations` (or of its nested
-:class:`UpstreamSettings`) it sets and to a parser ``str -> value`` that raises
-``ValueError`` with a short reason on a bad value (the default is then kept and a
-warning names the annotation).  ``NOT_SUPPORTED`` lists the real ingress-nginx
-annotation names we do not implement yet (an "info" diagnostic, so people see it).
-Any other key under the prefix is a typo or an invented name: a "warning".
+Theory of operation
+-------------------
+``REGISTRY`` maps each known key name (without its prefix) to a ``Key`` row:
 
-To implement an annotation: add a field (with the default meaning "not set") to
-``IngressAnnotations``/``UpstreamSettings``, a parser, a row in ``IMPLEMENTED``, and
-remove the key from ``NOT_SUPPORTED``.
+* ``implemented``: ``parser`` turns the value into ``field`` of :class:`IngressAnnotations`
+  (or of its nested :class:`UpstreamSettings`).  A bad value keeps the default with a
+  warning, except on a ``guard`` row (a key that restricts access): then the Ingress fails
+  closed, since serving it with the default would serve it open;
+* ``closed``: a key that restricts access (auth, source ranges, client certificates) and
+  is not implemented yet.  Every route of the Ingress (and its defaultBackend) answers
+  503 naming the key, with an error diagnostic; ``--unsafe-fail-open`` serves it open;
+* ``canary``: canary Ingresses are not implemented yet: their rules are not served, so
+  the main Ingress keeps all of the host's traffic (``core._merge``);
+* ``snippet``: raw nginx configuration is never executed; the Ingress is served without
+  it (warning).  A snippet holding access rules (``deny``, ``auth_request``...) fails
+  closed like a ``closed`` key;
+* ``unsupported``: not implemented yet, ignored with a warning; ``inert``: no effect in
+  fastingress (nginx logging, tracing and buffering knobs), an info line; ``removed``:
+  gone from ingress-nginx, a warning naming its replacement.
+
+Any other key under our prefixes is a warning with "did you mean" (the nearest known
+name, by ``difflib``); a known name under another prefix (``kubernetes.io/proxy-body-size``,
+``traefik.ingress.kubernetes.io/rewrite-target``) or under a prefix that looks like a typo
+of ours (``ingress.kubernetes.io/``, ``nginx.ingress.kubernets.io/``) is a warning naming
+the key we read.  When the key it resembles restricts access, the Ingress fails closed:
+a typo must never turn protection off.
+
+To implement a key (issue 9): add a field to ``IngressAnnotations`` (its default meaning
+"not set"), a parser, and change its row from ``CLOSED``/``UNSUPPORTED`` to
+``implemented(field, parser)`` (``guard=True`` for keys that restrict access).  A guard
+whose Secret is missing must fail closed too: see ``core._Emitter.closed_reasons``.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Literal, NamedTuple, cast
 
 import msgspec
 
 from fastingress.snapshot.schema import Protocol
 
 PREFIX = "nginx.ingress.kubernetes.io/"
+FASTINGRESS_PREFIX = "fastingress.io/"
+PREFIXES = (PREFIX, FASTINGRESS_PREFIX)
+# Prefixes that are not ours but were once read by ingress-nginx (and Traefik 1) under the
+# same names: always worth a "did you mean".
+LEGACY_PREFIXES = frozenset({"ingress.kubernetes.io/"})
+_NEAR_PREFIX = 0.88  # difflib ratio above which a prefix is taken for a typo of ours
+_NEAR_NAME = 0.6  # difflib cutoff for "did you mean" on names and values
+
+
+def nearest(word: str, choices: Collection[str], cutoff: float = _NEAR_NAME) -> str:
+    """The choice closest to ``word`` (difflib), or "" when none is close."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return by_lower[found[0]] if found else ""
+
+
+class BadValue(ValueError):
+    """A parser's refusal: a short reason and, when one is close, the value meant."""
+
+    def __init__(self, reason: str, suggestion: str = "") -> None:
+        super().__init__(reason)
+        self.suggestion = suggestion
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True):
@@ -49,6 +93,11 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     ssl_passthrough: bool = False  # ssl-passthrough (needs --enable-ssl-passthrough)
     use_regex: bool = False  # use-regex: the host's paths are regular expressions
     rewrite_target: str | None = None  # rewrite-target (also makes the host's paths regexes)
+    # Fail closed: (annotation key, why) for each access-guarding key this Ingress carries
+    # that is not honoured; non-empty means every route of the Ingress answers 503.
+    closed: tuple[tuple[str, str], ...] = ()
+    canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
+    x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -83,7 +132,7 @@ def parse_seconds(value: str) -> float:
 def parse_protocol(value: str) -> Protocol:
     upper = value.strip().upper()
     if upper not in _PROTOCOLS:
-        raise ValueError("expected one of " + ", ".join(_PROTOCOLS))
+        raise BadValue("expected one of " + ", ".join(_PROTOCOLS), nearest(upper, _PROTOCOLS))
     return cast(Protocol, upper)
 
 
@@ -94,7 +143,7 @@ def parse_on_off(value: str) -> bool:
         return True
     if text in ("off", "false"):
         return False
-    raise ValueError('expected "on" or "off"')
+    raise BadValue('expected "on" or "off"', nearest(text, ("on", "off")))
 
 
 _SECRET_REF_RE = re.compile(r"^(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -122,7 +171,7 @@ def parse_bool(value: str) -> bool:
         return True
     if text == "false":
         return False
-    raise ValueError('expected "true" or "false"')
+    raise BadValue('expected "true" or "false"', nearest(text, ("true", "false")))
 
 
 _REWRITE_RE = re.compile(r"^[/$][^\s\x00-\x1f\x7f]*$")
@@ -136,6 +185,17 @@ def parse_rewrite_target(value: str) -> str:
     return text
 
 
+_HEADER_VALUE_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
+
+
+def parse_header_value(value: str) -> str:
+    """A value to send in a header: visible ASCII (inner spaces allowed), not empty."""
+    text = value.strip()
+    if not _HEADER_VALUE_RE.match(text):
+        raise ValueError("expected a non-empty header value of visible ASCII characters")
+    return text
+
+
 def parse_vhost(value: str) -> str:
     text = value.strip()
     if not _VHOST_RE.match(text):
@@ -143,84 +203,199 @@ def parse_vhost(value: str) -> str:
     return text
 
 
-# key -> (field path in IngressAnnotations, parser)
-IMPLEMENTED: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "proxy-body-size": ("max_body_size", parse_size),
-    "proxy-connect-timeout": ("upstream.connect_timeout", parse_seconds),
-    "proxy-read-timeout": ("upstream.read_timeout", parse_seconds),
-    "proxy-send-timeout": ("upstream.send_timeout", parse_seconds),
-    "upstream-vhost": ("upstream.host_override", parse_vhost),
-    "backend-protocol": ("upstream.protocol", parse_protocol),
-    "ssl-redirect": ("ssl_redirect", parse_bool),
-    "force-ssl-redirect": ("force_ssl_redirect", parse_bool),
-    "ssl-passthrough": ("ssl_passthrough", parse_bool),
-    "use-regex": ("use_regex", parse_bool),
-    "rewrite-target": ("rewrite_target", parse_rewrite_target),
-    "proxy-ssl-verify": ("upstream.tls_verify", parse_on_off),
-    "proxy-ssl-secret": ("upstream.tls_secret", parse_secret_ref),
-    "proxy-ssl-name": ("upstream.tls_server_name", parse_server_name),
-    "proxy-ssl-server-name": ("upstream.tls_sni", parse_on_off),
-}
+Status = Literal["implemented", "closed", "canary", "snippet", "unsupported", "inert", "removed"]
 
-# Real ingress-nginx annotations (docs/user-guide/nginx-configuration/annotations.md and
-# earlier releases) that fastingress does not implement yet.
-_NOT_SUPPORTED_NAMES = """
-    affinity affinity-canary-behavior affinity-mode app-root
-    auth-always-set-cookie auth-cache-duration auth-cache-key auth-keepalive
-    auth-keepalive-requests auth-keepalive-share-vars auth-keepalive-timeout auth-method
-    auth-proxy-set-headers auth-realm auth-request-redirect auth-response-headers auth-secret
-    auth-secret-type auth-signin auth-signin-redirect-param auth-snippet auth-tls-error-page
-    auth-tls-match-cn auth-tls-pass-certificate-to-upstream auth-tls-secret auth-tls-verify-client
-    auth-tls-verify-depth auth-type auth-url
-    canary canary-by-cookie canary-by-header canary-by-header-pattern canary-by-header-value
-    canary-weight canary-weight-total
-    client-body-buffer-size configuration-snippet connection-proxy-header
-    cors-allow-credentials cors-allow-headers cors-allow-methods cors-allow-origin
-    cors-expose-headers cors-max-age custom-headers custom-http-errors
-    default-backend denylist-source-range allowlist-source-range whitelist-source-range
-    disable-proxy-intercept-errors
-    enable-access-log enable-cors enable-global-auth enable-influxdb enable-modsecurity
-    enable-opentelemetry enable-opentracing enable-owasp-core-rules enable-rewrite-log
-    from-to-www-redirect
-    global-rate-limit global-rate-limit-ignored-cidrs global-rate-limit-key global-rate-limit-window
-    grpc-backend http2-push-preload
-    influxdb-host influxdb-measurement influxdb-port influxdb-server-name
-    jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-propagation-format
-    jaeger-sampler-host jaeger-sampler-param jaeger-sampler-port jaeger-sampler-type
-    jaeger-service-name
-    limit-allowlist limit-burst-multiplier limit-connections limit-rate limit-rate-after
-    limit-rpm limit-rps limit-whitelist load-balance
-    lua-resty-waf lua-resty-waf-allow-unknown-content-types lua-resty-waf-debug
-    lua-resty-waf-extra-rules lua-resty-waf-ignore-rulesets lua-resty-waf-process-multipart-body
-    lua-resty-waf-score-threshold
-    mirror-host mirror-request-body mirror-target mirror-uri
-    modsecurity-snippet modsecurity-transaction-id
-    opentelemetry-operation-name opentelemetry-trust-incoming-span
-    opentracing-operation-name opentracing-trust-incoming-span
-    permanent-redirect permanent-redirect-code preserve-trailing-slash
-    proxy-buffer-size proxy-buffering proxy-buffers-number proxy-cookie-domain proxy-cookie-path
-    proxy-http-version proxy-max-temp-file-size proxy-next-upstream proxy-next-upstream-timeout
-    proxy-next-upstream-tries proxy-redirect-from proxy-redirect-to proxy-request-buffering
-    proxy-ssl-ciphers proxy-ssl-location-only proxy-ssl-protocols proxy-ssl-verify-depth
-    relative-redirects satisfy secure-backends secure-verify-ca-secret
-    server-alias server-snippet service-upstream
-    session-cookie-change-on-failure session-cookie-conditional-samesite-none
-    session-cookie-domain session-cookie-expires session-cookie-hash session-cookie-max-age
-    session-cookie-name session-cookie-partitioned session-cookie-path session-cookie-samesite
-    session-cookie-secure
-    ssl-ciphers ssl-prefer-server-ciphers stream-snippet
-    temporal-redirect temporal-redirect-code
-    upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
-    x-forwarded-prefix
-    zipkin-collector-host zipkin-collector-port zipkin-sample-rate zipkin-service-name
-    """
-NOT_SUPPORTED: frozenset[str] = frozenset(_NOT_SUPPORTED_NAMES.split())
+
+class Key(NamedTuple):
+    """How one annotation name is handled (see the module docstring)."""
+
+    status: Status
+    field: str = ""  # implemented: the IngressAnnotations field ("upstream.x" for nested)
+    parser: Callable[[str], Any] | None = None  # implemented: str -> value, ValueError if bad
+    guard: bool = False  # restricts access: anything short of honouring it fails closed
+    note: str = ""  # shown in the diagnostic (the replacement of a removed key, ...)
+
+
+def implemented(field: str, parser: Callable[[str], Any], *, guard: bool = False) -> Key:
+    return Key("implemented", field, parser, guard)
+
+
+CLOSED = Key("closed", guard=True)
+CANARY = Key("canary", parser=parse_bool)
+SNIPPET = Key("snippet")
+UNSUPPORTED = Key("unsupported")
+INERT = Key("inert")
+
+
+def unsupported(note: str) -> Key:
+    return Key("unsupported", note=note)
+
+
+def removed(replacement: str) -> Key:
+    return Key("removed", note=replacement)
+
+
+def _rows(names: str, row: Key) -> dict[str, Key]:
+    """One row for each whitespace-separated name."""
+    return dict.fromkeys(names.split(), row)
+
+
+_ROWS: dict[str, Key] = {
+    # -- implemented ----------------------------------------------------------------------
+    "proxy-body-size": implemented("max_body_size", parse_size),
+    "proxy-connect-timeout": implemented("upstream.connect_timeout", parse_seconds),
+    "proxy-read-timeout": implemented("upstream.read_timeout", parse_seconds),
+    "proxy-send-timeout": implemented("upstream.send_timeout", parse_seconds),
+    "upstream-vhost": implemented("upstream.host_override", parse_vhost),
+    "backend-protocol": implemented("upstream.protocol", parse_protocol),
+    "ssl-redirect": implemented("ssl_redirect", parse_bool),
+    "force-ssl-redirect": implemented("force_ssl_redirect", parse_bool),
+    "ssl-passthrough": implemented("ssl_passthrough", parse_bool),
+    "use-regex": implemented("use_regex", parse_bool),
+    "rewrite-target": implemented("rewrite_target", parse_rewrite_target),
+    "proxy-ssl-verify": implemented("upstream.tls_verify", parse_on_off),
+    "proxy-ssl-secret": implemented("upstream.tls_secret", parse_secret_ref),
+    "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
+    "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
+    "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
+    # -- access control, not implemented yet: fail closed (issue 9) -------------------------
+    **_rows(
+        """
+        auth-type auth-secret auth-secret-type auth-realm
+        auth-url auth-method auth-signin auth-signin-redirect-param auth-response-headers
+        auth-request-redirect auth-cache-key auth-cache-duration auth-proxy-set-headers
+        auth-always-set-cookie auth-keepalive auth-keepalive-requests auth-keepalive-share-vars
+        auth-keepalive-timeout
+        auth-tls-secret auth-tls-verify-client auth-tls-verify-depth auth-tls-error-page
+        auth-tls-pass-certificate-to-upstream auth-tls-match-cn
+        whitelist-source-range allowlist-source-range denylist-source-range
+        """,
+        CLOSED,
+    ),
+    # -- canary (issue 9): the canary Ingress is not served; the main one keeps the traffic --
+    **_rows(
+        """
+        canary canary-by-header canary-by-header-value canary-by-header-pattern canary-by-cookie
+        canary-weight canary-weight-total
+        """,
+        CANARY,
+    ),
+    # -- raw nginx configuration: never executed ----------------------------------------------
+    **_rows(
+        "configuration-snippet server-snippet auth-snippet stream-snippet modsecurity-snippet",
+        SNIPPET,
+    ),
+    # -- not implemented yet: ignored with a warning --------------------------------------------
+    **_rows(
+        """
+        affinity affinity-canary-behavior affinity-mode app-root
+        connection-proxy-header
+        cors-allow-credentials cors-allow-headers cors-allow-methods cors-allow-origin
+        cors-expose-headers cors-max-age custom-headers custom-http-errors
+        default-backend disable-proxy-intercept-errors enable-cors
+        from-to-www-redirect load-balance
+        mirror-host mirror-request-body mirror-target mirror-uri
+        permanent-redirect permanent-redirect-code preserve-trailing-slash
+        proxy-cookie-domain proxy-cookie-path proxy-http-version
+        proxy-next-upstream proxy-next-upstream-timeout proxy-next-upstream-tries
+        proxy-redirect-from proxy-redirect-to proxy-ssl-ciphers proxy-ssl-location-only
+        proxy-ssl-protocols proxy-ssl-verify-depth relative-redirects satisfy
+        server-alias service-upstream
+        session-cookie-change-on-failure session-cookie-conditional-samesite-none
+        session-cookie-domain session-cookie-expires session-cookie-max-age
+        session-cookie-name session-cookie-partitioned session-cookie-path session-cookie-samesite
+        session-cookie-secure
+        ssl-ciphers ssl-prefer-server-ciphers
+        temporal-redirect temporal-redirect-code
+        upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
+        """,
+        UNSUPPORTED,
+    ),
+    **_rows(
+        """
+        limit-connections limit-rps limit-rpm limit-rate limit-rate-after limit-burst-multiplier
+        limit-allowlist global-rate-limit global-rate-limit-window global-rate-limit-key
+        global-rate-limit-ignored-cidrs
+        """,
+        unsupported("rate limits are not enforced yet"),
+    ),
+    **_rows(
+        "enable-modsecurity enable-owasp-core-rules modsecurity-transaction-id",
+        unsupported("there is no web application firewall in fastingress; requests are not inspected"),
+    ),
+    # -- nginx internals with no effect here ---------------------------------------------------
+    **_rows(
+        """
+        client-body-buffer-size enable-access-log enable-rewrite-log enable-global-auth
+        enable-opentelemetry enable-opentracing opentelemetry-operation-name
+        opentelemetry-trust-incoming-span opentracing-operation-name opentracing-trust-incoming-span
+        jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-propagation-format
+        jaeger-sampler-host jaeger-sampler-param jaeger-sampler-port jaeger-sampler-type
+        jaeger-service-name zipkin-collector-host zipkin-collector-port zipkin-sample-rate
+        zipkin-service-name http2-push-preload proxy-buffering proxy-buffer-size
+        proxy-buffers-number proxy-max-temp-file-size proxy-request-buffering
+        """,
+        INERT,
+    ),
+    # -- removed from ingress-nginx -------------------------------------------------------------
+    "secure-backends": removed("backend-protocol"),
+    "grpc-backend": removed("backend-protocol"),
+    "secure-verify-ca-secret": removed("proxy-ssl-secret"),
+    "limit-whitelist": removed("limit-allowlist"),
+    "session-cookie-hash": removed(""),
+    "add-base-url": removed(""),
+    "base-url-scheme": removed(""),
+    **_rows(
+        """
+        enable-influxdb influxdb-host influxdb-measurement influxdb-port influxdb-server-name
+        lua-resty-waf lua-resty-waf-allow-unknown-content-types lua-resty-waf-debug
+        lua-resty-waf-extra-rules lua-resty-waf-ignore-rulesets lua-resty-waf-process-multipart-body
+        lua-resty-waf-score-threshold
+        """,
+        removed(""),
+    ),
+}
+REGISTRY: Mapping[str, Key] = _ROWS
+NAMES: tuple[str, ...] = tuple(sorted(REGISTRY))
+
+# Views kept for callers of the earlier two-table design.
+IMPLEMENTED: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    name: (row.field, row.parser)
+    for name, row in REGISTRY.items()
+    if row.status == "implemented" and row.parser is not None
+}
+NOT_SUPPORTED: frozenset[str] = frozenset(
+    name for name, row in REGISTRY.items() if row.status != "implemented"
+)
+GUARDS: frozenset[str] = frozenset(name for name, row in REGISTRY.items() if row.guard)
+
+
+def status_of(name: str) -> Status | None:
+    """The registry status of a key name (without prefix), or None if unknown."""
+    row = REGISTRY.get(name)
+    return row.status if row is not None else None
+
+
+# nginx directives that restrict access: a snippet holding one fails closed.
+_ACCESS_DIRECTIVE = re.compile(
+    r"(?:^|[;{}\s])(allow|deny|auth_basic|auth_basic_user_file|auth_request|auth_jwt|satisfy"
+    r"|ssl_verify_client)\s|(?:^|[;{}\s])return\s+40[13]\b"
+)
+
+
+def access_directive(snippet: str) -> str | None:
+    """The first access-restricting nginx directive in a snippet, or None."""
+    match = _ACCESS_DIRECTIVE.search(snippet)
+    if match is None:
+        return None
+    return match.group(1) or "return 403"
 
 
 class AnnotationFinding(msgspec.Struct, frozen=True):
-    severity: str  # "warning" | "info"
+    severity: str  # "error" | "warning" | "info"
     key: str  # the full annotation key
     message: str
+    suggestion: str = ""  # the key (or value) probably meant, for "did you mean"
 
 
 def _set(result: IngressAnnotations, path: str, value: Any) -> IngressAnnotations:
@@ -239,33 +414,189 @@ def _as_text(value: object) -> str | None:
     return None
 
 
-def parse_annotations(
-    annotations: Mapping[str, object],
-) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
-    """Typed values of one Ingress's annotations, plus findings (never raises)."""
-    result = IngressAnnotations()
-    findings: list[AnnotationFinding] = []
-    for key in sorted(annotations):
-        if not key.startswith(PREFIX):
-            continue
-        short = key.removeprefix(PREFIX)
-        row = IMPLEMENTED.get(short)
-        if row is None:
-            if short in NOT_SUPPORTED:
-                findings.append(AnnotationFinding("info", key, "annotation not supported yet; ignored"))
-            else:
-                findings.append(AnnotationFinding("warning", key, "unknown annotation; ignored (typo?)"))
-            continue
-        path, parser = row
-        text = _as_text(annotations[key])
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 64 else text[:64] + "...")
+
+
+class _Parse:
+    """State of one ``parse_annotations`` call."""
+
+    def __init__(self, fail_open: bool) -> None:
+        self.fail_open = fail_open
+        self.result = IngressAnnotations()
+        self.findings: list[AnnotationFinding] = []
+        self.closed: list[tuple[str, str]] = []
+
+    def add(self, severity: str, key: str, what: str, tail: str = "", suggestion: str = "") -> None:
+        """One finding: ``what`` (did you mean ``suggestion``?); ``tail``."""
+        text = what + (f" (did you mean `{suggestion}`?)" if suggestion else "")
+        text += f"; {tail}" if tail else ""
+        self.findings.append(AnnotationFinding(severity, key, text, suggestion))
+
+    def close(self, key: str, why: str, what: str, suggestion: str = "") -> None:
+        """An access guard that is not honoured: fail closed (or open, if told to)."""
+        self.closed.append((key, why))
+        if self.fail_open:
+            tail = "served WITHOUT this protection because of --unsafe-fail-open"
+        else:
+            tail = "every path of this Ingress answers 503 (fail closed)"
+        self.add("error", key, what, tail, suggestion)
+
+    # -- keys we do not read -------------------------------------------------------------
+
+    def unknown(self, key: str, prefix: str, name: str) -> None:
+        meant = nearest(name, NAMES)
+        suggestion = prefix + meant if meant else ""
+        if meant in GUARDS:
+            what = "unknown annotation that resembles an access control"
+            self.close(key, "is not a known annotation", what, suggestion)
+        else:
+            self.add("warning", key, "unknown annotation", "ignored", suggestion)
+
+    def foreign(self, key: str, prefix: str, name: str) -> None:
+        """A key under a prefix that is not ours: a warning when it looks meant for us."""
+        bare = prefix.rstrip("/")
+        near = prefix in LEGACY_PREFIXES or any(
+            difflib.SequenceMatcher(None, bare, ours.rstrip("/")).ratio() >= _NEAR_PREFIX for ours in PREFIXES
+        )
+        if name not in REGISTRY and not near:
+            return
+        meant = name if name in REGISTRY else nearest(name, NAMES)
+        suggestion = PREFIX + meant if meant else ""
+        what = (
+            f"the prefix `{prefix}` is not read by fastingress "
+            f"(annotations are `{PREFIX}*` or `{FASTINGRESS_PREFIX}*`)"
+        )
+        if meant in GUARDS:
+            self.close(key, "has a prefix fastingress does not read", what, suggestion)
+        else:
+            self.add("warning", key, what, "ignored", suggestion or PREFIX)
+
+    # -- keys we know --------------------------------------------------------------------
+
+    def known(self, key: str, name: str, raw: object) -> None:
+        row = REGISTRY[name]
+        status = row.status
+        if status == "implemented":
+            self.implemented(key, row, raw)
+        elif status == "closed":
+            self.close(key, "is not supported", f"`{name}` restricts access and is not implemented yet")
+        elif status == "canary":
+            self.canary(key, name, raw)
+        elif status == "snippet":
+            self.snippet(key, raw)
+        elif status == "inert":
+            self.add("info", key, "has no effect in fastingress", "ignored")
+        elif status == "removed":
+            replacement = PREFIX + row.note if row.note else ""
+            self.add("warning", key, "removed from ingress-nginx", "ignored", replacement)
+        else:
+            note = f" ({row.note})" if row.note else ""
+            self.add("warning", key, f"not implemented yet{note}", "ignored")
+
+    def implemented(self, key: str, row: Key, raw: object) -> None:
+        assert row.parser is not None
+        text = _as_text(raw)
         if text is None:
-            findings.append(AnnotationFinding("warning", key, "value must be a string; default used"))
-            continue
+            if row.guard:
+                self.close(key, "has an invalid value", "value must be a string")
+            else:
+                self.add("warning", key, "value must be a string", "default used")
+            return
         try:
-            value = parser(text)
+            value = row.parser(text)
         except ValueError as exc:
-            shown = text if len(text) <= 64 else text[:64] + "..."
-            findings.append(AnnotationFinding("warning", key, f"bad value {shown!r}: {exc}; default used"))
+            suggestion = exc.suggestion if isinstance(exc, BadValue) else ""
+            if row.guard:
+                self.close(key, "has an invalid value", f"bad value {_shown(text)}: {exc}", suggestion)
+            else:
+                self.add("warning", key, f"bad value {_shown(text)}: {exc}", "default used", suggestion)
+            return
+        self.result = _set(self.result, row.field, value)
+
+    def canary(self, key: str, name: str, raw: object) -> None:
+        if name != "canary":
+            return  # judged with the canary key itself (see finish)
+        text = _as_text(raw)
+        if isinstance(raw, bool):  # an unquoted YAML true/false: the intent is plain
+            text = "true" if raw else "false"
+        try:
+            wanted = parse_bool(text if text is not None else "")
+        except BadValue as exc:
+            self.result = msgspec.structs.replace(self.result, canary=True)
+            self.add(
+                "warning", key, f"bad value {_shown(text or '')}: {exc}",
+                "taken as a canary, so the rules of this Ingress are not served", exc.suggestion,
+            )
+            return
+        if wanted:
+            self.result = msgspec.structs.replace(self.result, canary=True)
+            self.add(
+                "warning", key,
+                "canary Ingresses are not implemented yet: the rules of this Ingress are not served, "
+                "so the main Ingress keeps all of the traffic",
+            )
+
+    def snippet(self, key: str, raw: object) -> None:
+        text = _as_text(raw) or ""
+        directive = access_directive(text)
+        if directive is not None:
+            self.close(
+                key, "holds access rules that are never executed",
+                f"snippets are never executed, and this one restricts access (`{directive}`)",
+            )
+            return
+        self.add("warning", key, "snippets are never executed", "the Ingress is served without this one")
+
+    def finish(self, canary_keys: list[str]) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
+        if not self.result.canary:
+            for key in canary_keys:
+                self.add("warning", key, f'has no effect without `{PREFIX}canary: "true"`', "ignored")
+        if self.closed:
+            self.result = msgspec.structs.replace(self.result, closed=tuple(sorted(self.closed)))
+        return self.result, sorted(self.findings, key=lambda f: (f.key, f.message))
+
+
+def _collect(annotations: Mapping[str, object], state: _Parse) -> dict[str, tuple[str, object]]:
+    """Our keys by name (``fastingress.io/`` wins over ``nginx.ingress.kubernetes.io/``);
+    findings for foreign, unknown and conflicting keys."""
+    chosen: dict[str, tuple[str, object]] = {}
+    for key in sorted(annotations):
+        prefix, slash, name = key.rpartition("/")
+        if not slash:
             continue
-        result = _set(result, path, value)
-    return result, findings
+        prefix += "/"
+        if prefix not in PREFIXES:
+            state.foreign(key, prefix, name)
+            continue
+        if name not in REGISTRY:
+            state.unknown(key, prefix, name)
+            continue
+        value = annotations[key]
+        other = chosen.get(name)
+        if other is None:
+            chosen[name] = (key, value)
+            continue
+        mine, theirs = ((key, value), other) if prefix == FASTINGRESS_PREFIX else (other, (key, value))
+        chosen[name] = mine
+        if mine[1] != theirs[1]:
+            state.add("warning", theirs[0], f"overridden by `{mine[0]}`", "ignored")
+    return chosen
+
+
+def parse_annotations(
+    annotations: Mapping[str, object], *, fail_open: bool = False
+) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
+    """Typed values of one Ingress's annotations, plus findings (never raises).
+
+    ``fail_open`` (``--unsafe-fail-open``) only changes what the findings say: the caller
+    decides whether ``closed`` routes answer 503."""
+    state = _Parse(fail_open)
+    chosen = _collect(annotations, state)
+    canary_keys: list[str] = []
+    for name in sorted(chosen):
+        key, raw = chosen[name]
+        if REGISTRY[name].status == "canary" and name != "canary":
+            canary_keys.append(key)
+        state.known(key, name, raw)
+    return state.finish(canary_keys)

@@ -8,9 +8,13 @@ Theory of operation
    guard, so an unexpected failure costs that one Ingress, never the others.
 3. Plans are merged oldest first (creationTimestamp, namespace, name): the first claim
    on (host, path, type), on a host's fallback or on a host's TLS Secret wins; later
-   claims get a warning naming the winner.
+   claims get a warning naming the winner.  Canary Ingresses claim nothing (canaries are
+   not implemented yet, and a canary must never take the main Ingress's traffic).
 4. Winning backends are resolved to Upstreams (Service ports, EndpointSlices,
    ExternalName), TLS Secrets to Certificates; everything is emitted sorted.
+   Fail closed: the routes (and defaultBackend) of an Ingress with an access-guarding
+   annotation that is not honoured answer 503 naming the key (``closed_reasons``),
+   unless ``TranslateOptions.unsafe_fail_open``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from fastingress.snapshot.schema import (
     Certificate,
     Forward,
     GlobalSettings,
+    Respond,
     Route,
     RoutePolicy,
     Snapshot,
@@ -37,7 +42,7 @@ from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_
 from fastingress.translate.cluster import Cluster, index_objects
 from fastingress.translate.hosts import looks_like_regex
 from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
-from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult
+from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
 from fastingress.translate.tls import load_certificate
 
 _TRANSLATOR = ObjRef("Unknown", "", "<translator>")
@@ -59,7 +64,11 @@ class _Merged:
 
 def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
     merged = _Merged()
+    canaries: list[IngressPlan] = []
     for plan in plans:
+        if plan.annotations.canary:
+            canaries.append(plan)
+            continue
         for rule in plan.rules:
             table = merged.routes.setdefault(rule.host, {})
             key = (rule.key, rule.path_type)
@@ -94,7 +103,25 @@ def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
                     f"host {entry.host!r} already gets TLS Secret {winner.ref.namespace}/{secret} from "
                     f"Ingress {winner.ref.key}; ignored (the oldest Ingress wins)",
                 )
+    for plan in canaries:
+        _orphan_canary(merged, plan, sink)
     return merged
+
+
+def _orphan_canary(merged: _Merged, plan: IngressPlan, sink: Sink) -> None:
+    """Where each rule of a canary Ingress stands: the main Ingress keeps the traffic, or
+    there is no main Ingress to be a canary of (ingress-nginx ignores those rules too)."""
+    for rule in plan.rules:
+        main = merged.routes.get(rule.host, {}).get((rule.key, rule.path_type))
+        where = f"host {rule.host!r} path {rule.path!r} ({rule.path_type})"
+        if main is None:
+            sink.warning(plan.ref, rule.field, f"canary Ingress: no main Ingress serves {where}; ignored")
+        else:
+            sink.info(
+                plan.ref, rule.field,
+                f"canary of Ingress {main[1].ref.key} for {where}: not served, the main Ingress takes "
+                "all of the traffic (canaries are not implemented yet)",
+            )
 
 
 def _backend_id(plan: IngressPlan) -> str:
@@ -126,6 +153,21 @@ class _Emitter:
         self.certificates: dict[str, Certificate] = {}
         self.load_cert = load_certificate  # incremental.Translator swaps in a memoised loader
 
+    def closed_reasons(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
+        """(annotation key, why) for each access guard of ``plan`` that is not honoured;
+        empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  The place
+        to add checks that need the cluster (a guard's missing Secret, issue 9)."""
+        if self.options.unsafe_fail_open:
+            return ()
+        return plan.annotations.closed
+
+    def action(self, backend: BackendRef, plan: IngressPlan) -> Action | None:
+        """Forward to ``backend`` with ``plan``'s settings, or the fail-closed 503."""
+        closed = self.closed_reasons(plan)
+        if closed:
+            return fail_closed(closed)
+        return self.forward(backend, plan.annotations.upstream, plan.ref)
+
     def forward(self, backend: BackendRef, settings: UpstreamSettings, owner: ObjRef) -> Action | None:
         try:
             name = self.builder.resolve(backend, settings, owner)
@@ -140,7 +182,7 @@ class _Emitter:
         regex = self.regex(rule, plan, regex_host)
         if regex is False:
             return None
-        action = self.forward(rule.backend, plan.annotations.upstream, plan.ref)
+        action = self.action(rule.backend, plan)
         if action is None:
             return None
         annotations = plan.annotations
@@ -150,6 +192,7 @@ class _Emitter:
             ssl_redirect=has_tls and annotations.ssl_redirect,
             force_ssl_redirect=annotations.force_ssl_redirect,
             rewrite_target=annotations.rewrite_target,
+            x_forwarded_prefix=annotations.x_forwarded_prefix,
         )
         return Route(
             path=rule.path,
@@ -237,7 +280,7 @@ class _Emitter:
         fallback: Action | None = None
         plan = merged.fallbacks.get(host)
         if plan is not None and plan.default_backend is not None:
-            fallback = self.forward(plan.default_backend, plan.annotations.upstream, plan.ref)
+            fallback = self.action(plan.default_backend, plan)
         return VirtualHost(
             hostname=host,
             routes=tuple(ordered),
@@ -271,8 +314,8 @@ class _Emitter:
         if self.options.default_backend_service is not None:
             return self._option_default(self.options.default_backend_service)
         for plan in plans:
-            if plan.default_backend is not None:
-                return self.forward(plan.default_backend, plan.annotations.upstream, plan.ref)
+            if plan.default_backend is not None and not plan.annotations.canary:
+                return self.action(plan.default_backend, plan)
         return None
 
     def _option_default(self, value: str) -> Action | None:
@@ -297,13 +340,25 @@ class _Emitter:
         )
 
 
+_MAX_BODY = 1000
+
+
+def fail_closed(closed: tuple[tuple[str, str], ...]) -> Respond:
+    """The 503 a fail-closed route answers: which keys, and that it is closed on purpose."""
+    refused = ", ".join(f"{key} {why}" for key, why in closed)
+    line = clean_text(f"refused: {refused}; this route is closed (fail closed)")  # one printable line
+    if len(line) > _MAX_BODY:
+        line = line[: _MAX_BODY - 3] + "..."
+    return Respond(503, f"503 Service Unavailable\n{line}\n")
+
+
 def _plans(cluster: Cluster, options: TranslateOptions, sink: Sink) -> list[IngressPlan]:
     plans: list[IngressPlan] = []
     for ref, ingress in cluster.ingresses:
         try:
             if not is_ours(ref, ingress, cluster, options, sink):
                 continue
-            plan = parse_ingress(ref, ingress, sink)
+            plan = parse_ingress(ref, ingress, sink, fail_open=options.unsafe_fail_open)
         except Exception as exc:
             _internal(sink, ref, exc, "reading this Ingress")
             continue

@@ -28,7 +28,7 @@ from fastingress.translate.annotations import PREFIX, IngressAnnotations, parse_
 from fastingress.translate.backends import BackendRef
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.hosts import check_path, normalize_host, priority, route_key
-from fastingress.translate.model import ObjRef, Sink, TranslateOptions
+from fastingress.translate.model import ObjRef, Severity, Sink, TranslateOptions
 
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
@@ -303,15 +303,19 @@ def _wildcard_covered(entries: list[TlsEntry], rule_hosts: list[str]) -> list[Tl
     return extra
 
 
-def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink) -> IngressAnnotations:
+_SEVERITIES: dict[str, Severity] = {"error": "error", "warning": "warning", "info": "info"}
+
+
+def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool) -> IngressAnnotations:
     annotations = str_map(get(metadata, "annotations"))
-    parsed, findings = parse_annotations(annotations)
+    parsed, findings = parse_annotations(annotations, fail_open=fail_open)
     for finding in findings:
         sink.add(
-            "warning" if finding.severity == "warning" else "info",
+            _SEVERITIES.get(finding.severity, "info"),
             ref,
             f"metadata.annotations[{finding.key}]",
             finding.message,
+            finding.suggestion,
         )
     if (
         get(metadata, "annotations") is not None
@@ -322,9 +326,11 @@ def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink) -> IngressAnnota
     return parsed
 
 
-def parse_ingress(ref: ObjRef, ingress: Obj, sink: Sink) -> IngressPlan | None:
+def parse_ingress(ref: ObjRef, ingress: Obj, sink: Sink, *, fail_open: bool = False) -> IngressPlan | None:
+    """The Ingress as a plan; ``fail_open`` (--unsafe-fail-open) only changes what the
+    diagnostics about unhonoured access annotations say."""
     metadata = get_map(ingress, "metadata")
-    annotations = _annotations(metadata, ref, sink)
+    annotations = _annotations(metadata, ref, sink, fail_open)
     spec = get_map(ingress, "spec")
     if spec is None:
         sink.warning(ref, "spec", "spec missing or not an object; Ingress ignored")

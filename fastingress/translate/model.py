@@ -20,6 +20,9 @@ class TranslateOptions(msgspec.Struct, frozen=True):
     watch_without_class: bool = True  # standalone default on; controller mode passes False
     default_backend_service: str | None = None  # "namespace/name"; port: the Service's first port
     settings: GlobalSettings = GlobalSettings()
+    # --unsafe-fail-open: serve routes whose access-guarding annotations are not honoured
+    # WITHOUT that protection, instead of answering 503 (fail closed, the default).
+    unsafe_fail_open: bool = False
 
 
 class Diagnostic(msgspec.Struct, frozen=True):
@@ -31,6 +34,7 @@ class Diagnostic(msgspec.Struct, frozen=True):
     name: str
     field: str  # e.g. "spec.rules[0].http.paths[1].backend.service.port"
     message: str
+    suggestion: str = ""  # what was probably meant ("did you mean"), e.g. a full annotation key
 
     def __str__(self) -> str:
         obj = f"{self.namespace}/{self.name}" if self.namespace else self.name
@@ -76,7 +80,7 @@ class Sink:
     def __init__(self) -> None:
         self._items: set[Diagnostic] = set()
 
-    def add(self, severity: Severity, ref: ObjRef, field: str, message: str) -> None:
+    def add(self, severity: Severity, ref: ObjRef, field: str, message: str, suggestion: str = "") -> None:
         self._items.add(
             Diagnostic(
                 severity,
@@ -85,6 +89,7 @@ class Sink:
                 clean_text(ref.name),
                 clean_text(field),
                 clean_text(message),
+                clean_text(suggestion),
             )
         )
 

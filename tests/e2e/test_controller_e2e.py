@@ -108,23 +108,31 @@ def test_relist_after_410_and_dropped_watches(
         assert _lists(api, "ingresses") > lists_before
 
 
-def test_api_outage_keeps_serving_and_readyz_flips(
+def test_api_outage_keeps_serving_and_a_lone_replica_stays_ready(
     tmp_path: Path, api: ApiServer, echo_servers: list[EchoServer]
 ) -> None:
+    """No other replica to take over (none known): past the grace it stays in the load
+    balancer, serving the last snapshot (tests/e2e/test_controller_ops_e2e.py has replicas)."""
     s0, s1, _ = echo_servers
     _web(api, s0.port)
     with run_controller(tmp_path, api, workers=1, extra=("--api-outage-grace", "1")) as fi:
         assert fi.readyz() == 200
         api.set_down(True)
-        wait_for(lambda: fi.readyz() == 503, timeout=15, what="/readyz not ready after the grace")
+
+        def staying() -> bool:
+            r = httpx.get(f"{fi.admin}/readyz", timeout=2)
+            return r.status_code == 200 and "no other replica has it: staying ready" in r.text
+
+        wait_for(staying, timeout=15, what="/readyz past the grace: still ready")
         assert fi.server_of("a.test") == "s0"  # the data plane keeps serving the last snapshot
         assert fi.controller()["api_connected"] is False
         # Changes made while the API is unreachable are picked up by the relist.
         api.apply(m.endpoint_slice("svc0", [s0.port], not_ready=[s0.port]))
         api.apply(m.endpoint_slice("svc0", [s1.port]))
         api.set_down(False)
-        wait_for(lambda: fi.readyz() == 200, timeout=15, what="/readyz ready again")
+        wait_for(lambda: fi.controller()["api_connected"], timeout=15, what="in contact again")
         wait_for(lambda: fi.server_of("a.test") == "s1", what="state resynced after the outage")
+        assert "staying ready" not in httpx.get(f"{fi.admin}/readyz", timeout=2).text
 
 
 def test_two_replicas_one_leader_status_once_and_takeover(
@@ -194,6 +202,36 @@ def test_events_for_diagnostics(tmp_path: Path, api: ApiServer) -> None:
         fi.wait_generation(generation + 1)
         assert fi.server_of("y.test") == 503  # the new snapshot is in force (no endpoints yet)
         assert len(events()) == 1
+
+
+def test_fail_closed_and_did_you_mean_reach_events_status_and_log(
+    tmp_path: Path, api: ApiServer, echo_servers: list[EchoServer]
+) -> None:
+    """An unhonoured access annotation closes its Ingress (503 naming the key; nothing reaches
+    the upstream) and a typo names the key it resembles: in an Event, in /status and in the log."""
+    s0 = echo_servers[0]
+    _web(api, s0.port)  # a.test: open, same Service
+    typo, guard = "nginx.ingress.kubernetes.io/rewrite-targt", "nginx.ingress.kubernetes.io/auth-url"
+    api.apply(m.ingress("guarded", [("g.test", "/", "Prefix", "svc0")], class_name="fastingress",
+                        annotations={typo: "/", guard: "https://auth.example/check"}))
+    with run_controller(tmp_path, api, workers=1, extra=FAST_ELECTION) as fi:
+        r = fi.get("g.test", "/secret")
+        assert r.status_code == 503
+        assert f"refused: {guard} is not supported" in r.text
+        assert fi.server_of("a.test") == "s0"
+        assert [q["path"] for q in s0.requests] == ["/"]  # only the open host's request
+
+        def events() -> dict[str, dict[str, object]]:
+            found = [e for e in api.objects("Event") if e.get("involvedObject", {}).get("name") == "guarded"]
+            return {str(e["reason"]): e for e in found} if len(found) >= 2 else {}
+
+        by_reason = wait_for(events, what="Events about the guarded Ingress")
+        assert f"did you mean `{typo[:-5]}target`?" in str(by_reason["InvalidAnnotation"]["message"])
+        assert "503 (fail closed)" in str(by_reason["FailClosed"]["message"])
+        diagnostics = {d["field"]: d for d in fi.status()["diagnostics"] if d["name"] == "guarded"}
+        assert diagnostics[f"metadata.annotations[{typo}]"]["suggestion"] == typo[:-5] + "target"
+        assert diagnostics[f"metadata.annotations[{guard}]"]["severity"] == "error"
+        assert f"did you mean `{typo[:-5]}target`?" in fi.log()
 
 
 def _slice(name: str, endpoints: list[tuple[int, bool, bool]]) -> dict[str, object]:

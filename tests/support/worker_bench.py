@@ -28,8 +28,8 @@ from fastingress.snapshot.schema import Endpoint
 from fastingress.snapshot.shm import ShmPublisher
 from tests.support.worker_harness import make_snapshot
 from workers.config import WorkerSettings
-from workers.proxy import Worker
 from workers.server import run_worker
+from workers.state import Worker
 
 UPSTREAM = r"""
 import socket, sys, threading

@@ -1,15 +1,25 @@
-"""In-memory harness for the worker's proxy: real h11 peers on both sides of ``serve_client``.
+"""Harness for the worker's data paths: real h11 peers on both sides.
 
-    client (h11) <-memory stream-> serve_client <-memory stream via injected connect-> upstream (h11)
+Three modes (``MODE``, which ``tests/unit/test_worker_proxy.py`` parametrizes):
 
-``Harness`` owns a ``Worker`` whose pool's ``connect`` creates a ``memory_stream_pair`` and
-runs an upstream handler on the far end (by default ``EchoUpstream``, an h11 keep-alive
-server that records each request and answers with a configurable response).
+* ``"h11"`` -- the reference path: ``serve_client`` (a Session, h11 codec) over memory streams:
+      client (h11) <-memory stream-> Session <-memory stream via injected connect-> upstream (h11)
+* ``"llhttp-session"`` -- the same Session path with the llhttp codec;
+* ``"core"`` -- the event-driven core (``workers.loop``/``workers.h1conn``) over real sockets on
+  127.0.0.1: the client connects to the core's listener, and the core pool's ``dial`` maps each
+  made-up endpoint (``10.0.0.1:80``) to a real listener on 127.0.0.1 whose accepted streams run
+  the same upstream handler (``refuse``: a port nobody listens on; ``hang``: a listener whose
+  backlog is full, so the SYN goes unanswered).  Requests the core hands to a Session (Upgrade,
+  HTTP/2 upstreams) use the injected ``connect`` as in the other modes.
+
+``Harness`` owns a ``Worker``; the upstream handler is by default ``EchoUpstream``, an h11
+keep-alive server that records each request and answers with a configurable response.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,14 +40,20 @@ from fastingress.snapshot.schema import (
     VirtualHost,
     WeightedBackend,
 )
+from workers.accept import CoreServer, listen_socket
+from workers.certs import CertCache
+from workers.h1pool import CorePool
+from workers.loop import Core
 from workers.pool import Pool
-from workers.proxy import Worker, serve_client
 from workers.routing import RouteTable
+from workers.serve import serve_client
+from workers.state import Worker
 
 Address = tuple[str, int]
 UpstreamHandler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 
-CLIENT_IP = "10.9.8.7"
+MODE = "h11"  # "h11", "llhttp-session" or "core" (see the module docstring)
+CLIENT_IP = "127.9.8.7"  # core mode: the client socket is bound to it
 LISTEN_PORT = 8080
 APP = "default/app:80"
 
@@ -146,7 +162,7 @@ class EchoUpstream:
 
 
 class Harness:
-    """A Worker wired to in-memory upstreams; ``client()`` opens an in-memory client connection."""
+    """A Worker wired to test upstreams; ``client()`` opens a client connection (see ``MODE``)."""
 
     def __init__(
         self,
@@ -154,19 +170,37 @@ class Harness:
         snapshot: Snapshot | None = None,
         upstream: UpstreamHandler | None = None,
         resolve: Callable[[str, int], Awaitable[tuple[str, ...]]] | None = None,
+        *,
+        mode: str | None = None,
     ) -> None:
         self.nursery = nursery
+        self.mode = mode or MODE
         self.upstream: UpstreamHandler = upstream or EchoUpstream()
         self.connects: list[Address] = []
         self.refuse: set[Address] = set()
         self.hang: set[Address] = set()
-        if resolve is None:
-            self.pool = Pool(self.connect)
-        else:
-            self.pool = Pool(self.connect, resolve)
-        self.worker = Worker(self.pool, listen_port=LISTEN_PORT)
+        self.session_pool = Pool(self.connect) if resolve is None else Pool(self.connect, resolve)
+        self.worker = Worker(self.session_pool, listen_port=LISTEN_PORT,
+                             http1_codec="h11" if self.mode == "h11" else "llhttp")
+        self.pool: Pool | CorePool = self.session_pool
+        self._listeners: dict[Address, Address] = {}
+        self._sockets: list[socket.socket] = []
+        if self.mode == "core":
+            self._start_core()
         if snapshot is not None:
             self.install(snapshot)
+
+    def _start_core(self) -> None:
+        self.core = Core()
+        self.core_pool = CorePool(self.core, self.session_pool.tls, dial=self._dial)
+        self.worker.retire_hooks.append(self.core_pool.retire)
+        self.pool = self.core_pool
+        certs = CertCache()
+        self.server = CoreServer(self.core, self.worker, self.core_pool, certs)
+        sock = listen_socket("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.server.listen_http(sock)
+        self.nursery.start_soon(self.core.run, self.nursery)
 
     def install(self, snapshot: Snapshot) -> None:
         self.worker.install(RouteTable.compile(snapshot), self.worker.generation + 1)
@@ -181,7 +215,61 @@ class Harness:
         self.nursery.start_soon(self.upstream, theirs, (host, port))
         return ours
 
+    # ---- core mode: made-up endpoints on real sockets --------------------------------
+
+    def _dial(self, address: Address) -> Address:
+        self.connects.append(address)
+        if address in self.refuse:
+            return self._refusing()
+        if address in self.hang:
+            return self._hanging()
+        real = self._listeners.get(address)
+        if real is None:
+            real = self._listeners[address] = self._serve(address)
+        return real
+
+    def _keep(self, sock: socket.socket) -> Address:
+        self._sockets.append(sock)
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def _refusing(self) -> Address:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: a connect is refused
+        return self._keep(sock)
+
+    def _hanging(self) -> Address:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        address = self._keep(sock)
+        for _ in range(4):  # fill the accept queue: later SYNs go unanswered
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            self._sockets.append(filler)
+        return address
+
+    def _serve(self, address: Address) -> Address:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        real = self._keep(sock)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        self.nursery.start_soon(self._accept, listener, address)
+        return real
+
+    async def _accept(self, listener: trio.SocketListener, address: Address) -> None:
+        while True:
+            stream = await listener.accept()
+            self.nursery.start_soon(self.upstream, stream, address)
+
+    # ---- clients ---------------------------------------------------------------------
+
     def client(self) -> H11Client:
+        if self.mode == "core":
+            sock = socket.create_connection(("127.0.0.1", self.port), source_address=(CLIENT_IP, 0))
+            return H11Client(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
         ours, theirs = trio.testing.memory_stream_pair()
         self.nursery.start_soon(serve_client, self.worker, theirs, CLIENT_IP)
         return H11Client(ours)

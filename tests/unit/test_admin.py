@@ -92,7 +92,7 @@ def test_histogram_of_wrong_length_is_ignored() -> None:
 # -- the h11 admin server over a real socket -----------------------------------------------
 
 
-async def fake_handler(method: str, path: str) -> admin.Response:
+async def fake_handler(method: str, path: str, query: str) -> admin.Response:
     if path == "/boom":
         raise RuntimeError("bug")
     if path == "/healthz":

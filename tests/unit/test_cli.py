@@ -232,3 +232,28 @@ def test_snapshot_build_unwritable_output(
     out = tmp_path / "no" / "such" / "dir" / "snap.json"
     assert main(["snapshot", "build", "--manifests", str(manifest), "-o", str(out)]) == 2
     assert_one_line_error(capsys.readouterr().err.splitlines()[-1] + "\n", "cannot write")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["standalone", "--snapshot", "x"],
+        ["controller"],
+        ["snapshot", "build", "--manifests", "x", "-o", "y"],
+        ["check", "x"],
+        ["explain", "--manifests", "x", "http://a/"],
+    ],
+)
+def test_unsafe_fail_open_is_off_by_default_and_reaches_the_translator(argv: list[str]) -> None:
+    from fastingress import cli
+    from fastingress.settings import translate_options
+
+    builders = {
+        "standalone": cli.standalone_settings, "controller": cli.controller_settings,
+        "snapshot": cli.build_settings, "check": cli.check_settings, "explain": cli.explain_settings,
+    }
+    build = builders[argv[0]]
+    off = build(build_parser().parse_args(argv))
+    on = build(build_parser().parse_args([*argv, "--unsafe-fail-open"]))
+    assert translate_options(off.translation).unsafe_fail_open is False
+    assert translate_options(on.translation).unsafe_fail_open is True

@@ -20,7 +20,7 @@ from fastingress.snapshot.schema import Endpoint, GlobalSettings, Upstream
 from tests.support.h2client import H2Client
 from tests.support.worker_harness import APP, CLIENT_IP, EchoUpstream, Harness, Reply, make_snapshot
 from workers.http2 import FloodMeter, H2Limits, build_request_head, goaway_frame
-from workers.proxy import serve_client
+from workers.serve import serve_client
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -228,3 +228,26 @@ def test_event_body_and_reasons() -> None:
     assert body["type"] == "Warning" and body["reason"] == "MissingService"
     assert body["metadata"]["namespace"] == "ns" and body["metadata"]["name"].startswith("web.")
     assert body["firstTimestamp"] == "2026-01-01T00:00:00Z"
+
+
+def test_annotation_diagnostics_become_events_that_say_what_was_meant() -> None:
+    from fastingress.translate import translate
+
+    ingress = {
+        "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": "ns", "annotations": {
+            "nginx.ingress.kubernetes.io/rewrite-targt": "/",
+            "nginx.ingress.kubernetes.io/auth-url": "http://auth",
+        }},
+        "spec": {"rules": [{"host": "a.test"}]},
+    }
+    by_key = {d.field: d for d in translate([ingress]).diagnostics}
+    typo = by_key["metadata.annotations[nginx.ingress.kubernetes.io/rewrite-targt]"]
+    closed = by_key["metadata.annotations[nginx.ingress.kubernetes.io/auth-url]"]
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    body = event_body(typo, None, reporter="pod-1", now=now)
+    assert body["reason"] == "InvalidAnnotation"
+    assert "did you mean `nginx.ingress.kubernetes.io/rewrite-target`?" in body["message"]
+    assert body["message"].startswith("metadata.annotations[nginx.ingress.kubernetes.io/rewrite-targt]: ")
+    assert reason_for(closed) == "FailClosed"
+    assert EventLimiter().select([typo, closed], now=0.0) == [typo, closed]

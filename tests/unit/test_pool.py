@@ -161,8 +161,8 @@ async def test_removed_endpoints_lose_their_idle_connections() -> None:
 
 async def test_worker_install_retires_endpoints_that_left_the_snapshot() -> None:
     from fastingress.snapshot.schema import Snapshot
-    from workers.proxy import Worker
     from workers.routing import RouteTable
+    from workers.state import Worker
 
     def table(*ports: int) -> RouteTable:
         endpoints = tuple(Endpoint("10.0.0.1", p) for p in ports)

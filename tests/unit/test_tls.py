@@ -452,8 +452,8 @@ def test_translate_default_certificate(ca: trustme.CA) -> None:
 
 async def test_silent_client_times_out_in_the_handshake(autojump_clock: trio.testing.MockClock) -> None:
     from workers.pool import Pool
-    from workers.proxy import Worker
     from workers.server import _serve_tls, tcp_connect
+    from workers.state import Worker
 
     worker = Worker(Pool(tcp_connect))
     certs = CertCache()

@@ -134,10 +134,13 @@ def test_parse_annotations_findings() -> None:
     assert parsed.max_body_size == 2 * MIB
     assert parsed.upstream.read_timeout == 60.0
     assert [(f.severity, f.key.removeprefix(PREFIX)) for f in findings] == [
-        ("info", "canary"),
+        ("warning", "canary"),
         ("warning", "proxy-bodysize"),
         ("warning", "proxy-read-timeout"),
     ]
+    assert parsed.canary
+    assert findings[1].suggestion == PREFIX + "proxy-body-size"
+    assert "did you mean `nginx.ingress.kubernetes.io/proxy-body-size`?" in findings[1].message
 
 
 # --- hosts and paths ------------------------------------------------------------------

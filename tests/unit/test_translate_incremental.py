@@ -287,3 +287,19 @@ def test_bad_input_never_raises() -> None:
         fresh = translate(bad)  # type: ignore[arg-type]
         assert encode_json(result.snapshot) == encode_json(fresh.snapshot)
         assert result.diagnostics == fresh.diagnostics
+
+
+def test_a_tls_secret_that_appears_is_read() -> None:
+    """A host whose TLS Secret was missing is emitted again once the Secret exists (its
+    "not found" was not a certificate load, so nothing else would notice)."""
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    path = {"path": "/", "pathType": "Prefix", "backend": backend}
+    ingress: Obj = {"kind": "Ingress", "metadata": {"name": "web", "namespace": "default"},
+                    "spec": {"tls": [{"hosts": ["a.test"], "secretName": "late"}],
+                             "rules": [{"host": "a.test", "http": {"paths": [path]}}]}}
+    secret: Obj = {"kind": "Secret", "metadata": {"name": "late", "namespace": "default"},
+                   "type": "kubernetes.io/dockerconfigjson"}
+    translator = Translator()
+    _assert_same(translator, [ingress], "Secret missing")
+    _assert_same(translator, [ingress, secret], "Secret added")
+    assert any("dockerconfigjson" in d.message for d in translator.translate([ingress, secret]).diagnostics)

@@ -1,4 +1,10 @@
-"""The proxy data path over memory streams, with real h11 peers on both sides."""
+"""The proxy data path with real h11 peers on both sides, in each of its three shapes.
+
+Every test runs against the reference Session path (h11 codec, memory streams), the Session
+path with the llhttp codec, and the event-driven core over real sockets on 127.0.0.1 (see
+``tests.support.worker_harness``).  A test that only holds for some of them says so with
+``@pytest.mark.modes(...)``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import trio
 import trio.testing
 
 from fastingress.snapshot.schema import Endpoint, GlobalSettings, Upstream, WeightedBackend
+from tests.support import worker_harness
 from tests.support.worker_harness import (
     APP,
     CLIENT_IP,
@@ -22,6 +29,19 @@ from tests.support.worker_harness import (
 )
 
 pytestmark = pytest.mark.timeout(30)
+
+MODES = ("h11", "llhttp-session", "core")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("modes")
+    metafunc.parametrize("harness_mode", marker.args if marker is not None else MODES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def harness_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(worker_harness, "MODE", request.param)
+    return str(request.param)
 
 
 async def test_keepalive_reuses_upstream_connection() -> None:
@@ -337,7 +357,9 @@ async def test_502_when_upstream_closes_without_answer() -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.modes("h11", "llhttp-session")
 async def test_dead_pooled_connection_is_retried_once() -> None:
+    """(The core notices an idle connection closing at once: see the next test.)"""
     async with trio.open_nursery() as nursery:
         up = EchoUpstream()
         up.closed_after_response = True  # like an upstream whose keep-alive timer fired
@@ -346,6 +368,23 @@ async def test_dead_pooled_connection_is_retried_once() -> None:
         assert (await client.request()).status == 200
         await trio.testing.wait_all_tasks_blocked()
         assert h.pool.idle_count(("10.0.0.1", 80)) == 1
+        assert (await client.request()).status == 200
+        assert len(h.connects) == 2
+        assert len(up.requests) == 2
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.modes("core")
+async def test_idle_connection_closed_by_the_upstream_leaves_the_pool() -> None:
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream()
+        up.closed_after_response = True  # like an upstream whose keep-alive timer fired
+        h = Harness(nursery, make_snapshot(), up)
+        client = h.client()
+        assert (await client.request()).status == 200
+        with trio.fail_after(5):
+            while h.pool.idle_count(("10.0.0.1", 80)):
+                await trio.sleep(0.001)  # the core reads the EOF on its own schedule
         assert (await client.request()).status == 200
         assert len(h.connects) == 2
         assert len(up.requests) == 2
@@ -766,7 +805,7 @@ async def test_bad_requests_get_an_answer_or_a_close(raw: bytes) -> None:
         h = Harness(nursery, make_snapshot())
         client = h.client()
         await client.stream.send_all(raw)
-        assert isinstance(client.stream, trio.StapledStream)
+        assert isinstance(client.stream, trio.abc.HalfCloseableStream)
         await client.stream.send_eof()
         answer = b""
         with trio.fail_after(5):
@@ -778,7 +817,9 @@ async def test_bad_requests_get_an_answer_or_a_close(raw: bytes) -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.modes("h11")
 async def test_content_length_and_chunked_forwards_only_chunked() -> None:
+    """The h11 reference reads CL+TE as chunked; llhttp (and nginx) refuse it: next test."""
     async with trio.open_nursery() as nursery:
         up = EchoUpstream()
         h = Harness(nursery, make_snapshot(), up)
@@ -859,4 +900,21 @@ async def test_tunnel_closes_after_upstream_read_timeout(mock_clock: trio.testin
             got += data
         assert got == b"tick" * 3
         assert 17.0 <= trio.current_time() - start < 17.5  # 3 x 4 s, then 5 s of silence
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.modes("llhttp-session", "core")
+async def test_content_length_and_chunked_is_refused() -> None:
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream()
+        h = Harness(nursery, make_snapshot(), up)
+        client = h.client()
+        await client.stream.send_all(
+            b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        resp = await client.read_response()
+        assert resp.status == 400
+        assert resp.header(b"connection") == b"close"
+        assert up.requests == [] and h.connects == []
         nursery.cancel_scope.cancel()

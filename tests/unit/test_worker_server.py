@@ -24,8 +24,8 @@ from tests.support.process import free_port, wait_for
 from tests.support.upstream import EchoServer, WebSocketEchoServer
 from tests.support.worker_harness import make_snapshot
 from workers.config import WorkerSettings, WorkerStats, encode_settings, stats_decoder
-from workers.proxy import Worker
 from workers.server import run_worker
+from workers.state import Worker
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,0 +1,266 @@
+"""What to do with a request (sans-I/O): route table + request head in, a decision out.
+
+Theory of operation
+-------------------
+``decide`` is the one place routing and per-route policies meet a request, shared by every
+data path: the event-driven HTTP/1.1 core (``workers.h1conn``) and the task-based ``Session``
+(the h11 reference and HTTP/2 streams).  It never does I/O and never waits, so it costs the
+same wherever it runs, and a route without policies pays for nothing but its match:
+
+1. the target is normalised (``pathnorm``: dot segments, ``//``, encoded slashes refused) and
+   an absolute-form target (``GET http://a.test/x``) names the host instead of the Host
+   header (RFC 9112 section 3.2.2);
+2. the table in force matches host and path; the redirect to HTTPS comes first, then the
+   route's compiled policies (``workers.policy``: redirects, limits, access, auth...), each
+   of which may answer, or defer to a task (``Pending``: the caller awaits ``defer.run()`` and
+   calls ``resume`` with its result);
+3. the action: a redirect or fixed answer, or forwarding with ``rewrite-target``, the body
+   limit against a declared Content-Length, the backend (smooth weighted round robin, or a
+   policy's choice such as a canary) and the endpoints (round robin over ready ones, or a
+   policy's choice such as affinity, with an alternate for one retry).
+
+The result is an ``Answer`` (write it and be done), a ``Proxy`` (forward to an HTTP/1.1
+upstream), a ``Handoff`` (the request needs a task: an Upgrade tunnel, an HTTP/2 or gRPC
+upstream, or a DNS lookup for an ExternalName Service) or a ``Pending`` (see 2).  ``ctx``
+(present when the route has policies) must see the response head (``ctx.respond``) and the end
+of the request (``ctx.finish``).  Errors are raised as ``fastingress.errors`` exceptions
+carrying their status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from fastingress.errors import BodyTooLarge, NoEndpoint, UpstreamFailed
+from fastingress.snapshot.schema import Forward, Redirect, Respond, Route, Upstream, VirtualHost
+from workers.balance import Address, Balancer
+from workers.heads import TEXT, RequestInfo, error_body
+from workers.http1 import valid_value
+from workers.pathnorm import normalize_target
+from workers.policy import Answer, Compiled, Defer, RequestCtx, run_request_hooks
+from workers.routing import RouteTable, rewrite
+from workers.tlspolicy import redirect_location, wants_https
+from workers.upstream_tls import H2_PROTOCOLS
+
+_HTTP1_PROTOCOLS = frozenset({"HTTP", "AUTO_HTTP", "HTTPS"})  # GRPC/GRPCS/H2C: HTTP/2; FCGI: later
+NO_LABELS = ("-", "-", "-")
+
+
+class Proxy(NamedTuple):
+    """Forward to an HTTP/1.1 (or HTTPS) upstream."""
+
+    upstream: Upstream
+    target: bytes  # origin-form path and query for the upstream
+    host: bytes  # the Host header the upstream gets
+    limit: int  # request body limit in bytes (0: none)
+    primary: Address | None  # None: an ExternalName that must be resolved first
+    alternate: Address | None  # for one retry after a failed connect
+    route: Route | None
+    ctx: RequestCtx | None = None  # the route's policies (response and done hooks, headers)
+
+
+class Handoff(NamedTuple):
+    """The request needs a trio task (``reason`` says why); ``proxy`` as far as known."""
+
+    reason: str
+    proxy: Proxy | None
+
+
+class Pending(NamedTuple):
+    """A policy must wait: await ``defer.run()``, then ``resume(result)`` is the decision."""
+
+    defer: Defer
+    resume: Callable[[Answer | None], Decision]
+    ctx: RequestCtx
+
+
+Decision = Answer | Proxy | Handoff | Pending
+
+
+def absolute_authority(target: bytes) -> bytes | None:
+    """The authority of an absolute-form target (``http://a.test:8080/x`` → ``a.test:8080``)."""
+    lower = target[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = target[7:]
+    elif lower.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        return None
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        i = rest.find(sep)
+        if i != -1 and i < end:
+            end = i
+    authority = rest[:end].rpartition(b"@")[2]
+    return authority or None
+
+
+def decide(
+    table: RouteTable | None,
+    balancer: Balancer,
+    method: bytes,
+    target: bytes,
+    info: RequestInfo,
+    *,
+    tls: bool,
+    https_port: int,
+    labels: list[str],
+    client_ip: str = "",
+    now: float = 0.0,
+    tls_peer: object = None,
+) -> Decision:
+    """Decide; ``labels`` (host, ingress, service) is filled in for metrics as soon as known."""
+    if table is None:
+        return Answer(503, b"503 Service Unavailable\nno configuration yet\n")
+    path, query = normalize_target(target)
+    if target[:1] != b"/" and target != b"*":
+        authority = absolute_authority(target)
+        if authority is not None:
+            info.host = authority
+    match = table.match(info.host.decode("latin-1"), path)
+    route = match.route
+    if match.vhost is not None:
+        labels[0] = match.vhost.hostname
+    if route is None:
+        return _act(table, balancer, match.action, None, path, query, info, None)
+    labels[1] = route.ingress or "-"
+    labels[2] = route.service or "-"
+    if not tls and wants_https(route.policy):
+        location = redirect_location(info.host, target, path, https_port)
+        if location is not None:
+            return Answer(308, error_body(308), TEXT, ((b"location", location),))
+    compiled = table.policies(route)
+    if compiled is None:
+        return _act(table, balancer, match.action, route, path, query, info, None)
+    ctx = RequestCtx(
+        method=method, target=target, path=path, query=query, host=info.host, headers=info.headers,
+        client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer,
+    )
+    ctx.response_hooks = compiled.response
+    ctx.done_hooks = compiled.done
+    return _hooks(table, balancer, match.action, route, info, ctx, compiled, 0)
+
+
+def _hooks(  # noqa: PLR0917 (the state a deferred hook resumes with)
+    table: RouteTable,
+    balancer: Balancer,
+    action: Forward | Redirect | Respond | None,
+    route: Route,
+    info: RequestInfo,
+    ctx: RequestCtx,
+    compiled: Compiled,
+    start: int,
+) -> Decision:
+    index, result = run_request_hooks(ctx, compiled.request, start)
+    if isinstance(result, Answer):
+        return _with_headers(result, ctx)
+    if isinstance(result, Defer):
+
+        def resume(outcome: Answer | None) -> Decision:
+            if outcome is not None:
+                return _with_headers(outcome, ctx)
+            return _hooks(table, balancer, action, route, info, ctx, compiled, index + 1)
+
+        return Pending(result, resume, ctx)
+    return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled)
+
+
+def _with_headers(answer: Answer, ctx: RequestCtx) -> Answer:
+    """An answer of a policy, carrying the request's ``ctx`` (the data path runs its response
+    hooks on the answer's head, e.g. CORS headers on a 401, and its done hooks at the end)."""
+    return answer._replace(ctx=ctx)
+
+
+def _act(  # noqa: PLR0917 (the state of one decision)
+    table: RouteTable,
+    balancer: Balancer,
+    action: Forward | Redirect | Respond | None,
+    route: Route | None,
+    path: str,
+    query: str,
+    info: RequestInfo,
+    ctx: RequestCtx | None,
+    compiled: Compiled | None = None,
+) -> Decision:
+    if action is None:
+        return Answer(404, error_body(404), ctx=ctx)
+    if type(action) is Redirect:
+        assert isinstance(action, Redirect)
+        return Answer(action.status, error_body(action.status), TEXT,
+                      ((b"location", action.location.encode()),), ctx)
+    if type(action) is Respond:
+        assert isinstance(action, Respond)
+        return Answer(action.status, action.body.encode(), action.content_type.encode(), ctx=ctx)
+    assert isinstance(action, Forward)
+    if route is not None and route.policy.rewrite_target is not None:
+        path, query = rewrite(route, path, query)
+    limit = route.policy.max_body_size if route is not None else table.snapshot.settings.max_body_size
+    if limit and info.content_length is not None and info.content_length > limit:
+        raise BodyTooLarge(f"Content-Length {info.content_length} exceeds {limit}")
+    name = _backend(ctx, compiled, action) or balancer.pick_backend(action)
+    upstream = table.upstreams.get(name)
+    if upstream is None:
+        raise NoEndpoint(f"upstream {name} is not in the snapshot")
+    host = info.host
+    if upstream.host_override:
+        host = upstream.host_override.encode("latin-1", "replace")
+        if not valid_value(host):
+            raise UpstreamFailed(f"upstream {upstream.name}: invalid host override {host!r}")
+    if ctx is not None and ctx.upstream_headers:
+        info.headers.extend(ctx.upstream_headers)
+    up_target = (path + query).encode() if path != "*" else b"*"
+    if upstream.protocol in H2_PROTOCOLS:
+        return Handoff("http2-upstream", Proxy(upstream, up_target, host, limit, None, None, route, ctx))
+    if upstream.protocol not in _HTTP1_PROTOCOLS:
+        raise UpstreamFailed(f"upstream {name}: protocol {upstream.protocol} is not supported yet")
+    if upstream.external_name and not upstream.endpoints:
+        return Handoff("resolve", Proxy(upstream, up_target, host, limit, None, None, route, ctx))
+    addrs = balancer.ready(upstream)
+    if not addrs:
+        raise NoEndpoint(f"upstream {name} has no ready endpoint")
+    primary, alternate = pick_endpoint(balancer, upstream, addrs, ctx, compiled)
+    proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx)
+    if info.upgrade is not None:
+        return Handoff("upgrade", proxy)
+    return proxy
+
+
+def _backend(ctx: RequestCtx | None, compiled: Compiled | None, action: Forward) -> str | None:
+    if ctx is None or compiled is None or not compiled.backend:
+        return None
+    for hook in compiled.backend:
+        name = hook(ctx, action)
+        if name is not None:
+            ctx.backend_name = name
+            return name
+    return None
+
+
+def pick_endpoint(
+    balancer: Balancer,
+    upstream: Upstream,
+    addrs: tuple[Address, ...],
+    ctx: RequestCtx | None,
+    compiled: Compiled | None,
+) -> tuple[Address, Address | None]:
+    """(primary, alternate): a policy's choice (affinity, hashing), else round robin."""
+    if ctx is not None and compiled is not None:
+        for hook in compiled.select:
+            chosen = hook(ctx, upstream, addrs)
+            if chosen is not None:
+                return chosen
+    return balancer.pick(upstream.name, addrs)
+
+
+def explain_policies(compiled: Compiled | None) -> Sequence[str]:
+    """One line per policy of a route (for ``fastingress explain``)."""
+    if compiled is None:
+        return ()
+    return tuple(p.explain for p in compiled.policies if p.explain)
+
+
+__all__ = [
+    "NO_LABELS", "Answer", "Decision", "Handoff", "Pending", "Proxy", "VirtualHost", "absolute_authority",
+    "decide", "explain_policies", "pick_endpoint",
+]

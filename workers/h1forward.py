@@ -1,0 +1,439 @@
+"""Forwarding a request of a ``ClientConn`` to an HTTP/1.1 upstream and relaying the answer.
+
+The upstream side of ``workers.h1conn`` (see its theory of operation, step 3): a mix-in of
+``ClientConn``, split out to keep each part readable.  It acquires a pooled or new
+``UpstreamConn`` (one retry on the alternate endpoint after a failed connect, one retry on a
+fresh connection when a kept-alive one died before answering and no body byte went out),
+sends the head and streams the body with flow control both ways, relays the response with
+one client write per upstream read, and ends the exchange (the connection back to the pool,
+the next request, or a lingering close).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, NoReturn
+
+from fastingress.errors import (
+    BadRequest,
+    BodyTooLarge,
+    FastIngressError,
+    PeerError,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from workers.decide import Proxy
+from workers.heads import RequestInfo, add_forwarded, error_body, response_headers
+from workers.http1 import Body, RequestHead, ResponseHead, Signal
+from workers.llhttp import LocalProtocolError, ServerCodec
+from workers.loop import Core, Timed
+from workers.policy import RequestCtx
+from workers.tlspolicy import add_hsts
+from workers.upstream_tls import client_tls
+
+if TYPE_CHECKING:
+    from workers.h1pool import CorePool, UpstreamConn
+    from workers.state import Worker
+    from workers.transport import Transport
+
+log = logging.getLogger("fastingress.worker")
+
+SMALL_WRITE = 16384
+IDLE, CONNECT, EXCHANGE, WAIT, LINGER, CLOSED = range(6)  # ClientConn.state
+
+_INF = float("inf")
+_NEED_DATA = Signal.NEED_DATA
+_END = Signal.END
+
+
+class Forwarder(Timed):
+    """The forwarding half of ``workers.h1conn.ClientConn``, and the state of both halves."""
+
+    __slots__ = (
+        "alternate",
+        "body_sent",
+        "client_ip",
+        "codec",
+        "core",
+        "ctx",
+        "first",
+        "handoff",
+        "head",
+        "in_events",
+        "in_request",
+        "info",
+        "labels",
+        "limit",
+        "linger_until",
+        "method",
+        "pool",
+        "proxy",
+        "received",
+        "req_open",
+        "resp_started",
+        "retried",
+        "reused",
+        "state",
+        "status",
+        "t0",
+        "target",
+        "tls",
+        "tls_conn",
+        "transport",
+        "up",
+        "worker",
+        "writing_paused",
+    )
+
+    core: Core
+    worker: Worker
+    pool: CorePool
+    transport: Transport
+    codec: ServerCodec
+    client_ip: bytes
+    tls: str
+    state: int
+    ctx: RequestCtx | None
+    head: RequestHead | None
+    info: RequestInfo | None
+    proxy: Proxy | None
+    up: UpstreamConn | None
+    alternate: tuple[str, int] | None
+    req_open: bool
+    resp_started: bool
+    body_sent: bool
+    reused: bool
+    retried: bool
+    received: int
+    limit: int
+    status: int
+    writing_paused: bool
+    deadline: float
+
+    if TYPE_CHECKING:  # provided by ClientConn
+
+        def _answer(
+            self, status: int, body: bytes, content_type: bytes = ...,
+            extra: tuple[tuple[bytes, bytes], ...] = (), *, close: bool | None = None,
+        ) -> None: ...
+
+        def _finish(self, status: int) -> None: ...
+
+        def _linger(self) -> None: ...
+
+        def _next_cycle(self) -> None: ...
+
+        def _log_upstream_error(self, exc: FastIngressError) -> None: ...
+
+    # ---- forwarding ------------------------------------------------------------------
+
+    def _forward(self, proxy: Proxy, head: RequestHead, info: RequestInfo) -> None:
+        worker = self.worker
+        self.proxy = proxy
+        self.head = head
+        self.info = info
+        self.limit = proxy.limit
+        self.received = 0
+        self.body_sent = False
+        self.resp_started = False
+        self.retried = False
+        self.req_open = info.has_body
+        headers = info.headers
+        add_forwarded(
+            headers, info, host=proxy.host, client_ip=self.client_ip,
+            proto=b"https" if self.tls else worker.scheme_bytes,
+            port=worker.https_port_bytes if self.tls else worker.port_bytes,
+        )
+        if info.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        self.alternate = proxy.alternate
+        assert proxy.primary is not None
+        self._acquire(proxy.primary)
+
+    def _acquire(self, address: tuple[str, int], *, fresh: bool = False) -> None:
+        proxy = self.proxy
+        assert proxy is not None
+        upstream = proxy.upstream
+        tls = client_tls(upstream)
+        if not fresh:
+            conn = self.pool.take(address, tls)
+            if conn is not None:
+                self._send_request(conn, reused=True)
+                return
+        self.state = CONNECT
+        self.pool.connect(address, tls, upstream.name, self, upstream.connect_timeout)
+
+    def upstream_ready(self, conn: UpstreamConn) -> None:
+        self._send_request(conn, reused=False)
+
+    def upstream_failed(self, conn: UpstreamConn, exc: UpstreamFailed | UpstreamTimeout) -> None:
+        if self.state == CLOSED:
+            return
+        alternate = self.alternate
+        if alternate is not None and not self.body_sent:
+            self.alternate = None
+            self.worker.metrics.upstream_errors += 1
+            log.warning("%s; trying %s:%d", exc, *alternate)
+            self._acquire(alternate)
+            return
+        self._upstream_error(exc)
+
+    def _send_request(self, conn: UpstreamConn, *, reused: bool) -> None:
+        head = self.head
+        info = self.info
+        assert head is not None and info is not None
+        self.state = EXCHANGE
+        self.up = conn
+        self.reused = reused
+        conn.owner = self
+        conn.requests += 1
+        ucodec = conn.codec
+        target = self.proxy.target if self.proxy else head.target
+        data = ucodec.request_head(head.method, target, info.headers)
+        if not self.req_open:
+            conn.write(data + ucodec.end())
+            self._arm_read(conn)
+            return
+        conn.write(data)
+        codec = self.codec
+        if codec.waiting_for_100_continue:
+            self.transport.write(codec.informational(100, []))
+        self._forward_body()
+
+    def _forward_body(self) -> None:
+        """Move request body events from the client codec to the upstream, as far as flow
+        control allows."""
+        up = self.up
+        assert up is not None
+        codec = self.codec
+        ucodec = up.codec
+        out: list[bytes] = []
+        while True:
+            if up.writing_paused:
+                self._to_upstream(up, out)
+                self.transport.pause_reading()
+                self.core.set_deadline(up, self.core.now + self._upstream_send_timeout())
+                return
+            try:
+                ev = codec.next_event()
+            except PeerError as exc:
+                self._to_upstream(up, out)
+                self._client_body_error(exc)
+                return
+            if type(ev) is Body:
+                assert isinstance(ev, Body)
+                received = self.received = self.received + len(ev.data)
+                if self.limit and received > self.limit:
+                    self._to_upstream(up, out)
+                    self._client_body_error(BodyTooLarge(f"request body exceeds {self.limit} bytes"))
+                    return
+                out.append(ucodec.data(ev.data))
+                self.body_sent = True
+                continue
+            if ev is _END:
+                out.append(ucodec.end())
+                self._to_upstream(up, out)
+                self.req_open = False
+                self.deadline = _INF
+                self._arm_read(up)
+                return
+            if ev is _NEED_DATA:
+                self._to_upstream(up, out)
+                self.transport.resume_reading()
+                self.core.set_deadline(self, self.core.now + self.worker.settings.client_header_timeout)
+                return
+            self._to_upstream(up, out)
+            self._client_body_error(BadRequest("request body ended unexpectedly"))
+            return
+
+    @staticmethod
+    def _to_upstream(up: UpstreamConn, out: list[bytes]) -> None:
+        if out:
+            up.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _client_body_error(self, exc: PeerError) -> None:
+        """The request body broke (too large, malformed, the client left)."""
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.close()
+        self.req_open = True  # the request was not read whole: never reuse the connection
+        if self.resp_started or not self.codec.can_respond:
+            self.transport.abort()
+            return
+        self._answer(exc.status_hint, error_body(exc.status_hint), close=True)
+
+    def _upstream_send_timeout(self) -> float:
+        return self.proxy.upstream.send_timeout if self.proxy is not None else 60.0
+
+    def _arm_read(self, up: UpstreamConn) -> None:
+        proxy = self.proxy
+        self.core.set_deadline(up, self.core.now + (proxy.upstream.read_timeout if proxy else 60.0))
+
+    # ---- relaying the response -------------------------------------------------------
+
+    def upstream_readable(self, conn: UpstreamConn) -> None:
+        if conn is not self.up:
+            conn.close()
+            return
+        codec = self.codec
+        ucodec = conn.codec
+        out: list[bytes] = []
+        try:
+            while True:
+                ev = ucodec.next_event()
+                kind = type(ev)
+                if kind is Body:
+                    assert isinstance(ev, Body)
+                    out.append(codec.data(ev.data))
+                    continue
+                if ev is _NEED_DATA:
+                    break
+                if kind is ResponseHead:
+                    assert isinstance(ev, ResponseHead)
+                    if ev.status < 200:
+                        if ev.status == 101:
+                            _fail_upstream(conn, "switched protocols unasked")
+                        continue  # 100 Continue and friends: we speak for ourselves
+                    out.append(self._response_head(ev))
+                    continue
+                if ev is _END:
+                    out.append(codec.end())
+                    self._to_client(out)
+                    self._exchange_done()
+                    return
+                _fail_upstream(conn, "closed the connection mid-response")
+        except (UpstreamFailed, LocalProtocolError) as exc:
+            self._to_client(out)
+            if self._retryable(conn):
+                self._retry(conn)
+                return
+            err = exc if isinstance(exc, UpstreamFailed) else UpstreamFailed(
+                f"upstream {conn.label}: response cannot be relayed: {exc}")
+            self._upstream_error(err)
+            return
+        self._to_client(out)
+        if self.writing_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+            self.core.set_deadline(self, self.core.now + self._upstream_send_timeout())
+        if not self.req_open:
+            self._arm_read(conn)
+
+    def _response_head(self, ev: ResponseHead) -> bytes:
+        worker = self.worker
+        headers = response_headers(ev.headers, worker.server_header)
+        if self.tls and worker.hsts is not None:
+            add_hsts(headers, worker.hsts)
+        if self.ctx is not None:
+            self.ctx.respond(ev.status, headers)
+        if worker.draining or self.req_open:
+            headers.append((b"connection", b"close"))
+        self.status = ev.status
+        self.resp_started = True
+        return self.codec.response_head(ev.status, headers, ev.reason, trusted=True)
+
+    def _to_client(self, out: list[bytes]) -> None:
+        if not out:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+            return
+        total = 0
+        for b in out:
+            total += len(b)
+        if total <= SMALL_WRITE:
+            self.transport.write(b"".join(out))
+        else:
+            self.transport.writelines(out)
+
+    def _exchange_done(self) -> None:
+        up = self.up
+        self.up = None
+        worker = self.worker
+        if up is not None:
+            if self.req_open or worker.draining:
+                up.close()
+            else:
+                self.pool.release(up, worker.settings)
+        self._finish(self.status)
+        if self.req_open:  # the upstream answered before the request ended
+            self._linger()
+        elif self.codec.reusable and not worker.draining:
+            self._next_cycle()
+        else:
+            self.transport.close()
+
+    def _retryable(self, conn: UpstreamConn) -> bool:
+        return self.reused and conn.fresh is not False and not self.resp_started and not self.body_sent \
+            and not self.retried
+
+    def _retry(self, conn: UpstreamConn) -> None:
+        """A kept-alive connection died before answering: once more on a fresh one."""
+        self.retried = True
+        self.up = None
+        conn.close()
+        self._acquire(conn.key, fresh=True)
+
+    def upstream_lost(self, conn: UpstreamConn, exc: BaseException | None) -> None:
+        if conn is not self.up or self.state == CLOSED:
+            return
+        if self._retryable(conn):
+            self._retry(conn)
+            return
+        self._upstream_error(UpstreamFailed(f"upstream {conn.label}: connection lost: {exc or 'closed'}"))
+
+    def upstream_writable(self, conn: UpstreamConn) -> None:
+        if conn is self.up and self.req_open:
+            self._forward_body()
+
+    def upstream_timeout(self, conn: UpstreamConn) -> None:
+        if conn is not self.up:
+            conn.close()
+            return
+        proxy = self.proxy
+        what = "send" if conn.writing_paused else "read"
+        timeout = (proxy.upstream.send_timeout if what == "send" else proxy.upstream.read_timeout) \
+            if proxy else 0.0
+        self._upstream_error(UpstreamTimeout(f"upstream {conn.label}: {what} timed out after {timeout:g}s"))
+
+    def _upstream_error(self, exc: UpstreamFailed | UpstreamTimeout) -> None:
+        self.worker.metrics.upstream_errors += 1
+        self._log_upstream_error(exc)
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.close()
+        if self.resp_started:
+            self.transport.abort()  # the response started: all we can do is cut the connection
+            return
+        self.state = EXCHANGE
+        self._answer(exc.status_hint, error_body(exc.status_hint))
+
+
+    def _resolve(self, proxy: Proxy, head: RequestHead, info: RequestInfo) -> None:
+        """An ExternalName upstream: addresses from the DNS cache, or from a lookup task."""
+        self.state = WAIT
+        self.transport.pause_reading()
+        self.core.spawn(self._resolve_task, proxy, head, info)
+
+    async def _resolve_task(self, proxy: Proxy, head: RequestHead, info: RequestInfo) -> None:
+        upstream = proxy.upstream
+        try:
+            addrs = await self.worker.pool.resolve(upstream)
+        except UpstreamFailed as exc:
+            if self.state == WAIT:
+                self._upstream_error(exc)
+            return
+        if self.state != WAIT:
+            return
+        pairs = tuple((a, upstream.port) for a in addrs)
+        primary, alternate = self.worker.balancer.pick(upstream.name, pairs)
+        self._forward(proxy._replace(primary=primary, alternate=alternate), head, info)
+
+
+def _fail_upstream(conn: UpstreamConn, what: str) -> NoReturn:
+    raise UpstreamFailed(f"upstream {conn.label} {what}")
+
+
+__all__ = ["CLOSED", "CONNECT", "EXCHANGE", "IDLE", "LINGER", "SMALL_WRITE", "WAIT", "Forwarder"]

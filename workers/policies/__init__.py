@@ -1,0 +1,17 @@
+"""The per-route policy areas (see ``workers.policy``); ``COMPILERS`` lists them in the order their
+hooks run within a phase.
+
+Each area is a module with ``compile(route, snapshot) -> Sequence[Policy]`` that returns nothing
+for a route that does not use it.  To add one: write the module, add it here.
+"""
+
+from __future__ import annotations
+
+from workers.policies import forwarded
+from workers.policy import Compiler
+
+COMPILERS: tuple[Compiler, ...] = (
+    forwarded.compile,
+)
+
+__all__ = ["COMPILERS"]

@@ -1,0 +1,419 @@
+"""The forwarding half of a task-based ``Session`` (``workers.proxy``): acquire a pooled or new
+upstream connection, send the request (its body pumped by a second task), relay the response,
+and after a 101 relay raw bytes both ways (``copy_bytes``, also used by TLS passthrough).
+
+See ``workers.proxy`` for the theory of operation (steps 3 and 4).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from fastingress.errors import (
+    BadRequest,
+    BodyTooLarge,
+    FastIngressError,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from fastingress.snapshot.schema import GlobalSettings, Upstream
+from workers.decide import Proxy
+from workers.heads import RequestInfo, add_forwarded, response_headers
+from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
+from workers.policy import RequestCtx
+from workers.pool import UpstreamConn
+from workers.state import Worker
+from workers.tlspolicy import add_hsts
+from workers.upstream_tls import client_tls
+
+log = logging.getLogger("fastingress.worker")
+
+RECV_SIZE = 65536
+DEADLINE_SLACK = 0.05  # seconds
+_INF = float("inf")
+_now = trio.current_time
+
+# What the cycle's deadline currently guards.
+PH_HEAD = 0  # waiting for / reading a request head
+PH_CLIENT = 1  # reading the body from / writing the answer to the client
+PH_UPSTREAM = 2  # sending to / reading from the upstream
+
+_NEED_DATA = Signal.NEED_DATA
+_END = Signal.END
+
+
+def _arm(scope: trio.CancelScope, timeout: float) -> None:
+    """Set ``scope``'s deadline to now + ``timeout`` (an idle timeout for the next operation).
+
+    Moving a deadline costs a heap update in trio; consecutive operations of a request
+    usually want (almost) the same deadline, so a deadline at most ``DEADLINE_SLACK``
+    earlier than asked is kept: a timeout may fire up to that much early.
+    """
+    deadline = _now() + timeout
+    if not 0.0 <= deadline - scope.deadline <= DEADLINE_SLACK:
+        scope.deadline = deadline
+
+
+class _DeadConnection(Exception):
+    """A reused upstream connection closed before answering (retry it once)."""
+
+
+class _ClientGone(Exception):
+    """The client went away or timed out while its body was being read."""
+
+
+class SessionBase:
+    """A Session's state and its forwarding half (``workers.proxy.Session`` extends it)."""
+
+    __slots__ = (
+        "body_consumed",
+        "client_ip",
+        "codec",
+        "ctx",
+        "idle",
+        "in_request",
+        "labels",
+        "linger",
+        "method",
+        "phase",
+        "pump_done",
+        "pump_error",
+        "scope",
+        "status",
+        "stream",
+        "t0",
+        "target",
+        "tls",
+        "tls_peer",
+        "worker",
+    )
+
+    worker: Worker
+    stream: trio.abc.Stream
+    codec: ServerCodec
+    scope: trio.CancelScope
+    client_ip: bytes
+    tls: str
+    phase: int
+    status: int
+    body_consumed: int
+    pump_done: bool
+    pump_error: BaseException | None
+    ctx: RequestCtx | None
+    linger: bool
+
+    if TYPE_CHECKING:  # provided by Session
+
+        def finish_request(self, default_status: int) -> None: ...
+
+    # ---- forwarding ------------------------------------------------------------------
+
+    async def _forward(
+        self, head: RequestHead, info: RequestInfo, proxy: Proxy, settings: GlobalSettings
+    ) -> bool:
+        worker = self.worker
+        upstream = proxy.upstream
+        if proxy.primary is None:  # ExternalName: resolved here (cached per dns_ttl)
+            addrs = tuple((a, upstream.port) for a in await worker.pool.resolve(upstream))
+            primary, alternate = worker.balancer.pick(upstream.name, addrs)
+        else:
+            primary, alternate = proxy.primary, proxy.alternate
+        headers = info.headers
+        add_forwarded(
+            headers, info, host=proxy.host, client_ip=self.client_ip,
+            proto=b"https" if self.tls else worker.scheme_bytes,
+            port=worker.https_port_bytes if self.tls else worker.port_bytes,
+        )
+        if info.upgrade is not None:
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", info.upgrade))
+        if info.chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        target = proxy.target
+        limit = proxy.limit
+
+        conn, reused = await self._acquire(primary, alternate, upstream, settings)
+        self.body_consumed = 0
+        try:
+            while True:
+                try:
+                    keep = await self._exchange(
+                        conn, reused, method=head.method, target=target, headers=headers, info=info,
+                        upstream=upstream, limit=limit,
+                    )
+                except _DeadConnection:
+                    await trio.aclose_forcefully(conn.stream)
+                    if self.body_consumed:
+                        raise UpstreamFailed(
+                            f"upstream {upstream.name} closed a kept-alive connection"
+                        ) from None
+                    self.scope.deadline = _INF
+                    conn, reused = await self._acquire(conn.key, None, upstream, settings, fresh=True)
+                    continue
+                break
+        except BaseException:
+            await trio.aclose_forcefully(conn.stream)
+            raise
+        ucodec = conn.codec
+        if ucodec.reusable and not worker.draining:
+            await worker.pool.release(conn, settings.upstream_keepalive_connections,
+                                      settings.upstream_keepalive_requests)
+        elif not ucodec.switched:
+            await trio.aclose_forcefully(conn.stream)
+        return keep
+
+    async def _acquire(
+        self,
+        primary: tuple[str, int],
+        alternate: tuple[str, int] | None,
+        upstream: Upstream,
+        settings: GlobalSettings,
+        *,
+        fresh: bool = False,
+    ) -> tuple[UpstreamConn, bool]:
+        pool = self.worker.pool
+        tls = client_tls(upstream)  # None for cleartext; HTTPS: TLS inside connect
+        if not fresh:
+            conn = await pool.take(primary, settings.upstream_keepalive_timeout, tls)
+            if conn is not None:
+                return conn, True
+        self.phase = PH_CLIENT
+        self.scope.deadline = _INF  # connect has its own timeout
+        try:
+            return await pool.connect(primary, upstream.connect_timeout, tls, upstream.name), False
+        except (UpstreamFailed, UpstreamTimeout) as exc:
+            if alternate is None:
+                raise
+            self.worker.metrics.upstream_errors += 1
+            log.warning("upstream %s: %s; trying %s:%d", upstream.name, exc, *alternate)
+        conn = await pool.take(alternate, settings.upstream_keepalive_timeout, tls)
+        if conn is not None:
+            return conn, True
+        return await pool.connect(alternate, upstream.connect_timeout, tls, upstream.name), False
+
+    async def _exchange(
+        self,
+        conn: UpstreamConn,
+        reused: bool,
+        *,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        info: RequestInfo,
+        upstream: Upstream,
+        limit: int,
+    ) -> bool:
+        ucodec = conn.codec
+        conn.requests += 1
+        data = ucodec.request_head(method, target, headers, trusted=True)
+        has_body = info.has_body
+        if not has_body:
+            data += ucodec.end()
+        self.phase = PH_UPSTREAM
+        _arm(self.scope, upstream.send_timeout)
+        try:
+            await conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if reused:
+                raise _DeadConnection from None
+            raise UpstreamFailed(f"upstream {upstream.name}: send failed: {exc}") from None
+        if not has_body:
+            self.pump_done = True
+            return await self._relay(conn, reused, upstream)
+
+        self.pump_done = False
+        self.pump_error = None
+        err: BaseException | None = None
+        keep = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, conn, upstream, limit, nursery.cancel_scope)
+            try:
+                keep = await self._relay(conn, reused, upstream)
+            except (FastIngressError, _DeadConnection) as exc:
+                err = exc
+            nursery.cancel_scope.cancel()
+        pump_error = self.pump_error
+        if pump_error is not None and (err is None or isinstance(err, _DeadConnection)):
+            err = pump_error
+        if err is not None:
+            if isinstance(err, _ClientGone):
+                raise trio.BrokenResourceError("client went away") from None
+            raise err
+        return keep and self.pump_done
+
+    async def _pump(
+        self, conn: UpstreamConn, upstream: Upstream, limit: int, nursery_scope: trio.CancelScope
+    ) -> None:
+        """Stream the client's request body upstream (a task beside ``_relay``)."""
+        codec = self.codec
+        ucodec = conn.codec
+        stream = self.stream
+        ustream = conn.stream
+        client_timeout = self.worker.settings.client_header_timeout
+        received = 0
+        on_client = True
+        try:
+            with trio.CancelScope() as scope:
+                if codec.waiting_for_100_continue:
+                    _arm(scope, client_timeout)
+                    await stream.send_all(codec.informational(100, []))
+                while True:
+                    ev = codec.next_event()
+                    if ev is _NEED_DATA:
+                        on_client = True
+                        _arm(scope, client_timeout)
+                        data = await stream.receive_some(RECV_SIZE)
+                        codec.receive_data(data)
+                        continue
+                    if type(ev) is Body:
+                        assert isinstance(ev, Body)
+                        received += len(ev.data)
+                        self.body_consumed = received
+                        if limit and received > limit:
+                            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+                        out = ucodec.data(ev.data)
+                    elif ev is _END:
+                        out = ucodec.end()
+                    else:
+                        raise BadRequest("request body ended unexpectedly")
+                    if out:
+                        on_client = False
+                        _arm(scope, upstream.send_timeout)
+                        await ustream.send_all(out)
+                    if ev is _END:
+                        self.pump_done = True
+                        if self.phase == PH_UPSTREAM:
+                            _arm(self.scope, upstream.read_timeout)
+                        return
+            if scope.cancelled_caught:
+                self.pump_error = (
+                    _ClientGone() if on_client
+                    else UpstreamTimeout(f"upstream {upstream.name}: send timed out")
+                )
+        except FastIngressError as exc:
+            self.pump_error = exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.pump_error = (
+                _ClientGone() if on_client
+                else UpstreamFailed(f"upstream {upstream.name}: send failed: {exc}")
+            )
+        nursery_scope.cancel()
+
+    async def _relay(self, conn: UpstreamConn, reused: bool, upstream: Upstream) -> bool:
+        """Relay the upstream's response to the client; returns client keep-alive."""
+        ucodec = conn.codec
+        codec = self.codec
+        stream = self.stream
+        ustream = conn.stream
+        scope = self.scope
+        out: list[bytes] = []
+        got = False
+        skip = ucodec.nothing_buffered
+        while True:
+            if skip:
+                skip = False
+                ev: Event = _NEED_DATA
+            else:
+                ev = ucodec.next_event()
+            if ev is _NEED_DATA:
+                if out:
+                    self.phase = PH_CLIENT
+                    _arm(scope, upstream.send_timeout)
+                    await stream.send_all(b"".join(out))
+                    out.clear()
+                self.phase = PH_UPSTREAM
+                if got or self.pump_done:
+                    _arm(scope, upstream.read_timeout)
+                else:
+                    # Like nginx, the read timeout starts once the request is sent: the
+                    # pump arms it when the body is done (a slow upload is not a slow upstream).
+                    scope.deadline = _INF
+                try:
+                    data = await ustream.receive_some(RECV_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    if reused and not got:
+                        raise _DeadConnection from None
+                    raise UpstreamFailed(f"upstream {upstream.name}: read failed: {exc}") from None
+                if not data and reused and not got:
+                    raise _DeadConnection
+                got = True
+                ucodec.receive_data(data)
+                continue
+            kind = type(ev)
+            if kind is Body:
+                assert isinstance(ev, Body)
+                out.append(codec.data(ev.data))
+            elif kind is ResponseHead:
+                assert isinstance(ev, ResponseHead)
+                if ev.status < 200:
+                    if ev.status == 101:
+                        return await self._tunnel(conn, ev, out, upstream.read_timeout)
+                    continue  # 100 Continue and friends: we speak for ourselves
+                headers = response_headers(ev.headers, self.worker.server_header)
+                if self.tls and self.worker.hsts is not None:
+                    add_hsts(headers, self.worker.hsts)
+                if self.ctx is not None:
+                    self.ctx.respond(ev.status, headers)
+                if self.worker.draining or not self.pump_done:
+                    headers.append((b"connection", b"close"))
+                    self.linger = not self.pump_done
+                self.status = ev.status
+                out.append(codec.response_head(ev.status, headers, ev.reason, trusted=True))
+            elif ev is _END:
+                out.append(codec.end())
+                self.phase = PH_CLIENT
+                _arm(scope, upstream.send_timeout)
+                await stream.send_all(b"".join(out))
+                return codec.reusable
+            else:
+                raise UpstreamFailed(f"upstream {upstream.name} closed the connection mid-response")
+
+    async def _tunnel(
+        self, conn: UpstreamConn, ev: ResponseHead, out: list[bytes], read_timeout: float
+    ) -> bool:
+        """After a 101: copy raw bytes both ways until either side closes."""
+        codec = self.codec
+        headers = response_headers(ev.headers, self.worker.server_header, upgrade=True)
+        self.status = 101
+        out.append(codec.informational(101, headers, ev.reason))
+        out.append(conn.codec.trailing_data)
+        client_extra = codec.trailing_data
+        self.phase = PH_CLIENT
+        self.scope.deadline = _INF
+        self.finish_request(101)  # a tunnel is "done" as a request once it is established
+        await self.stream.send_all(b"".join(out))
+        ustream = conn.stream
+        if client_extra:
+            await ustream.send_all(client_extra)
+        # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
+        # from the upstream for that long closes it); a client may stay silent.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
+            nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
+        await trio.aclose_forcefully(ustream)
+        return False
+
+
+
+async def copy_bytes(
+    src: trio.abc.Stream, dst: trio.abc.Stream, tunnel: trio.CancelScope, idle_timeout: float = _INF
+) -> None:
+    """Copy bytes until EOF, an error or ``idle_timeout`` seconds without a byte from ``src``,
+    then cancel ``tunnel`` (the scope of both directions).  Upgrades and TLS passthrough."""
+    try:
+        with trio.CancelScope() as scope:
+            while True:
+                _arm(scope, idle_timeout)
+                data = await src.receive_some(RECV_SIZE)
+                if not data:
+                    break
+                await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    tunnel.cancel()
+
+
+__all__ = ["PH_CLIENT", "PH_HEAD", "PH_UPSTREAM", "RECV_SIZE", "SessionBase", "copy_bytes"]
