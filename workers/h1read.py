@@ -21,8 +21,9 @@ of time).  So ``Reader`` frames each message itself and hands llhttp nothing but
 
 Events (``RequestHead``/``ResponseHead``, ``Body``, ``Signal.END``) and errors go into one
 queue in order, so a complete message that precedes garbage is still delivered, as with h11.
-A new llhttp parser (0.3 µs) replaces one that did not finish its message cleanly (a head
-with a body, a HEAD answer, an upgrade); a keep-alive message without a body reuses it.
+llhttp also counts Content-Length bodies (fed without a callback), so that after a keep-alive
+message it may read the next head; a new parser (0.3 µs) replaces one that did not finish its
+message cleanly (a chunked body, a HEAD answer, an upgrade, ``Connection: close``).
 The codecs (``workers.llhttp``) supply the start-line grammar, the head checks and the
 framing decisions (``_check_start_line``, ``on_headers_complete``, ``_begin_body``).
 """
@@ -63,6 +64,7 @@ _CHUNK_LINE = re.compile(
 _FIELD_LINE = re.compile(TOKEN + rb":[ \t]*(?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff])*)?[ \t]*")
 _MAX_CHUNK_LINE = 4096
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+HTTP_VERSIONS = frozenset({b"1.1", b"1.0"})
 _SPECIAL = frozenset({*_FRAMING, b"connection", b"expect", b"upgrade"})
 
 
@@ -88,7 +90,9 @@ class Reader:
         "_proposal", "_rest", "_reuse", "_start", "_state", "_tail", "_trailer_bytes", "their_done",
     )
 
-    _line_prefix: ClassVar[re.Pattern[bytes]]
+    _line_prefix: ClassVar[re.Pattern[bytes]]  # what may begin a start line
+    _line_re: ClassVar[re.Pattern[bytes]]  # a start line
+    _version_group: ClassVar[int]  # the HTTP version in a ``_line_re`` match
 
     def __init__(self, limit: int) -> None:
         self._events: deque[Event | Error] = deque()
@@ -105,6 +109,7 @@ class Reader:
         self._left = 0
         self._trailer_bytes = 0
         self._pending: RequestHead | ResponseHead | None = None  # queued once llhttp accepted the head
+        self._start: re.Match[bytes] | None = None  # the start line of the head being read
         self._length: int | None = None  # framing of the message being read
         self._chunked = False
         self.their_done = False
@@ -124,7 +129,16 @@ class Reader:
         raise NotImplementedError
 
     def _begin_body(self, head: RequestHead | ResponseHead) -> None:
-        raise NotImplementedError
+        """The head was read: what follows, by its framing (``_length``, ``_chunked``)."""
+        length = self._length
+        if self._chunked:
+            self._state = CHUNK_SIZE
+        elif length:
+            self._state = LENGTH
+            self._left = length
+        else:
+            self._events.append(_END)
+            self._state = DONE
 
     def _reset_head(self) -> None:
         self._head_len = 0
@@ -132,7 +146,6 @@ class Reader:
         self._tail = b""  # the last bytes of the head so far (a CRLFCRLF across reads)
         self._headers: list[tuple[bytes, bytes]] = []
         self._msg_done = False  # llhttp completed the message (no body, per llhttp)
-        self._start: re.Match[bytes] | None = None
 
     # --- httptools callbacks --------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -163,14 +176,20 @@ class Reader:
                 body = data if pos == 0 and end == n else data[pos:end]
                 self._events.append(Body(body))
                 if self._reuse and state == LENGTH:
-                    self._feed_body(body)
+                    # llhttp counts a Content-Length body too (no callback), so that it may
+                    # read the next head: cheaper than a new parser when the body came along
+                    try:
+                        self._parser.feed_data(body)
+                    except httptools.HttpParserError:
+                        self._reuse = False
                 self._left -= end - pos
                 pos = end
                 if not self._left:
                     if state == LENGTH:
                         if not self._msg_done:
                             self._reuse = False
-                        self._end_message()
+                        self._events.append(_END)
+                        self._state = DONE
                     else:
                         self._state = CHUNK_END
             elif state == UNTIL_CLOSE:
@@ -215,7 +234,12 @@ class Reader:
             if not line:
                 j = data.find(b"\r\n", pos, stop)
                 if j >= 0:  # (the common case: the whole line in one read)
-                    err = self._check_start_line(data, pos, j)
+                    start = self._line_re.fullmatch(data, pos, j)
+                    if start is not None and start.group(self._version_group) in HTTP_VERSIONS:
+                        self._start = start
+                        err = None
+                    else:
+                        err = self._check_start_line(data, pos, j)
                 else:
                     err = self._hold_line(chunk, size)
                     if err is None:
@@ -265,14 +289,6 @@ class Reader:
         if not (clean or (self._state == LENGTH and self._parser.should_keep_alive())):
             self._reuse = False
         return end
-
-    def _feed_body(self, body: bytes) -> None:
-        """llhttp counts a Content-Length body too (no callback), so that it can read the
-        next head: cheaper than a new parser when the body comes with the head."""
-        try:
-            self._parser.feed_data(body)
-        except httptools.HttpParserError:
-            self._reuse = False
 
     def _hold_line(self, chunk: bytes | memoryview, size: int) -> PeerError | None:
         """Keep the start of a start line until it is whole (unless it cannot become valid)."""
@@ -380,16 +396,6 @@ class Reader:
         self._chunked = chunked
         return hosts, close, expect, upgrade
 
-    def _body(self) -> None:
-        length = self._length
-        if self._chunked:
-            self._state = CHUNK_SIZE
-        elif length:
-            self._state = LENGTH
-            self._left = length
-        else:
-            self._end_message()
-
     # --- the common interface -------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
@@ -439,6 +445,6 @@ class Reader:
 
 
 __all__ = [
-    "CHUNK_DATA", "CHUNK_END", "CHUNK_SIZE", "DONE", "FAILED", "HEAD", "LENGTH", "SWITCHED", "TOKEN",
-    "TRAILERS", "UNTIL_CLOSE", "Error", "Reader", "comma_tokens",
+    "CHUNK_DATA", "CHUNK_END", "CHUNK_SIZE", "DONE", "FAILED", "HEAD", "HTTP_VERSIONS", "LENGTH", "SWITCHED",
+    "TOKEN", "TRAILERS", "UNTIL_CLOSE", "Error", "Reader", "comma_tokens",
 ]

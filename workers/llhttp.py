@@ -40,7 +40,7 @@ import re
 import httptools
 
 from fastingress.errors import BadRequest, HeadersTooLarge, PeerError, UpstreamFailed
-from workers.h1read import HEAD, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
+from workers.h1read import HEAD, HTTP_VERSIONS, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
 from workers.h1write import LocalProtocolError, Writer, frame_head, reason_phrase, with_close
 from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, Signal
 
@@ -56,7 +56,6 @@ _STATUS_PREFIX = re.compile(
     rb"(?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9](?: (?:[0-9]{0,2}|[0-9]{3}(?: [\t \x21-\x7e\x80-\xff]*)?))?)?"
     rb")?)?)?)?)?)?)?\r?"
 )
-_HTTP_VERSIONS = frozenset({b"1.1", b"1.0"})
 _NO_BODY_STATUS = frozenset({204, 304})
 MAX_RESPONSE_HEAD = 16 * 1024
 
@@ -86,6 +85,8 @@ class ServerCodec(Reader):
         return BadRequest(f"malformed request: {message}", status_hint=status)
 
     _line_prefix = _REQUEST_PREFIX
+    _line_re = _REQUEST_LINE
+    _version_group = 3
 
     def _bad_start(self) -> PeerError:
         return self._error("malformed request line")
@@ -95,7 +96,7 @@ class ServerCodec(Reader):
         if start is None:
             return self._bad_start()
         version = start.group(3)
-        if version not in _HTTP_VERSIONS:
+        if version not in HTTP_VERSIONS:
             return self._error(f"HTTP/{version.decode()} is not supported", 505)
         return None
 
@@ -114,9 +115,6 @@ class ServerCodec(Reader):
         self._keep_alive = not close and version == b"1.1"
         self._expect = expect and version == b"1.1"
         self._proposal = upgrade
-
-    def _begin_body(self, head: RequestHead | ResponseHead) -> None:
-        self._body()
 
     def next_event(self) -> Event:
         events = self._events
@@ -232,6 +230,8 @@ class ClientCodec(Reader):
         return UpstreamFailed(f"bad response from upstream: {message}")
 
     _line_prefix = _STATUS_PREFIX
+    _line_re = _STATUS_LINE
+    _version_group = 1
 
     def _bad_start(self) -> PeerError:
         return self._error("malformed status line")
@@ -241,7 +241,7 @@ class ClientCodec(Reader):
         if start is None:
             return self._bad_start()
         version = start.group(1)
-        if version not in _HTTP_VERSIONS:
+        if version not in HTTP_VERSIONS:
             return self._error(f"HTTP/{version.decode()}")
         return None
 
@@ -274,7 +274,7 @@ class ClientCodec(Reader):
         if self._method == b"HEAD" or status in _NO_BODY_STATUS:
             self._end_message()
         elif self._chunked or self._length is not None:
-            self._body()
+            super()._begin_body(head)
         else:
             self._state = UNTIL_CLOSE
             close = True
@@ -332,7 +332,9 @@ class ClientCodec(Reader):
         if not self.reusable:
             raise LocalProtocolError("not in a reusable state")
         self._writer = Writer()
-        self._restart()
+        self.their_done = False
+        self._state = HEAD
+        self._reset_head()  # (nothing is buffered and no EOF came: see ``reusable``)
 
 
 __all__ = ["MAX_RESPONSE_HEAD", "ClientCodec", "LocalProtocolError", "ServerCodec", "reason_phrase"]
