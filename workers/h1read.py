@@ -327,7 +327,7 @@ class Reader:
             return self._fail(self._error("a line ends without CR"))
         whole = whole[:-1]
         if self._state == CHUNK_SIZE:
-            m = _CHUNK_LINE.fullmatch(whole)
+            m = _CHUNK_LINE.fullmatch(whole) if len(whole) <= _MAX_CHUNK_LINE else None
             if m is None:
                 return self._fail(self._error("bad chunk-size line"))
             self._left = int(m.group(1), 16)

@@ -17,14 +17,18 @@ same whichever codec wrote it:
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
-from workers.http1 import Headers
+from workers.http1 import Headers, valid_value
 
 _CHUNKED = b"chunked"
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _WATCHED = frozenset({*_FRAMING, b"connection", b"upgrade"})
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_REASON = re.compile(rb"[\t \x21-\x7e\x80-\xff]*")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
 
 # modes of a message we send
 _NONE = 0  # nothing started in this cycle
@@ -42,6 +46,17 @@ class LocalProtocolError(Exception):
 
 def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
+
+
+def check_fields(headers: Headers, reason: bytes = b"", target: bytes = b"/") -> None:
+    """What h11 checks in a message we send unless told it is trusted: field names are
+    tokens, values valid field values, a reason phrase or target has no CR, LF or NUL
+    (so that nothing from configuration can split a head)."""
+    for name, value in headers:
+        if _NAME.fullmatch(name) is None or not valid_value(value):
+            raise LocalProtocolError(f"invalid header field {name!r}: {value!r}")
+    if _REASON.fullmatch(reason) is None or _TARGET.fullmatch(target) is None:
+        raise LocalProtocolError("invalid reason phrase or request target")
 
 
 def frame_head(first_line: bytes, headers: Headers) -> bytes:
@@ -170,4 +185,4 @@ class Writer:
         return self._mode != _NONE
 
 
-__all__ = ["LocalProtocolError", "Writer", "frame_head", "reason_phrase", "with_close"]
+__all__ = ["LocalProtocolError", "Writer", "check_fields", "frame_head", "reason_phrase", "with_close"]

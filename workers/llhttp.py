@@ -41,7 +41,7 @@ import httptools
 
 from fastingress.errors import BadRequest, HeadersTooLarge, PeerError, UpstreamFailed
 from workers.h1read import HEAD, HTTP_VERSIONS, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
-from workers.h1write import LocalProtocolError, Writer, frame_head, reason_phrase, with_close
+from workers.h1write import LocalProtocolError, Writer, check_fields, frame_head, reason_phrase, with_close
 from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, Signal
 
 _END = Signal.END
@@ -56,6 +56,7 @@ _STATUS_PREFIX = re.compile(
     rb"(?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9](?: (?:[0-9]{0,2}|[0-9]{3}(?: [\t \x21-\x7e\x80-\xff]*)?))?)?"
     rb")?)?)?)?)?)?)?\r?"
 )
+_METHOD = re.compile(TOKEN)
 _NO_BODY_STATUS = frozenset({204, 304})
 MAX_RESPONSE_HEAD = 16 * 1024
 
@@ -144,6 +145,8 @@ class ServerCodec(Reader):
     ) -> bytes:
         if self._writer.started:
             raise LocalProtocolError("a response was already started")
+        if not trusted:
+            check_fields(headers, reason)
         self._expect = False
         self._proposal = False  # (declined, if there was one)
         version = self._version
@@ -163,6 +166,7 @@ class ServerCodec(Reader):
     def informational(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> bytes:
         if self._writer.started:
             raise LocalProtocolError("a response was already started")
+        check_fields(headers, reason)
         self._expect = False
         if status == 101:
             if not (self._proposal and self.their_done):
@@ -289,6 +293,10 @@ class ClientCodec(Reader):
     def request_head(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, trusted: bool = False
     ) -> bytes:
+        if not trusted:
+            check_fields(headers, target=target)
+            if not _METHOD.fullmatch(method):
+                raise LocalProtocolError(f"invalid method {method!r}")
         self._method = method
         writer = self._writer
         out, _ = writer.begin(headers, no_body=False, chunk_ok=True, request=True)

@@ -492,3 +492,43 @@ def test_response_head_limit() -> None:
     codec.end()
     codec.receive_data(b"HTTP/1.1 200 OK\r\nX: " + b"x" * 20000 + b"\r\nContent-Length: 0\r\n\r\n")
     assert drain(codec)[1:] == [Signal.END, Signal.NEED_DATA]
+
+
+@pytest.mark.parametrize("pieces", [1, 5000])
+def test_chunk_size_line_is_bounded(pieces: int) -> None:
+    line = b"3;" + b";".join(b"x%d=y" % i for i in range(1500)) + b"\r\nabc\r\n0\r\n\r\n"
+    codec = server(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    read_request(codec)
+    size = -(-len(line) // pieces)
+    for i in range(0, len(line), size):
+        codec.receive_data(line[i:i + size])
+    with pytest.raises(BadRequest):
+        drain(codec)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [([(b"x-a", b"1\r\nSet-Cookie: a=b")], b""), ([(b"x a", b"1")], b""), ([(b"x-a", b"a\x00")], b""),
+     ([], b"OK\r\nX: 1")],
+)
+def test_untrusted_fields_are_checked_as_h11_does(
+    headers: list[tuple[bytes, bytes]], reason: bytes
+) -> None:
+    codec = server()
+    drain(codec)
+    with pytest.raises(LocalProtocolError):
+        codec.response_head(200, headers, reason)
+    with pytest.raises(LocalProtocolError):
+        codec.informational(103, headers, reason)
+    assert codec.can_respond  # (nothing was started)
+    if headers:
+        with pytest.raises(LocalProtocolError):
+            ClientCodec().request_head(b"GET", b"/", [(b"host", b"h"), *headers])
+
+
+def test_untrusted_request_line_is_checked() -> None:
+    for method, target in [(b"GET", b"/a b"), (b"GET", b"/\r\nX: 1"), (b"G T", b"/")]:
+        with pytest.raises(LocalProtocolError):
+            ClientCodec().request_head(method, target, [(b"host", b"h")])
+    trusted = ClientCodec().request_head(b"GET", b"/a b", [(b"host", b"h")], trusted=True)
+    assert trusted.startswith(b"GET /a b ")  # (trusted: not checked, as with h11)
