@@ -12,7 +12,8 @@ same whichever codec wrote it:
   raises: the proxy's own answers to HEAD requests pass their body);
 * a request without Content-Length or chunked encoding has no body;
 * ``Connection: close`` (a single header, ``keep-alive`` dropped) when the connection will
-  not be reused.
+  not be reused;
+* fields not marked trusted are checked as h11 checks them (``check_fields``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ the I/O core uses it on the hot path, and ``--http1-codec h11`` selects the refe
 
 Message boundaries are ours, not llhttp's: ``workers.h1read`` frames the bodies, holds back
 pipelined bytes until the next cycle and feeds llhttp nothing but heads (see there why).
-Writing frames as h11 does (``workers.h1write``).
+Writing frames as h11 does (``workers.h1write``) and, unless the caller says the fields are
+trusted (parsed, or passed ``valid_value``), checks them as h11 does.
 
 Strictness: whatever h11 reads differently is refused, so that the two codecs agree or the
 request is answered with 4xx/5xx (``tests/unit/test_codec_differential.py`` checks this over
