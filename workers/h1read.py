@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httptools
 
@@ -90,6 +90,7 @@ class Reader:
         "_proposal", "_rest", "_reuse", "_start", "_state", "_tail", "_trailer_bytes", "their_done",
     )
 
+    _parser: Any  # httptools.HttpRequestParser / HttpResponseParser (None once released)
     _line_prefix: ClassVar[re.Pattern[bytes]]  # what may begin a start line
     _line_re: ClassVar[re.Pattern[bytes]]  # a start line
     _version_group: ClassVar[int]  # the HTTP version in a ``_line_re`` match
@@ -433,6 +434,12 @@ class Reader:
             self._process(data)
         if self._eof:
             self._on_eof()
+
+    def release(self) -> None:
+        """The connection ended: drop the parser (it refers back to us through its callbacks,
+        a cycle only the garbage collector could free)."""
+        self._parser = None
+        self._events.clear()
 
     @property
     def their_message_done(self) -> bool:

@@ -178,6 +178,17 @@ class Writer:
         return b""
 
     @property
+    def length_left(self) -> int | None:
+        """Body bytes still due under a Content-Length framing (None: another framing)."""
+        return self._left if self._mode == _LENGTH else None
+
+    def sent_elsewhere(self, n: int) -> None:
+        """``n`` body bytes went out without ``data`` (spliced by the kernel)."""
+        if self._mode != _LENGTH or n > self._left:
+            raise LocalProtocolError("spliced bytes do not fit the declared Content-Length")
+        self._left -= n
+
+    @property
     def done(self) -> bool:
         return self._mode == _DONE
 

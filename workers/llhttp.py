@@ -41,7 +41,7 @@ import re
 import httptools
 
 from fastingress.errors import BadRequest, HeadersTooLarge, PeerError, UpstreamFailed
-from workers.h1read import HEAD, HTTP_VERSIONS, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
+from workers.h1read import HEAD, HTTP_VERSIONS, LENGTH, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
 from workers.h1write import LocalProtocolError, Writer, check_fields, frame_head, reason_phrase, with_close
 from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, Signal
 
@@ -181,6 +181,15 @@ class ServerCodec(Reader):
 
     def end(self, trailers: Headers = ()) -> bytes:
         return self._writer.end(trailers)
+
+    @property
+    def body_left(self) -> int | None:
+        """Response body bytes still due under a Content-Length framing (None: another one)."""
+        return self._writer.length_left
+
+    def body_sent_elsewhere(self, n: int) -> None:
+        """``n`` response body bytes went to the client without ``data`` (spliced)."""
+        self._writer.sent_elsewhere(n)
 
     @property
     def reusable(self) -> bool:
@@ -336,6 +345,22 @@ class ClientCodec(Reader):
             self._writer.done and self.their_done and self._keep_alive and not self.switched
             and not self._rest and not self._eof
         )
+
+    @property
+    def body_left(self) -> int | None:
+        """Bytes of a Content-Length response body not received yet (None: another framing,
+        or no body in progress)."""
+        return self._left if self._state == LENGTH else None
+
+    def body_taken_elsewhere(self) -> None:
+        """The rest of the body (``body_left`` bytes) went from the socket straight to the
+        client (spliced): the message is complete without the parser seeing those bytes, so
+        the next response gets a fresh parser."""
+        if self._state != LENGTH:
+            raise LocalProtocolError("no Content-Length body in progress")
+        self._left = 0
+        self._reuse = False
+        self._end_message()
 
     def start_next_cycle(self) -> None:
         if not self.reusable:

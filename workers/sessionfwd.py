@@ -104,6 +104,8 @@ class SessionBase:
     pump_error: BaseException | None
     ctx: RequestCtx | None
     linger: bool
+    method: bytes
+    target: bytes
 
     if TYPE_CHECKING:  # provided by Session
 

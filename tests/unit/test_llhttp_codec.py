@@ -532,3 +532,51 @@ def test_untrusted_request_line_is_checked() -> None:
             ClientCodec().request_head(method, target, [(b"host", b"h")])
     trusted = ClientCodec().request_head(b"GET", b"/a b", [(b"host", b"h")], trusted=True)
     assert trusted.startswith(b"GET /a b ")  # (trusted: not checked, as with h11)
+
+
+# ---- bodies moved by the kernel (workers.splice) ------------------------------------------
+
+def test_spliced_body_completes_both_sides() -> None:
+    up = client()
+    up.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+    head = up.next_event()
+    assert isinstance(head, ResponseHead)
+    assert up.next_event() == Body(b"x" * 1000)
+    assert up.body_left == 99000
+    down = server()
+    drain(down)
+    down.response_head(200, [(b"content-length", b"100000")], trusted=True)
+    down.data(b"x" * 1000)
+    assert down.body_left == 99000
+    with pytest.raises(LocalProtocolError):
+        down.body_sent_elsewhere(99001)
+    down.body_sent_elsewhere(99000)
+    up.body_taken_elsewhere()
+    assert up.body_left is None
+    assert drain(up) == [Signal.END, Signal.NEED_DATA]
+    assert down.end() == b""
+    assert up.reusable and down.reusable
+    up.start_next_cycle()  # (a fresh parser reads the next answer)
+    up.request_head(b"GET", b"/", [(b"host", b"h")])
+    up.end()
+    up.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert drain(up)[1:] == [Signal.END, Signal.NEED_DATA]
+
+
+def test_body_left_only_for_content_length() -> None:
+    up = client()
+    up.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    drain(up)
+    assert up.body_left is None
+    with pytest.raises(LocalProtocolError):
+        up.body_taken_elsewhere()
+    down = server()
+    drain(down)
+    down.response_head(200, [])
+    assert down.body_left is None
+
+
+def test_release_drops_the_parser() -> None:
+    codec = server(GET + GET)
+    codec.release()
+    assert codec.next_event() is Signal.NEED_DATA
