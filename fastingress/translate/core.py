@@ -37,6 +37,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
     WeightedBackend,
 )
+from fastingress.translate import extra_hosts, http_emit
 from fastingress.translate.annotations import PREFIX, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
@@ -60,6 +61,7 @@ class _Merged:
         self.routes: dict[str, dict[tuple[str, str], tuple[PathRule, IngressPlan]]] = {}
         self.fallbacks: dict[str, IngressPlan] = {}
         self.tls: dict[str, tuple[str, IngressPlan, str]] = {}
+        self.extra: extra_hosts.Claims = extra_hosts.NO_CLAIMS  # server-alias, from-to-www-redirect
 
 
 def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
@@ -105,6 +107,7 @@ def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
                 )
     for plan in canaries:
         _orphan_canary(merged, plan, sink)
+    merged.extra = extra_hosts.claim((p for p in plans if not p.annotations.canary), merged.hosts, sink)
     return merged
 
 
@@ -157,9 +160,11 @@ class _Emitter:
         """(annotation key, why) for each access guard of ``plan`` that is not honoured;
         empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  The place
         to add checks that need the cluster (a guard's missing Secret, issue 9)."""
-        if self.options.unsafe_fail_open:
+        fail_open = self.options.unsafe_fail_open
+        custom_headers = http_emit.custom_headers_problem(self.cluster, plan, self.sink, fail_open)
+        if fail_open:
             return ()
-        return plan.annotations.closed
+        return plan.annotations.closed + custom_headers
 
     def action(self, backend: BackendRef, plan: IngressPlan) -> Action | None:
         """Forward to ``backend`` with ``plan``'s settings, or the fail-closed 503."""
@@ -193,6 +198,10 @@ class _Emitter:
             force_ssl_redirect=annotations.force_ssl_redirect,
             rewrite_target=annotations.rewrite_target,
             x_forwarded_prefix=annotations.x_forwarded_prefix,
+            cors=http_emit.cors(annotations.http),
+            headers=http_emit.header_rules(self.cluster, plan),
+            errors=http_emit.error_pages(self, plan),
+            redirects=http_emit.redirects(annotations.http),
         )
         return Route(
             path=rule.path,
@@ -374,6 +383,7 @@ def _translate(objects: Iterable[Mapping[str, Any]], options: TranslateOptions, 
     merged = _merge(plans, sink)
     emitter = _Emitter(cluster, options, sink)
     virtual_hosts = tuple(emitter.virtual_host(host, merged) for host in sorted(merged.hosts))
+    virtual_hosts = extra_hosts.emit(virtual_hosts, merged.extra, emitter.certificates)
     default_action = emitter.default_action(plans)
     settings = emitter.settings()
     upstreams = emitter.builder.upstreams

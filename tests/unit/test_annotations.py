@@ -14,7 +14,6 @@ from fastingress.translate.annotations import (
     PREFIX,
     REGISTRY,
     IngressAnnotations,
-    UpstreamSettings,
     access_directive,
     parse_annotations,
 )
@@ -29,8 +28,10 @@ SNIPPETS = (
 
 
 def test_registry_rows_are_consistent() -> None:
-    nested = ("upstream." + f for f in UpstreamSettings.__struct_fields__)
-    fields = {*IngressAnnotations.__struct_fields__, *nested}
+    fields = {*IngressAnnotations.__struct_fields__}
+    for outer in IngressAnnotations.__struct_fields__:  # nested Structs: upstream.x, http.x
+        inner = getattr(getattr(IngressAnnotations(), outer), "__struct_fields__", ())
+        fields.update(f"{outer}.{f}" for f in inner)
     for name, row in REGISTRY.items():
         assert name == name.strip().lower() and "/" not in name, name
         if row.status == "implemented":

@@ -114,10 +114,10 @@ def test_annotation_tables_are_disjoint_and_cover_the_corpus_favourites() -> Non
         "canary",
         "affinity",
         "auth-url",
-        "enable-cors",
     ):
         assert key in NOT_SUPPORTED
-    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target"):
+    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target",
+                "enable-cors"):
         assert key in IMPLEMENTED
 
 

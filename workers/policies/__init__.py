@@ -7,11 +7,16 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import forwarded
+from workers.policies import cors, errors, forwarded, headers, redirects
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
+    redirects.compile_app_root,  # REWRITE, in the template's order: app-root, CORS, redirect
+    cors.compile,
+    redirects.compile,
     forwarded.compile,
+    headers.compile,
+    errors.compile,
 )
 
 __all__ = ["COMPILERS"]
