@@ -78,10 +78,13 @@ ENDPOINT_SLICE = Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslice
 # Every type: Opaque ones are named by annotations.  The controller keeps only the Secrets
 # Ingresses reference (fastingress.k8s.secrets); the rest are dropped as they are decoded.
 SECRET = Resource("Secret", "v1", "secrets")
+# custom-headers (area http) names ConfigMaps; every one is held, as ingress-nginx's informer
+# does (unlike Secrets, they are few and hold no credentials).
+CONFIG_MAP = Resource("ConfigMap", "v1", "configmaps")
 LEASE = Resource("Lease", "coordination.k8s.io/v1", "leases")
 EVENT = Resource("Event", "v1", "events")
 
-WATCHED: tuple[Resource, ...] = (INGRESS_CLASS, INGRESS, SERVICE, ENDPOINT_SLICE, SECRET)
+WATCHED: tuple[Resource, ...] = (INGRESS_CLASS, INGRESS, SERVICE, ENDPOINT_SLICE, SECRET, CONFIG_MAP)
 
 
 @dataclass(frozen=True, slots=True)
