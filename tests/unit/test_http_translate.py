@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fastingress.explain import ExplainRequest, explain
 from fastingress.snapshot.codec import encode_json
 from fastingress.snapshot.schema import Certificate, Redirect, Route, VirtualHost
 from fastingress.translate import TranslateOptions, extra_hosts, translate
@@ -181,3 +182,20 @@ def test_www_redirect_gets_the_certificate_only_when_it_names_it() -> None:
     assert extra_hosts.emit((vhost,), claims, wildcard)[1].tls_secret == "default/tls"
     assert extra_hosts.emit((vhost,), claims, exact)[1].tls_secret is None
     assert extra_hosts.emit((vhost,), extra_hosts.NO_CLAIMS, exact) == (vhost,)
+
+
+def test_explain_shows_the_http_policies_and_their_rewrite_phase_answers() -> None:
+    objects = [*_cluster(), _ingress("moved", "moved.test", {"permanent-redirect": "https://n.test$request_uri"})]
+    snapshot = translate(objects).snapshot
+    moved = explain(snapshot, ExplainRequest("http://moved.test/a?b=1"))
+    assert (moved.outcome, moved.status, moved.location) == ("redirect", 301, "https://n.test/a?b=1")
+    assert any(p.name == "permanent-redirect" for p in moved.policies)
+    www = explain(snapshot, ExplainRequest("http://www.app.test/x/"))
+    assert (www.status, www.location) == (308, "http://app.test/x")
+    preflight = explain(snapshot, ExplainRequest(
+        "http://other.test/api", method="OPTIONS",
+        headers=(("Origin", "https://x.test"), ("Access-Control-Request-Method", "PUT")),
+    ))
+    assert (preflight.outcome, preflight.status) == ("respond", 204)
+    plain = explain(snapshot, ExplainRequest("http://alias.test/"))
+    assert plain.outcome == "forward" and any(p.name == "response headers" for p in plain.policies)

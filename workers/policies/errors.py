@@ -77,13 +77,15 @@ def compile(route: Route, snapshot: Snapshot) -> Sequence[Policy]:
     what = []
     if codes:
         what.append(
-            "custom-http-errors " + ",".join(str(c) for c in sorted(codes)) + f": answered by {where}"
+            ",".join(str(c) for c in sorted(codes)) + f" answered by {where}"
             + ("" if intercept_upstream else " (upstream answers kept: disable-proxy-intercept-errors)")
         )
     if errors.upstream is not None:
-        what.append(f"default-backend {errors.upstream} when the Service has no ready endpoint")
+        what.append(f"{errors.upstream} takes the requests when the Service has no ready endpoint")
+    name = "custom-http-errors" if codes else "default-backend"
     return (
         Policy(
-            CONTENT, intercept=intercept if codes else None, unavailable=unavailable, explain="; ".join(what)
+            CONTENT, intercept=intercept if codes else None, unavailable=unavailable,
+            explain=f"{name}: " + "; ".join(what),
         ),
     )
