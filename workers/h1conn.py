@@ -157,13 +157,14 @@ class ClientConn(Forwarder):
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.deadline = _INF
+        self.core.cancel_deadline(self)
         up = self.up
         if up is not None:
             self.up = None
             up.close()
         if self.in_request:
             self._finish(self.status or 499)
+        self.codec.release()  # (the parser refers back to the codec: no cycle for the GC)
         self.worker.closed(self)
 
     def writable(self) -> None:

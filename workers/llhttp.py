@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections import deque
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -183,6 +184,8 @@ class _Reader:
         "_parser", "_pending", "_trailers", "_until_close", "_url", "their_done",
     )
 
+    _parser: Any  # httptools.HttpRequestParser / HttpResponseParser (None once released)
+
     def __init__(self) -> None:
         self._events: deque[Event | _Error] = deque()
         self._headers: list[tuple[bytes, bytes]] = []
@@ -227,6 +230,12 @@ class _Reader:
     def on_message_complete(self) -> None:
         self._in_msg = False
         self._events.append(_END)
+
+    def release(self) -> None:
+        """The connection ended: drop the parser (it refers back to us through its callbacks,
+        a cycle only the garbage collector could free)."""
+        self._parser = None
+        self._events.clear()
 
     # --- feeding --------------------------------------------------------------------
     def feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser,

@@ -58,6 +58,27 @@ class StreamProtocol(Protocol):
     def writable(self) -> None: ...
 
 
+class _Gone:
+    """The protocol of a transport that ended (late callbacks go nowhere)."""
+
+    writing_paused = False
+
+    def data_received(self, data: memoryview | bytes) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def writable(self) -> None:
+        pass
+
+
+_GONE = _Gone()
+
+
 class Transport:
     """A plain TCP socket (see the module docstring)."""
 
@@ -271,7 +292,7 @@ class Transport:
             self.sock.shutdown(socket.SHUT_WR)
 
     def _close_socket(self) -> None:
-        self.core.remove(self.fd)
+        self.core.forget(self.fd)  # (closing the fd takes it out of the epoll set)
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -282,13 +303,16 @@ class Transport:
         self.reading = False
         if exc is not None:
             self._close_socket()
-        self.proto.connection_lost(exc)
+        proto = self.proto
+        self.proto = _GONE  # no cycle left: the pair is freed by reference counting, not the GC
+        proto.connection_lost(exc)
 
     def detach(self) -> socket.socket:
         """Leave the core: the socket (still open) goes to a trio task; no callback follows."""
         self.core.remove(self.fd)
         self._lost = True
         self.reading = False
+        self.proto = _GONE
         return self.sock
 
     @property

@@ -28,7 +28,8 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         m.write(
             tmp / "app.yaml",
             m.service("web"), m.endpoint_slice("web", [up.port]),
-            m.ingress("big", [("big.test", "/", "Prefix", "web")], annotations={NGINX + "proxy-body-size": "20m"}),
+            m.ingress("big", [("big.test", "/", "Prefix", "web")],
+                      annotations={NGINX + "proxy-body-size": "20m"}),
         )
         with run_fastingress(tmp, manifests=[tmp / "app.yaml"], extra=("--http1-codec", request.param)) as fi:
             yield fi
@@ -70,7 +71,8 @@ def test_upload_past_the_limit_reads_413_not_a_reset(proxy: Fastingress) -> None
 
 
 def _connect(fi: Fastingress, scheme: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", fi.http_port if scheme == "http" else fi.https_port), timeout=30)
+    port = fi.http_port if scheme == "http" else fi.https_port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     if scheme == "https":
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
