@@ -423,7 +423,7 @@ class Forwarder(Timed):
             return
         self.state = EXCHANGE
         ctx = self.ctx
-        if ctx is not None and ctx.intercept_hooks and not self.req_open:
+        if ctx is not None and ctx.intercept_hooks and not self.req_open and self.codec.their_message_done:
             fetch = ctx.intercept(exc.status_hint, None)
             if fetch is not None:
                 self._refetch(fetch)
@@ -434,7 +434,7 @@ class Forwarder(Timed):
         """The upstream's answer is replaced: drop it (and its connection), ask for another."""
         self.up = None
         conn.close()
-        if self.req_open:  # the client is still sending: answer the status, then linger
+        if self.req_open or not self.codec.their_message_done:  # still sending: answer it, then linger
             self._answer(fetch.status, error_body(fetch.status))
             return
         self._refetch(fetch)
@@ -444,7 +444,9 @@ class Forwarder(Timed):
         head = self.head
         info = self.info
         ctx = self.ctx
-        assert head is not None and info is not None and ctx is not None
+        if head is None or info is None or ctx is None:  # (never: the request is being forwarded)
+            self._answer(fetch.status, error_body(fetch.status))
+            return
         fresh = refetch_info(info)
         worker = self.worker
         decision = refetch(worker.table, worker.balancer, fetch, fresh, ctx, head.target)
@@ -453,6 +455,8 @@ class Forwarder(Timed):
 
     def _resolve(self, proxy: Proxy, head: RequestHead, info: RequestInfo) -> None:
         """An ExternalName upstream: addresses from the DNS cache, or from a lookup task."""
+        self.head = head  # (an error page replacing a failed lookup needs the request)
+        self.info = info
         self.state = WAIT
         self.transport.pause_reading()
         self.core.spawn(self._resolve_task, proxy, head, info)

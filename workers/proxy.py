@@ -335,6 +335,7 @@ class Session(SessionBase):
     # ---- routing ---------------------------------------------------------------------
 
     async def _handle(self, head: RequestHead) -> bool:
+        self.request = None
         worker = self.worker
         table = worker.table
         info = scan_request(head.headers)

@@ -274,3 +274,35 @@ async def test_errors_decide_raises_get_response_and_done_hooks(
         await trio.testing.wait_all_tasks_blocked()
         assert done == ["/nothing-ready"]
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["h11", "llhttp-session", "core"])
+async def test_a_failed_externalname_lookup_gets_the_error_page(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """custom-http-errors 502 on an ExternalName route whose lookup fails: the error backend
+    answers (the core's lookup runs in a task: the request must still be at hand)."""
+    monkeypatch.setattr(worker_harness, "MODE", mode)
+
+    async def resolve(name: str, port: int) -> tuple[str, ...]:
+        raise OSError("Name or service not known")
+
+    broken = Upstream("default/app:80", external_name="broken.example", port=80)
+    errors_up = Upstream("default/errors:0", endpoints=(Endpoint("10.0.0.7", 8080),))
+    snapshot = make_snapshot(upstream=broken, extra_upstreams=(errors_up,))
+    first = snapshot.virtual_hosts[0].routes[0]
+    pages = RoutePolicy(errors=ErrorPages(codes=(502,), upstream="default/errors:0"))
+    routes = (Route(first.path, first.path_type, first.action, ingress=first.ingress, service=first.service,
+                    policy=pages),)
+    snapshot = Snapshot(virtual_hosts=(VirtualHost("example.com", routes),), upstreams=snapshot.upstreams)
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream()
+        h = Harness(nursery, snapshot, up, resolve=resolve)
+        client = h.client()
+        resp = await client.request(target=b"/x?y=1")
+        assert resp.status == 200  # the error backend's own answer
+        assert up.requests[-1].address == ("10.0.0.7", 8080)
+        assert up.requests[-1].header(b"x-code") == b"502" and up.requests[-1].target == b"/?y=1"
+        assert (await client.request(target=b"/again")).status == 200  # the connection goes on
+        nursery.cancel_scope.cancel()
