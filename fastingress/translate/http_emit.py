@@ -82,9 +82,9 @@ def custom_headers(cluster: Cluster, plan: IngressPlan) -> tuple[tuple[tuple[str
     headers: list[tuple[str, str]] = []
     for key in sorted(k for k in data if isinstance(k, str)):
         value = data[key]
-        if not _HEADER_NAME_RE.match(key) or key.lower() in _FRAMING:
+        if not _HEADER_NAME_RE.fullmatch(key) or key.lower() in _FRAMING:
             return (), f"ConfigMap {namespace}/{name}: {key[:64]!r} is not a header name it may set"
-        if not isinstance(value, str) or not _HEADER_VALUE_RE.match(value):
+        if not isinstance(value, str) or not _HEADER_VALUE_RE.fullmatch(value):
             return (), f"ConfigMap {namespace}/{name}: the value of {key!r} is not a valid header value"
         headers.append((key, value))
     return tuple(headers), ""

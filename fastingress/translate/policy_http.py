@@ -65,9 +65,9 @@ def _nearest(word: str, choices: tuple[str, ...]) -> str:
 
 # ingress-nginx's corsOriginRegex (one entry), anchored.
 _ORIGIN_RE = re.compile(r"^(?:[a-z]+://(?:\*\.)?[A-Za-z0-9\-.]*(?::\d+)?|null)$")
-_METHODS_RE = re.compile(r"^(?:[A-Za-z]+,?\s?)+$")  # corsMethodsRegex
+_METHODS_RE = re.compile(r"^(?:[A-Za-z]+,? ?)+$")  # corsMethodsRegex (with spaces, not any \s)
 _HEADERS_RE = re.compile(r"^[A-Za-z0-9\-_, ]*$")  # parser.HeadersVariable
-_EXPOSE_RE = re.compile(r"^(?:(?:[A-Za-z0-9\-_]+|\*),?\s?)+$")  # corsExposeHeadersRegex
+_EXPOSE_RE = re.compile(r"^(?:(?:[A-Za-z0-9\-_]+|\*),? ?)+$")  # corsExposeHeadersRegex (likewise)
 
 
 def parse_cors_origins(value: str) -> tuple[str, ...]:
@@ -80,7 +80,7 @@ def parse_cors_origins(value: str) -> tuple[str, ...]:
             continue
         if origin == "*":
             return ("*",)
-        if _ORIGIN_RE.match(origin) and origin.count("*") <= 1:
+        if _ORIGIN_RE.fullmatch(origin) and origin.count("*") <= 1:
             if origin.lower() not in kept:
                 kept.append(origin.lower())
         else:
@@ -98,21 +98,21 @@ def parse_cors_origins(value: str) -> tuple[str, ...]:
 
 def parse_cors_methods(value: str) -> str:
     text = value.strip()
-    if not _METHODS_RE.match(text):
+    if not _METHODS_RE.fullmatch(text):
         raise ValueError("expected a comma-separated list of methods like GET, POST")
     return text
 
 
 def parse_cors_headers(value: str) -> str:
     text = value.strip()
-    if not text or not _HEADERS_RE.match(text):
+    if not text or not _HEADERS_RE.fullmatch(text):
         raise ValueError("expected a comma-separated list of header names")
     return text
 
 
 def parse_cors_expose(value: str) -> str:
     text = value.strip()
-    if not _EXPOSE_RE.match(text):
+    if not _EXPOSE_RE.fullmatch(text):
         raise ValueError("expected a comma-separated list of header names (or *)")
     return text
 
@@ -133,7 +133,7 @@ _SCHEME_RE = re.compile(r"^https?://[^/?#]+", re.IGNORECASE)
 def parse_redirect_url(value: str) -> str:
     """A redirect target: ``http(s)://...`` or a path, with supported nginx variables."""
     text = value.strip()
-    if not _URL_CHARS_RE.match(text):
+    if not _URL_CHARS_RE.fullmatch(text):
         raise ValueError("expected a URL without spaces or control characters")
     for match in VARIABLE_RE.finditer(text):
         name = match.group(1) or match.group(3)
@@ -170,7 +170,7 @@ _APP_ROOT_RE = re.compile(r"^/[\-._~A-Za-z0-9/:$]*$")  # parser.RegexPathWithCap
 
 def parse_app_root(value: str) -> str:
     text = value.strip()
-    if not _APP_ROOT_RE.match(text) or text.startswith("//"):
+    if not _APP_ROOT_RE.fullmatch(text) or text.startswith("//"):
         raise ValueError("expected a path such as /app (not a URL)")
     return text
 
@@ -187,7 +187,7 @@ def parse_server_alias(value: str) -> tuple[str, ...]:
         name = entry.strip().lower().rstrip(".")
         if not name:
             continue
-        if _ALIAS_RE.match(name) and len(name) <= 253:
+        if _ALIAS_RE.fullmatch(name) and len(name) <= 253:
             kept.add(name)
         else:
             bad.append(entry.strip())
@@ -209,7 +209,7 @@ def parse_object_ref(value: str) -> str:
     """A ConfigMap as ``namespace/name`` or ``name`` (the Ingress's namespace)."""
     text = value.strip()
     namespace, slash, name = text.rpartition("/")
-    if not _NAME_RE.match(name) or (slash and not _NAME_RE.match(namespace)):
+    if not _NAME_RE.fullmatch(name) or (slash and not _NAME_RE.fullmatch(namespace)):
         raise ValueError("expected namespace/name of a ConfigMap")
     return text
 
@@ -222,7 +222,7 @@ def parse_redirect_rewrite(value: str) -> str:
     text = value.strip()
     if text.lower() in ("off", "default"):
         return ""
-    if not _REWRITE_CHARS_RE.match(text):
+    if not _REWRITE_CHARS_RE.fullmatch(text):
         raise ValueError("expected a URL (prefix) without spaces")
     return text
 
@@ -232,7 +232,7 @@ def parse_cookie_rewrite(value: str) -> tuple[str, str] | None:
     parts = value.split()
     if len(parts) == 1 and parts[0].lower() == "off":
         return None
-    if len(parts) != 2 or not all(_REWRITE_CHARS_RE.match(p) and ";" not in p for p in parts):
+    if len(parts) != 2 or not all(_REWRITE_CHARS_RE.fullmatch(p) and ";" not in p for p in parts):
         raise ValueError('expected "off" or two words: the value to replace and its replacement')
     return parts[0], parts[1]
 
@@ -281,10 +281,10 @@ _SERVICE_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 def parse_service_name(value: str) -> str:
     """``default-backend``: a Service in the Ingress's namespace (its first port is used)."""
     text = value.strip()
-    if _SERVICE_RE.match(text):
+    if _SERVICE_RE.fullmatch(text):
         return text
     _, slash, name = text.partition("/")
-    if slash and _SERVICE_RE.match(name):
+    if slash and _SERVICE_RE.fullmatch(name):
         raise Refused("expected the name of a Service in the Ingress's namespace (no namespace/)", name)
     raise ValueError("expected the name of a Service in the Ingress's namespace")
 

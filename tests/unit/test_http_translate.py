@@ -199,3 +199,17 @@ def test_explain_shows_the_http_policies_and_their_rewrite_phase_answers() -> No
     assert (preflight.outcome, preflight.status) == ("respond", 204)
     plain = explain(snapshot, ExplainRequest("http://alias.test/"))
     assert plain.outcome == "forward" and any(p.name == "response headers" for p in plain.policies)
+
+
+def test_values_that_would_split_a_header_are_refused() -> None:
+    for parse, bad in ((http.parse_cors_methods, "GET,\nPOST"), (http.parse_cors_expose, "X-A,\r\nX-B"),
+                       (http.parse_cors_headers, "X-A\nX-B"),
+                       (http.parse_redirect_url, "https://x.test/\nSet-Cookie")):
+        with pytest.raises(ValueError):
+            parse(bad)
+    objects = _cluster()
+    objects[1] = {**objects[1], "data": {"X-Frame-Options": "DENY\n"}}
+    result = translate(objects)
+    assert any("'X-Frame-Options' is not a valid header value" in d.message for d in result.diagnostics)
+    app = next(v for v in result.snapshot.virtual_hosts if v.hostname == "app.test")
+    assert app.routes[0].action.status == 503  # type: ignore[union-attr]

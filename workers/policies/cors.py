@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 
 from fastingress.snapshot.schema import Cors, Route, Snapshot
+from workers.http1 import valid_value
 from workers.policy import REWRITE, Answer, Policy, RequestCtx
 
 _ORIGIN = b"origin"
@@ -43,6 +44,8 @@ def origin_pattern(origins: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def _fixed(cors: Cors) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every allowed answer gets (values translation checked; a hand-made snapshot's
+    bad ones are left out)."""
     headers = []
     if cors.allow_credentials:
         headers.append((b"access-control-allow-credentials", b"true"))
@@ -51,7 +54,7 @@ def _fixed(cors: Cors) -> tuple[tuple[bytes, bytes], ...]:
     if cors.expose_headers:
         headers.append((b"access-control-expose-headers", cors.expose_headers.encode()))
     headers.append((b"access-control-max-age", b"%d" % cors.max_age))
-    return tuple(headers)
+    return tuple((name, value) for name, value in headers if valid_value(value))
 
 
 def compile(route: Route, snapshot: Snapshot) -> Sequence[Policy]:

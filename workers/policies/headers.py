@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fastingress.snapshot.schema import HeaderRules, Route, Snapshot
+from workers.http1 import valid_value
 from workers.policy import CONTENT, Policy, RequestCtx
 
 Rewrite = Callable[[bytes], bytes]
@@ -95,7 +96,10 @@ def compile(route: Route, snapshot: Snapshot) -> Sequence[Policy]:
 
 
 def _response_policy(rules: HeaderRules) -> Policy:
-    custom = tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in rules.response)
+    custom = tuple(
+        (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in rules.response
+        if valid_value(v.encode("latin-1", "replace"))  # (translation checks them; a hand-made snapshot?)
+    )
     custom_names = frozenset(name for name, _ in custom)
     redirect = redirect_rewriter(rules.redirect_from, rules.redirect_to) if rules.redirect_from else None
     cookies = cookie_rewriter(rules.cookie_domain, rules.cookie_path) \
