@@ -57,6 +57,7 @@ from workers.linger import LINGERING_TIME, LINGERING_TIMEOUT
 from workers.llhttp import ServerCodec
 from workers.loop import Core
 from workers.policy import RequestCtx
+from workers.splice import Splicer
 
 if TYPE_CHECKING:
     from workers.h1pool import CorePool, UpstreamConn
@@ -129,6 +130,7 @@ class ClientConn(Forwarder):
         self.received = 0
         self.limit = 0
         self.linger_until = 0.0
+        self.splicer: Splicer | None = None
         worker.opened(self)
         core.set_deadline(self, core.now + worker.settings.client_header_timeout)
 
@@ -158,6 +160,9 @@ class ClientConn(Forwarder):
             return
         self.state = CLOSED
         self.core.cancel_deadline(self)
+        if self.splicer is not None:
+            self.splicer.close()
+            self.splicer = None
         up = self.up
         if up is not None:
             self.up = None

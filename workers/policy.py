@@ -81,7 +81,8 @@ class RequestCtx:
 
     __slots__ = (
         "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "intercept_hooks", "method",
-        "now", "path", "query", "response_headers", "response_hooks", "route", "state", "target", "tls",
+        "now", "path", "query", "response_headers", "response_hooks", "route", "splice_ok", "state", "target",
+        "tls",
         "tls_peer", "upstream_headers", "vhost",
     )
 
@@ -119,6 +120,7 @@ class RequestCtx:
         self.done_hooks: tuple[DoneHook, ...] = ()
         self.intercept_hooks: tuple[InterceptHook, ...] = ()  # emptied once a Refetch is under way
         self.backend_name: str | None = None  # set by a backend hook (canary)
+        self.splice_ok = True  # False: a policy paces or reads the response body (no kernel splice)
         self.state: dict[str, object] = {}  # per-request scratch space of the hooks
         self._cookies: dict[str, str] | None = None
 

@@ -62,7 +62,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide, refetch, refetch_info
-from workers.h2upstream import forward_h2
+from workers.h2forward import forward_h2
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import Event, RequestHead, ServerCodec, Signal
 from workers.linger import linger

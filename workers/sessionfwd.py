@@ -114,6 +114,8 @@ class SessionBase:
     ctx: RequestCtx | None
     linger: bool
     request: tuple[RequestHead, RequestInfo] | None  # the request being forwarded (error pages)
+    method: bytes
+    target: bytes
 
     if TYPE_CHECKING:  # provided by Session
 

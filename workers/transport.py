@@ -31,7 +31,7 @@ import logging
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from OpenSSL import SSL
@@ -83,8 +83,8 @@ class Transport:
     """A plain TCP socket (see the module docstring)."""
 
     __slots__ = (
-        "_closing", "_lost", "_shut", "_wbuf", "_wlen", "core", "fd", "proto", "read_pending", "reading",
-        "sock",
+        "_closing", "_lost", "_shut", "_wbuf", "_wlen", "core", "fd", "proto", "raw", "read_pending",
+        "reading", "sock",
     )
 
     def __init__(self, core: Core, sock: socket.socket, proto: StreamProtocol | None = None) -> None:
@@ -99,6 +99,8 @@ class Transport:
         self._closing = False
         self._shut = False
         self._lost = False
+        # raw(events): readiness goes there instead (the kernel moves the bytes: a splice)
+        self.raw: Callable[[int], None] | None = None
 
     # ---- events ----------------------------------------------------------------------
 
@@ -107,6 +109,9 @@ class Transport:
         self.core.add(self.fd, self)
 
     def on_event(self, events: int) -> None:
+        if self.raw is not None:
+            self.raw(events)
+            return
         if events & EPOLLOUT and self._wbuf:
             self._flush()
         if events & INPUT_EVENTS and not self._lost:

@@ -77,6 +77,14 @@ class Stack:
             m.ingress("star", [("star.test", "/", "Prefix", "echo")], annotations={
                 P + "enable-cors": "true", P + "cors-allow-credentials": "false",
             }),
+            # CORS with basic auth: the preflight (no credentials) is answered before the access
+            # check; the 401 of the access check carries the CORS headers (the browser can read it).
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: users, namespace: default}\ntype: Opaque\n"
+            "stringData: {auth: 'alice:{PLAIN}wonderland'}\n",
+            m.ingress("cors-auth", [("auth.test", "/", "Prefix", "echo")], annotations={
+                P + "enable-cors": "true", P + "cors-allow-origin": "https://app.example.com",
+                P + "auth-type": "basic", P + "auth-secret": "users",
+            }),
         ]
 
     @staticmethod
@@ -215,6 +223,15 @@ def test_cors(stack: Stack) -> None:
         r = client.options("/", headers={"Host": "star.test", "Origin": "https://x.test"})
         assert r.status_code == 200 and r.json()["method"] == "OPTIONS"
         assert r.headers["access-control-allow-origin"] == "*"
+        # With basic auth: the preflight never needs credentials; the 401 is readable cross-origin.
+        origin = {"Host": "auth.test", "Origin": "https://app.example.com"}
+        r = client.options("/private", headers={**origin, "Access-Control-Request-Method": "GET"})
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        r = client.get("/private", headers=origin)
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert r.headers["access-control-allow-credentials"] == "true"
+        r = client.get("/private", headers=origin, auth=("alice", "wonderland"))
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
 
 
 async def test_cors_preflight_over_http2(stack: Stack) -> None:
