@@ -49,7 +49,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Decided, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import RequestHead, Signal
@@ -77,7 +77,8 @@ _CLOSED = Signal.CLOSED
 
 
 # handoff(kind, conn, arg): give the connection to a trio task; kind "session" (arg: the
-# request head, served by a Session with this codec) or "h2" (arg: the bytes read so far).
+# request head and the Decided to carry out, or None; served by a Session with this codec)
+# or "h2" (arg: the bytes read so far).
 HandoffFn = Callable[[str, "ClientConn", object], None]
 
 
@@ -272,7 +273,7 @@ class ClientConn(Forwarder):
                               tls=bool(self.tls), https_port=worker.https_port, labels=self.labels,
                               client_ip=self.client_ip.decode(), now=self.core.now, tls_peer=self.tls_conn)
         except FastIngressError as exc:
-            self._fail(exc)
+            self._fail_decided(exc)
             return
         self._decided(decision, head, info)
 
@@ -292,7 +293,7 @@ class ClientConn(Forwarder):
             self.ctx = decision.proxy.ctx
             self._resolve(decision.proxy, head, info)
         else:
-            self._hand_over(head)
+            self._hand_over(head, Decided(decision, info, (self.labels[0], self.labels[1], self.labels[2])))
 
     async def _wait_for_policy(self, pending: Pending, head: RequestHead, info: RequestInfo) -> None:
         """A policy waits (an auth subrequest): in a task; the request resumes in the core."""
@@ -303,7 +304,7 @@ class ClientConn(Forwarder):
         try:
             decision = pending.resume(result)
         except FastIngressError as exc:
-            self._fail(exc)
+            self._fail_decided(exc)
             return
         self._decided(decision, head, info)
 
@@ -351,6 +352,12 @@ class ClientConn(Forwarder):
             self._log_upstream_error(exc)
         close = True if isinstance(exc, (BadRequest, BodyTooLarge)) else None
         self._answer(exc.status_hint, error_body(exc.status_hint), close=close)
+
+    def _fail_decided(self, exc: FastIngressError) -> None:
+        """``decide`` raised: answer with the route's policies, if it has some (``exc.ctx``)."""
+        if isinstance(exc.ctx, RequestCtx):
+            self.ctx = exc.ctx
+        self._fail(exc)
 
     def _log_upstream_error(self, exc: FastIngressError) -> None:
         route = self.proxy.route if self.proxy is not None else None
@@ -411,7 +418,7 @@ class ClientConn(Forwarder):
 
     # ---- handing over to tasks ----------------------------------------------------
 
-    def _hand_over(self, head: RequestHead) -> None:
+    def _hand_over(self, head: RequestHead, decided: Decided | None = None) -> None:
         """Serve the rest of this connection in a Session task (Upgrade, HTTP/2 upstream)."""
         if self.transport.write_buffered:
             # Our last answer is still queued: not before it is out (rare; pipelining only).
@@ -422,7 +429,7 @@ class ClientConn(Forwarder):
         self.in_request = False
         self.worker.closed(self)
         assert self.handoff is not None
-        self.handoff("session", self, head)
+        self.handoff("session", self, (head, decided))
 
     def _handoff_h2(self, initial: bytes) -> None:
         self.state = CLOSED

@@ -9,6 +9,12 @@ connect, a broken or invalid response head, a read timeout or a response status 
 sends the head and streams the body with flow control both ways, relays the response with
 one client write per upstream read, and ends the exchange (the connection back to the pool,
 the next request, or a lingering close).
+
+A route's policies may intercept the response head before anything of it is sent, or an
+upstream failure before we answer it (``RequestCtx.intercept``: custom-http-errors): the
+upstream connection is closed, and the answer comes from the error backend instead
+(``_refetch``: ``workers.decide.refetch``, then the usual forwarding); while the client is
+still sending its body, the intercepted status is answered by us (the body is not replayed).
 """
 
 from __future__ import annotations
@@ -24,12 +30,12 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from workers.decide import Proxy
+from workers.decide import Decision, Proxy, refetch, refetch_info
 from workers.heads import RequestInfo, add_forwarded, error_body, response_headers
 from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
-from workers.policy import RequestCtx
+from workers.policy import Refetch, RequestCtx
 from workers.retry import (
     CONNECT_ERROR,
     CONNECT_TIMEOUT,
@@ -137,6 +143,8 @@ class Forwarder(Timed):
 
         def _finish(self, status: int) -> None: ...
 
+        def _decided(self, decision: Decision, head: RequestHead, info: RequestInfo) -> None: ...
+
         def _linger(self) -> None: ...
 
         def _next_cycle(self) -> None: ...
@@ -213,7 +221,7 @@ class Forwarder(Timed):
         conn.requests += 1
         ucodec = conn.codec
         target = self.proxy.target if self.proxy else head.target
-        data = ucodec.request_head(head.method, target, info.headers)
+        data = ucodec.request_head(head.method, target, info.headers, trusted=True)
         if not self.req_open:
             conn.write(data + ucodec.end())
             self._arm_read(conn)
@@ -324,6 +332,12 @@ class Forwarder(Timed):
                             STATUS, UpstreamFailed(f"upstream {conn.label} answered {ev.status}"),
                             status=ev.status):
                         return  # proxy-next-upstream http_NNN: this answer is dropped
+                    ctx = self.ctx
+                    if ctx is not None and ctx.intercept_hooks:
+                        fetch = ctx.intercept(ev.status, ev.headers)
+                        if fetch is not None:  # custom-http-errors: nothing of it goes out
+                            self._intercepted(conn, fetch)
+                            return
                     out.append(self._response_head(ev))
                     continue
                 if ev is _END:
@@ -339,7 +353,7 @@ class Forwarder(Timed):
                 return
             err = exc if isinstance(exc, UpstreamFailed) else UpstreamFailed(
                 f"upstream {conn.label}: response cannot be relayed: {exc}")
-            if self.retry is None or not self._next_upstream(failure_kind(err), err):
+            if self.retry is None or not self._next_upstream(failure_kind(conn, err), err):
                 self._upstream_error(err)
             return
         self._to_client(out)
@@ -509,11 +523,41 @@ class Forwarder(Timed):
             self.transport.abort()  # the response started: all we can do is cut the connection
             return
         self.state = EXCHANGE
+        ctx = self.ctx
+        if ctx is not None and ctx.intercept_hooks and not self.req_open and self.codec.their_message_done:
+            fetch = ctx.intercept(exc.status_hint, None)
+            if fetch is not None:
+                self._refetch(fetch)
+                return
         self._answer(exc.status_hint, error_body(exc.status_hint))
+
+    def _intercepted(self, conn: UpstreamConn, fetch: Refetch) -> None:
+        """The upstream's answer is replaced: drop it (and its connection), ask for another."""
+        self.up = None
+        conn.close()
+        if self.req_open or not self.codec.their_message_done:  # still sending: answer it, then linger
+            self._answer(fetch.status, error_body(fetch.status))
+            return
+        self._refetch(fetch)
+
+    def _refetch(self, fetch: Refetch) -> None:
+        """Forward the body-less request for ``fetch`` (or answer it ourselves)."""
+        head = self.head
+        info = self.info
+        ctx = self.ctx
+        if head is None or info is None or ctx is None:  # (never: the request is being forwarded)
+            self._answer(fetch.status, error_body(fetch.status))
+            return
+        fresh = refetch_info(info)
+        worker = self.worker
+        decision = refetch(worker.table, worker.balancer, fetch, fresh, ctx, head.target)
+        self._decided(decision, head, fresh)
 
 
     def _resolve(self, proxy: Proxy, head: RequestHead, info: RequestInfo) -> None:
         """An ExternalName upstream: addresses from the DNS cache, or from a lookup task."""
+        self.head = head  # (an error page replacing a failed lookup needs the request)
+        self.info = info
         self.state = WAIT
         self.transport.pause_reading()
         self.core.spawn(self._resolve_task, proxy, head, info)
@@ -533,9 +577,11 @@ class Forwarder(Timed):
         self._forward(proxy._replace(primary=primary, alternate=alternate), head, info)
 
 
-def failure_kind(exc: UpstreamFailed) -> int:
-    """``invalid_header`` for a response head the codec refused (both codecs say "bad response
-    from upstream"), else ``error`` (the connection broke or closed before the head)."""
+def failure_kind(conn: UpstreamConn, exc: UpstreamFailed) -> int:
+    """``error`` when no byte of a response came (the connection broke or closed first), else
+    ``invalid_header`` for a response head the codec refused (it says "bad response")."""
+    if conn.fresh:
+        return ERROR
     return INVALID_HEADER if "bad response from upstream" in str(exc) else ERROR
 
 

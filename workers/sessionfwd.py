@@ -27,7 +27,7 @@ from fastingress.snapshot.schema import GlobalSettings, Upstream
 from workers.decide import Proxy
 from workers.heads import RequestInfo, add_forwarded, response_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
-from workers.policy import RequestCtx
+from workers.policy import Refetch, RequestCtx
 from workers.pool import UpstreamConn
 from workers.retry import (
     CONNECT_ERROR,
@@ -88,6 +88,14 @@ class _NextUpstream(Exception):
         self.address = address
 
 
+class Intercepted(Exception):
+    """A policy replaces the upstream's answer (custom-http-errors): nothing of it was sent."""
+
+    def __init__(self, fetch: Refetch) -> None:
+        super().__init__(f"intercepted {fetch.status}")
+        self.fetch = fetch
+
+
 class SessionBase:
     """A Session's state and its forwarding half (``workers.proxy.Session`` extends it)."""
 
@@ -104,6 +112,7 @@ class SessionBase:
         "phase",
         "pump_done",
         "pump_error",
+        "request",
         "retry",
         "scope",
         "status",
@@ -129,6 +138,7 @@ class SessionBase:
     ctx: RequestCtx | None
     retry: Retry | None
     linger: bool
+    request: tuple[RequestHead, RequestInfo] | None  # the request being forwarded (error pages)
     method: bytes
     target: bytes
 
@@ -362,7 +372,7 @@ class SessionBase:
             nursery.start_soon(self._pump, conn, upstream, limit, nursery.cancel_scope)
             try:
                 keep = await self._relay(conn, reused, upstream)
-            except (FastIngressError, _DeadConnection, _NextUpstream) as exc:
+            except (FastIngressError, _DeadConnection, Intercepted, _NextUpstream) as exc:
                 err = exc
             nursery.cancel_scope.cancel()
         pump_error = self.pump_error
@@ -490,6 +500,11 @@ class SessionBase:
                         f"upstream {upstream.name} answered {ev.status}"), status=ev.status)
                     if found is not None:
                         raise _NextUpstream(found, ev.status)  # proxy-next-upstream http_NNN
+                ctx = self.ctx
+                if ctx is not None and ctx.intercept_hooks:
+                    fetch = ctx.intercept(ev.status, ev.headers)
+                    if fetch is not None:  # custom-http-errors: nothing of it goes out
+                        raise Intercepted(fetch)
                 headers = response_headers(ev.headers, self.worker.server_header)
                 if self.tls and self.worker.hsts is not None:
                     add_hsts(headers, self.worker.hsts)
@@ -554,4 +569,4 @@ async def copy_bytes(
     tunnel.cancel()
 
 
-__all__ = ["PH_CLIENT", "PH_HEAD", "PH_UPSTREAM", "RECV_SIZE", "SessionBase", "copy_bytes"]
+__all__ = ["PH_CLIENT", "PH_HEAD", "PH_UPSTREAM", "RECV_SIZE", "Intercepted", "SessionBase", "copy_bytes"]

@@ -175,24 +175,106 @@ class ClientAuth(msgspec.Struct, frozen=True, gc=False):
     secret: str = ""  # "namespace/name" of auth-tls-secret, for logs and explain
 
 
+class AuthHeader(msgspec.Struct, frozen=True, gc=False):
+    """One header the auth subrequest sets (auth-proxy-set-headers): name and value template."""
+
+    name: str  # lower-case
+    value: tuple[str, ...] = ()  # a Template (see ExternalAuth)
+
+
+class CacheValid(msgspec.Struct, frozen=True, gc=False):
+    """One ``proxy_cache_valid`` rule of auth-cache-duration: these statuses, this long."""
+
+    statuses: tuple[int, ...] = ()  # () means any status ("any")
+    seconds: float = 300.0
+
+
 class ExternalAuth(msgspec.Struct, frozen=True, gc=False):
-    """auth-url and its companions (area: external auth)."""
+    """auth-url and its companions (area: external auth): nginx's ``auth_request`` subrequest.
+
+    A *template* is a value with nginx variables, parsed once in translation: a tuple of
+    strings alternating literal text (even indices) and variable names (odd indices), e.g.
+    ``https://$host/oauth2/auth`` is ``("https://", "host", "/oauth2/auth")``.  The names are
+    ones the workers know (``fastingress.snapshot.nginxvars``).
+    """
+
+    url: tuple[str, ...] = ()  # template of the absolute http(s) auth URL
+    method: str = ""  # auth-method; "" is GET, as nginx sends subrequests
+    signin: tuple[str, ...] = ()  # template of the 302 Location for a 401 (with its rd= param); () none
+    response_headers: tuple[str, ...] = ()  # lower-case names copied from a 2xx auth answer upstream
+    request_redirect: tuple[str, ...] = ("", "request_uri", "")  # X-Auth-Request-Redirect template
+    proxy_set_headers: tuple[AuthHeader, ...] = ()  # auth-proxy-set-headers (from a ConfigMap)
+    cache_key: tuple[str, ...] = ()  # auth-cache-key template; () means no caching
+    cache_valid: tuple[CacheValid, ...] = ()  # auth-cache-duration, first match wins
+    cache_zone: str = ""  # what the cache key is prefixed with: host, path and path type of the route
+    keepalive: int = 32  # idle connections kept per auth origin and worker (0: one per subrequest)
+    keepalive_requests: int = 1000
+    keepalive_timeout: float = 60.0
+    always_set_cookie: bool = False  # Set-Cookie of the auth answer on every response, not only 2xx/3xx
+    connect_timeout: float = 60.0  # nginx's defaults in the auth location (proxy_connect_timeout)
+    read_timeout: float = 60.0  # (proxy_read_timeout)
 
 
 class Limits(msgspec.Struct, frozen=True, gc=False):
     """limit-rps, -rpm, -connections, -burst-multiplier, -allowlist, -rate, -rate-after (area: limits)."""
 
 
+CORS_METHODS = "GET, PUT, POST, DELETE, PATCH, OPTIONS"  # ingress-nginx's defaults
+CORS_HEADERS = (
+    "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization"
+)
+CORS_MAX_AGE = 1728000
+
+
 class Cors(msgspec.Struct, frozen=True, gc=False):
-    """enable-cors and cors-* (area: http)."""
+    """enable-cors and cors-* (area: http), with ingress-nginx's defaults.
+
+    ``allow_origins`` is ``("*",)`` (any origin, answered ``*``) or the allowed origins as
+    written (``scheme://host[:port]``, ``scheme://*.host[:port]`` with ``*`` one DNS label, or
+    ``null``), matched case-insensitively and whole; empty: no origin is allowed."""
+
+    allow_origins: tuple[str, ...] = ("*",)
+    allow_methods: str = CORS_METHODS
+    allow_headers: str = CORS_HEADERS
+    expose_headers: str = ""  # "" : no Access-Control-Expose-Headers
+    allow_credentials: bool = True
+    max_age: int = CORS_MAX_AGE
 
 
 class HeaderRules(msgspec.Struct, frozen=True, gc=False):
     """custom-headers, proxy-redirect-*, proxy-cookie-*, connection-proxy-header (area: http)."""
 
+    response: tuple[tuple[str, str], ...] = ()  # custom-headers: set on every response (replacing)
+    redirect_from: str = ""  # proxy-redirect-from: a Location/Refresh URL starting with this...
+    redirect_to: str = ""  # ...proxy-redirect-to: ...starts with this instead ("" from: off)
+    cookie_domain: tuple[str, str] | None = None  # proxy-cookie-domain: (domain, replacement)
+    cookie_path: tuple[str, str] | None = None  # proxy-cookie-path: (path prefix, replacement)
+    connection: str | None = None  # connection-proxy-header: the Connection header sent upstream
+
 
 class ErrorPages(msgspec.Struct, frozen=True, gc=False):
-    """custom-http-errors, default-backend, disable-proxy-intercept-errors (area: http)."""
+    """custom-http-errors, default-backend, disable-proxy-intercept-errors (area: http).
+
+    ``codes``: upstream answers (and our own 502/503/504) with one of these statuses are
+    replaced by the error backend's answer to ``GET /`` with X-Code & co.  ``upstream``: the
+    default-backend annotation's Upstream (it also takes the whole request when the route's
+    Service has no ready endpoint); None: the snapshot's default action (the global default
+    backend), if it forwards."""
+
+    codes: tuple[int, ...] = ()
+    upstream: str | None = None
+    intercept: bool = True  # False: disable-proxy-intercept-errors (upstream answers pass as they are)
+
+
+class Redirects(msgspec.Struct, frozen=True, gc=False):
+    """permanent-redirect, temporal-redirect, app-root, from-to-www-redirect (area: http).
+
+    Answered before any access check (nginx's rewrite phase)."""
+
+    url: str = ""  # permanent-/temporal-redirect: the Location, nginx variables ($request_uri...) expanded
+    code: int = 301  # the status of ``url`` (and of ``to_host``)
+    app_root: str = ""  # app-root: a request for "/" gets 302 to this path
+    to_host: str = ""  # from-to-www-redirect (on the synthesised host): scheme, port and URI kept
 
 
 class SessionCookie(msgspec.Struct, frozen=True, gc=False):
@@ -247,6 +329,8 @@ class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
     errors: ErrorPages | None = None
     # (schema 4, area access; appended while issue 9 fills the areas: the version stays 4)
     client_auth: bool = False  # the VirtualHost's client_auth (auth-tls-*) applies to this route (access)
+    # (schema 4, area http, likewise) permanent/temporal redirects, app-root, from-to-www-redirect
+    redirects: Redirects | None = None
 
 
 class Route(msgspec.Struct, frozen=True, gc=False):

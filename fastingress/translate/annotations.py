@@ -46,7 +46,10 @@ import msgspec
 
 from fastingress.snapshot.schema import Protocol
 from fastingress.translate import policy_access as _access
+from fastingress.translate import policy_extauth as extauth
+from fastingress.translate import policy_http as http
 from fastingress.translate import policy_selection as sel
+from fastingress.translate.policy_http import HttpAnnotations
 from fastingress.translate.policy_selection import BalancingSettings, CanaryRules, NextUpstreamSettings
 
 PREFIX = "nginx.ingress.kubernetes.io/"
@@ -108,6 +111,7 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     # -- selection (issue 9) ---------------------------------------------------------------
     canary_rules: CanaryRules = CanaryRules()  # canary-*: how a canary Ingress takes requests
     next_upstream: NextUpstreamSettings = NextUpstreamSettings()  # proxy-next-upstream*
+    http: HttpAnnotations = HttpAnnotations()  # area http (issue 9): CORS, redirects, headers, errors
     # -- access (issue 9; see policy_access): None means "not set" --------------------------
     allowlist_source_range: tuple[str, ...] | None = None
     whitelist_source_range: tuple[str, ...] | None = None  # the old name of allowlist-source-range
@@ -122,6 +126,7 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     auth_tls_error_page: str | None = None
     auth_tls_pass_certificate: bool | None = None
     auth_tls_match_cn: str | None = None
+    extauth: extauth.ExtAuthAnnotations = extauth.ExtAuthAnnotations()  # auth-url and companions
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -282,6 +287,31 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
     "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
+    # -- area http (issue 9): fastingress/translate/policy_http.py ---------------------------
+    "enable-cors": implemented("http.enable_cors", parse_bool),
+    "cors-allow-origin": implemented("http.cors_allow_origin", http.parse_cors_origins),
+    "cors-allow-methods": implemented("http.cors_allow_methods", http.parse_cors_methods),
+    "cors-allow-headers": implemented("http.cors_allow_headers", http.parse_cors_headers),
+    "cors-expose-headers": implemented("http.cors_expose_headers", http.parse_cors_expose),
+    "cors-allow-credentials": implemented("http.cors_allow_credentials", parse_bool),
+    "cors-max-age": implemented("http.cors_max_age", http.parse_max_age),
+    "permanent-redirect": implemented("http.permanent_redirect", http.parse_redirect_url),
+    "permanent-redirect-code": implemented("http.permanent_redirect_code", http.parse_permanent_code),
+    "temporal-redirect": implemented("http.temporal_redirect", http.parse_redirect_url),
+    "temporal-redirect-code": implemented("http.temporal_redirect_code", http.parse_temporal_code),
+    "app-root": implemented("http.app_root", http.parse_app_root),
+    "from-to-www-redirect": implemented("http.from_to_www_redirect", parse_bool),
+    "server-alias": implemented("http.server_alias", http.parse_server_alias),
+    "custom-headers": implemented("http.custom_headers", http.parse_object_ref),
+    "proxy-redirect-from": implemented("http.proxy_redirect_from", http.parse_redirect_rewrite),
+    "proxy-redirect-to": implemented("http.proxy_redirect_to", http.parse_redirect_rewrite),
+    "proxy-cookie-domain": implemented("http.proxy_cookie_domain", http.parse_cookie_rewrite),
+    "proxy-cookie-path": implemented("http.proxy_cookie_path", http.parse_cookie_rewrite),
+    "connection-proxy-header": implemented("http.connection_proxy_header", http.parse_connection_header),
+    "proxy-http-version": implemented("http.proxy_http_version", http.parse_http_version),
+    "custom-http-errors": implemented("http.custom_http_errors", http.parse_status_codes),
+    "default-backend": implemented("http.default_backend", http.parse_service_name),
+    "disable-proxy-intercept-errors": implemented("http.disable_proxy_intercept_errors", parse_bool),
     # -- access (issue 9, policy_access): a bad value fails the Ingress closed ----------------
     "allowlist-source-range": implemented("allowlist_source_range", _access.parse_cidrs, guard=True),
     "whitelist-source-range": implemented("whitelist_source_range", _access.parse_cidrs, guard=True),
@@ -298,16 +328,29 @@ _ROWS: dict[str, Key] = {
         "auth_tls_pass_certificate", parse_bool, guard=True
     ),
     "auth-tls-match-cn": implemented("auth_tls_match_cn", _access.parse_match_cn, guard=True),
-    # -- access control, not implemented yet: fail closed (issue 9) -------------------------
-    **_rows(
-        """
-        auth-url auth-method auth-signin auth-signin-redirect-param auth-response-headers
-        auth-request-redirect auth-cache-key auth-cache-duration auth-proxy-set-headers
-        auth-always-set-cookie auth-keepalive auth-keepalive-requests auth-keepalive-share-vars
-        auth-keepalive-timeout
-        """,
-        CLOSED,
+    # -- external auth (translate/policy_extauth.py) ------------------------------------------
+    "auth-url": implemented("extauth.url", extauth.parse_auth_url, guard=True),
+    "auth-method": implemented("extauth.method", extauth.parse_auth_method, guard=True),
+    "auth-signin": implemented("extauth.signin", extauth.parse_auth_signin, guard=True),
+    "auth-signin-redirect-param": implemented(
+        "extauth.signin_redirect_param", extauth.parse_redirect_param, guard=True
     ),
+    "auth-response-headers": implemented(
+        "extauth.response_headers", extauth.parse_response_headers, guard=True
+    ),
+    "auth-request-redirect": implemented(
+        "extauth.request_redirect", extauth.parse_request_redirect, guard=True
+    ),
+    "auth-cache-key": implemented("extauth.cache_key", extauth.parse_cache_key, guard=True),
+    "auth-cache-duration": implemented("extauth.cache_duration", extauth.parse_cache_duration, guard=True),
+    "auth-proxy-set-headers": implemented(
+        "extauth.proxy_set_headers", extauth.parse_configmap_ref, guard=True
+    ),
+    "auth-always-set-cookie": implemented("extauth.always_set_cookie", extauth.parse_go_bool, guard=True),
+    "auth-keepalive": implemented("extauth.keepalive", extauth.parse_int),
+    "auth-keepalive-requests": implemented("extauth.keepalive_requests", extauth.parse_int),
+    "auth-keepalive-timeout": implemented("extauth.keepalive_timeout", extauth.parse_int_seconds),
+    "auth-keepalive-share-vars": INERT,  # nginx variables shared with a Lua subrequest: no such thing here
     # -- selection (issue 9): canaries, balancing, affinity, retries --------------------------
     "canary": CANARY,  # a canary Ingress attaches to the main one's routes (core._merge)
     "canary-by-header": implemented("canary_rules.header", sel.parse_header_name),
@@ -347,20 +390,11 @@ _ROWS: dict[str, Key] = {
     # -- not implemented yet: ignored with a warning --------------------------------------------
     **_rows(
         """
-        app-root
-        connection-proxy-header
-        cors-allow-credentials cors-allow-headers cors-allow-methods cors-allow-origin
-        cors-expose-headers cors-max-age custom-headers custom-http-errors
-        default-backend disable-proxy-intercept-errors enable-cors
-        from-to-www-redirect
         mirror-host mirror-request-body mirror-target mirror-uri
-        permanent-redirect permanent-redirect-code preserve-trailing-slash
-        proxy-cookie-domain proxy-cookie-path proxy-http-version
-        proxy-redirect-from proxy-redirect-to proxy-ssl-ciphers proxy-ssl-location-only
+        preserve-trailing-slash
+        proxy-ssl-ciphers proxy-ssl-location-only
         proxy-ssl-protocols proxy-ssl-verify-depth relative-redirects satisfy
-        server-alias
         ssl-ciphers ssl-prefer-server-ciphers
-        temporal-redirect temporal-redirect-code
         """,
         UNSUPPORTED,
     ),
@@ -379,16 +413,27 @@ _ROWS: dict[str, Key] = {
     # -- nginx internals with no effect here ---------------------------------------------------
     **_rows(
         """
-        client-body-buffer-size enable-access-log enable-rewrite-log enable-global-auth
+        enable-access-log enable-rewrite-log enable-global-auth
         enable-opentelemetry enable-opentracing opentelemetry-operation-name
         opentelemetry-trust-incoming-span opentracing-operation-name opentracing-trust-incoming-span
         jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-propagation-format
         jaeger-sampler-host jaeger-sampler-param jaeger-sampler-port jaeger-sampler-type
         jaeger-service-name zipkin-collector-host zipkin-collector-port zipkin-sample-rate
-        zipkin-service-name http2-push-preload proxy-buffering proxy-buffer-size
-        proxy-buffers-number proxy-max-temp-file-size proxy-request-buffering
+        zipkin-service-name http2-push-preload
         """,
         INERT,
+    ),
+    # -- buffering (area http): fastingress streams bodies both ways, whatever these say ------
+    **_rows(
+        """
+        client-body-buffer-size proxy-buffering proxy-buffer-size proxy-buffers-number
+        proxy-max-temp-file-size proxy-request-buffering
+        """,
+        Key("inert", note=(
+            "fastingress streams request and response bodies as they come (like proxy-buffering "
+            "and proxy-request-buffering off), never buffering them to memory or disk; "
+            "proxy-body-size is still enforced"
+        )),
     ),
     # -- removed from ingress-nginx -------------------------------------------------------------
     "secure-backends": removed("backend-protocol"),
@@ -541,7 +586,7 @@ class _Parse:
         elif status == "snippet":
             self.snippet(key, raw)
         elif status == "inert":
-            self.add("info", key, "has no effect in fastingress", "ignored")
+            self.add("info", key, "has no effect in fastingress", row.note or "ignored")
         elif status == "removed":
             replacement = PREFIX + row.note if row.note else ""
             self.add("warning", key, "removed from ingress-nginx", "ignored", replacement)
@@ -563,7 +608,11 @@ class _Parse:
             value = row.parser(text)
         except ValueError as exc:
             self.bad.append(key.rpartition("/")[2])
-            suggestion = getattr(exc, "suggestion", "")
+            suggestion = str(getattr(exc, "suggestion", ""))  # BadValue, policy_<area>.Refused
+            if hasattr(exc, "partial") and not row.guard:  # policy_<area>.PartialValue: keep the rest
+                self.result = _set(self.result, row.field, exc.partial)
+                self.add("warning", key, f"bad value {_shown(text)}: {exc}", "", suggestion)
+                return
             if row.guard:
                 self.close(key, "has an invalid value", f"bad value {_shown(text)}: {exc}", suggestion)
             else:
@@ -693,4 +742,6 @@ def parse_annotations(
     for name in sorted(chosen):
         key, raw = chosen[name]
         state.known(key, name, raw)
+    for key, what, tail in http.findings(state.result.http, {name: chosen[name][0] for name in chosen}):
+        state.add("warning", key, what, tail)
     return state.finish(chosen)

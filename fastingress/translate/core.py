@@ -29,10 +29,12 @@ import msgspec
 
 from fastingress.snapshot.schema import (
     Action,
+    AuthHeader,
     BasicAuth,
     Canary,
     Certificate,
     ClientAuth,
+    ExternalAuth,
     Forward,
     GlobalSettings,
     Respond,
@@ -43,6 +45,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
     WeightedBackend,
 )
+from fastingress.translate import extra_hosts, http_emit, policy_extauth
 from fastingress.translate.annotations import PREFIX, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
@@ -71,6 +74,7 @@ class _Merged:
         self.tls: dict[str, tuple[str, IngressPlan, str]] = {}
         # host -> (route key, path type) -> the canary rule attached to that main route
         self.canaries: dict[str, dict[tuple[str, str], tuple[PathRule, IngressPlan]]] = {}
+        self.extra: extra_hosts.Claims = extra_hosts.NO_CLAIMS  # server-alias, from-to-www-redirect
 
 
 def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
@@ -116,6 +120,7 @@ def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
                 )
     for plan in canaries:
         _attach_canary(merged, plan, sink)
+    merged.extra = extra_hosts.claim((p for p in plans if not p.annotations.canary), merged.hosts, sink)
     return merged
 
 
@@ -235,10 +240,48 @@ class _Emitter:
     def closed_reasons(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
         """(annotation key, why) for each access guard of ``plan`` that is not honoured;
         empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  Guards whose
-        Secret is missing or unusable count (``policy_access``)."""
-        if self.options.unsafe_fail_open:
+        Secret or ConfigMap is missing or unusable count (``policy_access``, ``policy_extauth``), and so
+        does an unusable custom-headers ConfigMap (``http_emit``: ingress-nginx denies the location)."""
+        fail_open = self.options.unsafe_fail_open
+        extauth = self.extauth_closed(plan)
+        custom_headers = http_emit.custom_headers_problem(self.cluster, plan, self.sink, fail_open)
+        if fail_open:
             return ()
-        return plan.annotations.closed + self.access(plan).closed
+        return plan.annotations.closed + self.access(plan).closed + extauth + custom_headers
+
+    def extauth_closed(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
+        """External auth whose auth-proxy-set-headers ConfigMap is missing or invalid (an
+        error diagnostic says so, in the words of ``annotations._Parse.close``)."""
+        extauth = plan.annotations.extauth
+        if extauth.proxy_set_headers is None:
+            return ()
+        key = f"{PREFIX}auth-proxy-set-headers"
+        reasons = policy_extauth.closed_reasons(extauth, plan.ref.namespace, self.cluster.configmaps, key)
+        for _, why in reasons:
+            if self.options.unsafe_fail_open:
+                tail = "served WITHOUT this protection because of --unsafe-fail-open"
+            else:
+                tail = "every path of this Ingress answers 503 (fail closed)"
+            self.sink.error(plan.ref, f"metadata.annotations[{key}]", f"{why}; {tail}")
+        return reasons
+
+    def external_auth(self, rule: PathRule, plan: IngressPlan) -> ExternalAuth | None:
+        """The route's external auth (auth-url), with its ConfigMap's headers."""
+        extauth = plan.annotations.extauth
+        if extauth.url is None:
+            return None
+        headers: tuple[AuthHeader, ...] = ()
+        if extauth.proxy_set_headers is not None:
+            namespace, name = policy_extauth.configmap_key(extauth.proxy_set_headers, plan.ref.namespace)
+            configmap = self.cluster.configmaps.get((namespace, name))
+            if configmap is not None:
+                headers, _ = policy_extauth.proxy_set_headers(configmap)
+                for key in policy_extauth.framing_headers(configmap):
+                    self.sink.warning(
+                        ObjRef("ConfigMap", namespace, name), f"data[{key}]",
+                        "the auth subrequest frames itself: this header is not sent (auth-proxy-set-headers)",
+                    )
+        return policy_extauth.external_auth(extauth, rule.host, rule.path, rule.path_type, headers)
 
     def action(
         self, backend: BackendRef, plan: IngressPlan, host_closed: tuple[Reason, ...] = ()
@@ -282,6 +325,11 @@ class _Emitter:
             client_auth=host.client is not None,
             canary=self.canary(canary, plan) if canary is not None and isinstance(action, Forward) else None,
             next_upstream=next_upstream(annotations.next_upstream),
+            external_auth=None if isinstance(action, Respond) else self.external_auth(rule, plan),
+            cors=http_emit.cors(annotations.http),
+            headers=http_emit.header_rules(self.cluster, plan),
+            errors=http_emit.error_pages(self, plan),
+            redirects=http_emit.redirects(annotations.http),
         )
         return Route(
             path=rule.path,
@@ -565,6 +613,7 @@ def _translate(objects: Iterable[Mapping[str, Any]], options: TranslateOptions, 
     merged = _merge(plans, sink)
     emitter = _Emitter(cluster, options, sink)
     virtual_hosts = tuple(emitter.virtual_host(host, merged) for host in sorted(merged.hosts))
+    virtual_hosts = extra_hosts.emit(virtual_hosts, merged.extra, emitter.certificates)
     default_action = emitter.default_action(plans)
     settings = emitter.settings()
     upstreams = emitter.builder.upstreams

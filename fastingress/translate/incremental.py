@@ -37,7 +37,10 @@ reorders, duplicates) indexes every object again, each one's addressing still me
 An upstream's resolution may read only its Service, that Service's EndpointSlices and
 Secrets (``backends.UpstreamBuilder``); if it ever reads more, step 5 must learn about it.
 Secrets are looked up through ``get``, ``in`` or ``[]``; iterating them is recorded as
-reading them all (any Secret change then redoes that host or resolution).
+reading them all (any Secret change then redoes that host or resolution).  ConfigMaps
+(``auth-proxy-set-headers``) are recorded the same way, in the same set of keys: a changed
+ConfigMap redoes the hosts that looked up that namespace/name (a Secret of the same name
+too, which is merely redundant work).
 
 Contract: input objects are values.  A memo recognises an unchanged object by identity
 (``is``), so a caller that changes an object must pass a new mapping instead of editing
@@ -56,6 +59,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from fastingress.snapshot.schema import Certificate, Endpoint, Snapshot, Upstream, VirtualHost
+from fastingress.translate import extra_hosts
 from fastingress.translate.access import get, get_map, str_map
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder
@@ -70,6 +74,7 @@ Diags = tuple[Diagnostic, ...]
 ServiceKey = tuple[str, str]
 SecretKey = tuple[str, str]
 ANY_SECRET: SecretKey = ("", "*")  # read by iterating the Secrets: any change concerns it
+CONFIGMAP = "configmap:"  # ConfigMaps (custom-headers) are tracked as Secrets ("configmap:<ns>", name)
 SecretReads = frozenset[SecretKey]
 RequestKey = tuple[BackendRef, UpstreamSettings, ObjRef]
 _MAX_CHANGES = 256  # more changed objects than this: index everything again
@@ -137,21 +142,27 @@ class _SecretLookups(Mapping[SecretKey, Obj]):
     """``cluster.secrets`` as seen by one host's emission or one resolution: records which
     Secrets were looked up (present or not), so that a changed Secret redoes only them."""
 
-    def __init__(self, secrets: Mapping[SecretKey, Obj]) -> None:
+    def __init__(
+        self, secrets: Mapping[SecretKey, Obj], read: set[SecretKey] | None = None, tag: str = ""
+    ) -> None:
         self._secrets = secrets
-        self.read: set[SecretKey] = set()
+        self.read: set[SecretKey] = set() if read is None else read
+        self._tag = tag  # CONFIGMAP: the same records, for ConfigMaps
+
+    def _record(self, key: SecretKey) -> None:
+        self.read.add((self._tag + key[0], key[1]) if self._tag else key)
 
     def __getitem__(self, key: SecretKey) -> Obj:
-        self.read.add(key)
+        self._record(key)
         return self._secrets[key]
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, tuple):
-            self.read.add(key)
+            self._record(key)
         return key in self._secrets
 
     def get(self, key: SecretKey, default: Any = None) -> Any:
-        self.read.add(key)
+        self._record(key)
         return self._secrets.get(key, default)
 
     def __iter__(self) -> Iterator[SecretKey]:
@@ -164,14 +175,20 @@ class _SecretLookups(Mapping[SecretKey, Obj]):
 
 
 def _recording(cluster: Cluster) -> tuple[Cluster, _SecretLookups]:
-    """A Cluster sharing ``cluster``'s (never edited) contents, whose Secrets record lookups."""
+    """A Cluster sharing ``cluster``'s (never edited) contents, whose Secrets (and ConfigMaps)
+    record lookups."""
     lookups = _SecretLookups(cluster.secrets)
     view = Cluster()
     view.ingresses, view.classes, view.services, view.slices = (
         cluster.ingresses, cluster.classes, cluster.services, cluster.slices
     )
     view.secrets = lookups  # type: ignore[assignment]  # read-only use: get / in / []
+    view.configmaps = _SecretLookups(cluster.configmaps, lookups.read, CONFIGMAP)  # type: ignore[assignment]
     return view, lookups
+
+
+def _configmap_keys(keys: Iterable[tuple[str, str]]) -> set[SecretKey]:
+    return {(CONFIGMAP + namespace, name) for namespace, name in keys}
 
 
 def _grouped(requests: list[_Resolved]) -> dict[ServiceKey, tuple[_Resolved, ...]]:
@@ -305,6 +322,8 @@ class Translator:
         self._services: dict[ServiceKey, Obj] = {}
         self._slices: dict[ServiceKey, list[tuple[ObjRef, Obj]]] = {}
         self._secrets: dict[tuple[str, str], Obj] = {}
+        self._configmaps: dict[tuple[str, str], Obj] = {}
+        self._extra: tuple[object, object, object, tuple[VirtualHost, ...]] | None = None  # extra_hosts memo
         self._classes: dict[str, Obj] = {}
         self._classes_token: object = object()
         self._plans: list[IngressPlan] | None = None
@@ -369,12 +388,22 @@ class Translator:
                 upstreams.setdefault(resolved.name, resolved.upstream)
         certificates = emitter.certificates
         return Snapshot(
-            virtual_hosts=emission.vhosts,
+            virtual_hosts=self._with_extra_hosts(emission, merged),
             upstreams=tuple(upstreams[name] for name in sorted(upstreams)),
             certificates=tuple(certificates[name] for name in sorted(certificates)),
             default_action=default_action,
             settings=settings,
         )
+
+    def _with_extra_hosts(self, emission: _Emission, merged: _Merged) -> tuple[VirtualHost, ...]:
+        """``extra_hosts.emit`` (aliases, www redirects), the same tuple while nothing changed."""
+        memo = self._extra
+        if memo is not None and memo[0] is emission.vhosts and memo[1] is merged.extra \
+                and memo[2] is emission.certificates:
+            return memo[3]
+        vhosts = extra_hosts.emit(emission.vhosts, merged.extra, emission.certificates)
+        self._extra = (emission.vhosts, merged.extra, emission.certificates, vhosts)
+        return vhosts
 
     # -- 1. addressing -------------------------------------------------------------------
 
@@ -448,6 +477,8 @@ class Translator:
                 cluster.services[(ref.namespace, ref.name)] = obj
             elif kind == "Secret":
                 cluster.secrets[(ref.namespace, ref.name)] = obj
+            elif kind == "ConfigMap":
+                cluster.configmaps[(ref.namespace, ref.name)] = obj
             else:  # EndpointSlice
                 service = _slice_service(obj)
                 if service:
@@ -500,7 +531,11 @@ class Translator:
             elif ref.kind == "EndpointSlice":
                 labels = (_slice_service(old_obj), _slice_service(new_obj))
                 services.update((ref.namespace, service) for service in labels if service)
-        self._fast = (services, {(ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "Secret"})
+        secrets = {(ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "Secret"}
+        secrets |= _configmap_keys(
+            (ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "ConfigMap"
+        )
+        self._fast = (services, secrets)
         return cluster
 
     def _apply(self, previous: Cluster, updates: list[tuple[ObjRef, Obj, Obj]]) -> Cluster:
@@ -509,6 +544,7 @@ class Translator:
         cluster.classes = previous.classes
         cluster.services = previous.services
         cluster.secrets = previous.secrets
+        cluster.configmaps = previous.configmaps
         cluster.slices = previous.slices
         for ref, old, new in updates:
             key = (ref.namespace, ref.name)
@@ -522,6 +558,8 @@ class Translator:
                 cluster.services = {**cluster.services, key: new}
             elif ref.kind == "Secret":
                 cluster.secrets = {**cluster.secrets, key: new}
+            elif ref.kind == "ConfigMap":
+                cluster.configmaps = {**cluster.configmaps, key: new}
             else:
                 if cluster.slices is previous.slices:
                     cluster.slices = dict(previous.slices)
@@ -541,11 +579,13 @@ class Translator:
             changed.update(k for k, v in new_slices.items() if not _same_slices(old_slices.get(k), v))
             changed.update(k for k in old_slices if k not in new_slices)
             secrets = _same_items(self._secrets, cluster.secrets)
+            secrets |= _configmap_keys(_same_items(self._configmaps, cluster.configmaps))
         if cluster.classes is not self._classes and _same_items(self._classes, cluster.classes):
             self._classes_token = object()
         self._services = cluster.services
         self._slices = cluster.slices
         self._secrets = cluster.secrets
+        self._configmaps = cluster.configmaps
         self._classes = cluster.classes
         self._endpoints.drop(changed)
         for service in changed:

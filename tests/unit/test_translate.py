@@ -111,12 +111,15 @@ def test_parse_protocol_is_case_insensitive() -> None:
 def test_annotation_tables_are_disjoint_and_cover_the_corpus_favourites() -> None:
     assert not set(IMPLEMENTED) & NOT_SUPPORTED
     for key in (
-        "auth-url",
-        "enable-cors",
+        "limit-rps",
+        "mirror-target",
     ):
         assert key in NOT_SUPPORTED
-    for key in ("ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target",
-                "affinity", "load-balance", "upstream-hash-by", "proxy-next-upstream", "canary-weight"):
+    implemented = (
+        "ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target", "auth-url",
+        "enable-cors", "affinity", "load-balance", "upstream-hash-by", "proxy-next-upstream", "canary-weight",
+    )
+    for key in implemented:
         assert key in IMPLEMENTED
     assert "canary" not in NOT_SUPPORTED and "canary" not in IMPLEMENTED  # a row of its own
 
