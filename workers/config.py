@@ -22,6 +22,9 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     log_level: str = "info"
     access_log: bool = False
     http1_codec: str = "llhttp"  # "llhttp": the event-driven core; "h11": the task-based reference path
+    # limits (issue 9): the replica's shared limit counters (fastingress.snapshot.limitshm);
+    # "": counters private to this process
+    limits_path: str = ""
 
 
 class RequestCount(msgspec.Struct, frozen=True, array_like=True):

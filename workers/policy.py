@@ -62,9 +62,9 @@ class RequestCtx:
     """One request as policies see it (see the module docstring)."""
 
     __slots__ = (
-        "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "method", "now", "path",
-        "query", "response_headers", "response_hooks", "route", "state", "target", "tls", "tls_peer",
-        "upstream_headers", "vhost",
+        "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "limit_rate", "method",
+        "now", "path", "query", "response_headers", "response_hooks", "route", "state", "target", "tls",
+        "tls_peer", "upstream_headers", "vhost",
     )
 
     def __init__(
@@ -101,6 +101,9 @@ class RequestCtx:
         self.done_hooks: tuple[DoneHook, ...] = ()
         self.backend_name: str | None = None  # set by a backend hook (canary)
         self.state: dict[str, object] = {}  # per-request scratch space of the hooks
+        # limit-rate: (bytes per second, bytes before the rate applies); the data path paces
+        # the response (workers.pacing)
+        self.limit_rate: tuple[int, int] | None = None
         self._cookies: dict[str, str] | None = None
 
     def header(self, name: bytes) -> bytes | None:

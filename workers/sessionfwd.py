@@ -23,6 +23,7 @@ from fastingress.snapshot.schema import GlobalSettings, Upstream
 from workers.decide import Proxy
 from workers.heads import RequestInfo, add_forwarded, response_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
+from workers.pacing import Pacer, send_paced
 from workers.policy import RequestCtx
 from workers.pool import UpstreamConn
 from workers.state import Worker
@@ -293,6 +294,7 @@ class SessionBase:
         out: list[bytes] = []
         got = False
         skip = ucodec.nothing_buffered
+        pacer: Pacer | None = None  # limit-rate
         while True:
             if skip:
                 skip = False
@@ -326,7 +328,11 @@ class SessionBase:
             kind = type(ev)
             if kind is Body:
                 assert isinstance(ev, Body)
-                out.append(codec.data(ev.data))
+                if pacer is None:
+                    out.append(codec.data(ev.data))
+                else:
+                    self.phase = PH_CLIENT
+                    await self._send_paced(ev.data, out, pacer, upstream.send_timeout)
             elif kind is ResponseHead:
                 assert isinstance(ev, ResponseHead)
                 if ev.status < 200:
@@ -336,8 +342,11 @@ class SessionBase:
                 headers = response_headers(ev.headers, self.worker.server_header)
                 if self.tls and self.worker.hsts is not None:
                     add_hsts(headers, self.worker.hsts)
-                if self.ctx is not None:
-                    self.ctx.respond(ev.status, headers)
+                ctx = self.ctx
+                if ctx is not None:
+                    ctx.respond(ev.status, headers)
+                    if ctx.limit_rate is not None:
+                        pacer = Pacer(*ctx.limit_rate, ctx.now)
                 if self.worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
                 self.status = ev.status
@@ -350,6 +359,22 @@ class SessionBase:
                 return codec.reusable
             else:
                 raise UpstreamFailed(f"upstream {upstream.name} closed the connection mid-response")
+
+    async def _send_paced(self, data: bytes, out: list[bytes], pacer: Pacer, timeout: float) -> None:
+        """limit-rate: what ``out`` holds (the head) now, then the body bytes ``data`` in
+        pieces at the pace of ``pacer``, each under the send timeout."""
+        codec = self.codec
+        stream = self.stream
+        scope = self.scope
+        if out:
+            _arm(scope, timeout)
+            await stream.send_all(b"".join(out))
+            out.clear()
+
+        async def send(piece: bytes) -> None:
+            await stream.send_all(codec.data(piece))
+
+        await send_paced(data, pacer, send, lambda extra: _arm(scope, timeout + extra))
 
     async def _tunnel(
         self, conn: UpstreamConn, ev: ResponseHead, out: list[bytes], read_timeout: float

@@ -47,6 +47,7 @@ import trio
 
 from fastingress.errors import ConfigError, FastIngressError
 from fastingress.settings import ControllerSettings, StandaloneSettings
+from fastingress.snapshot import limitshm
 from fastingress.snapshot.shm import ShmPublisher, default_runtime_dir
 from fastingress.supervisor import admin
 from fastingress.supervisor.metrics import SupervisorView, Totals, WorkerView, readiness, render_metrics
@@ -106,11 +107,13 @@ class Supervisor:
         initial: Loaded,
         runtime_dir: str,
         publisher: ShmPublisher,
+        limits_path: str = "",
     ) -> None:
         self.settings = settings
         self.source = source
         self.runtime_dir = runtime_dir
         self.publisher = publisher
+        self.limits_path = limits_path  # the replica's limit counters (limitshm), shared by the workers
         self.current = initial
         self.reload_failures = 0
         self.slots: list[WorkerSlot] = []
@@ -192,6 +195,7 @@ class Supervisor:
                 log_level=settings.log_level,
                 access_log=settings.access_log,
                 http1_codec=settings.http1_codec,
+                limits_path=self.limits_path,
             )
             self.slots.append(WorkerSlot(index, worker_settings, write_end))
 
@@ -447,6 +451,8 @@ class Supervisor:
     def cleanup(self, *, remove_dir: bool) -> None:
         self.kill_workers_now()
         self.publisher.close(unlink=True)
+        if self.limits_path:
+            limitshm.remove(self.limits_path)
         for slot in self.slots:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(slot.settings.stats_socket)
@@ -550,6 +556,11 @@ async def run_supervisor(
         runtime_dir, created = prepare_runtime_dir(settings.runtime_dir)
         try:
             publisher = ShmPublisher(os.path.join(runtime_dir, "snapshot"))
+            try:
+                limits_path = limitshm.create(os.path.join(runtime_dir, "limits"), settings.workers)
+            except FastIngressError:
+                publisher.close(unlink=True)
+                raise
         except FastIngressError:
             if created:
                 shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -564,6 +575,7 @@ async def run_supervisor(
         initial=initial,
         runtime_dir=runtime_dir,
         publisher=publisher,
+        limits_path=limits_path,
     )
     try:
         supervisor.make_slots()

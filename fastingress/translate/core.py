@@ -43,6 +43,7 @@ from fastingress.translate.cluster import Cluster, index_objects
 from fastingress.translate.hosts import looks_like_regex
 from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
+from fastingress.translate.policy_limits import limits_policy
 from fastingress.translate.tls import load_certificate
 
 _TRANSLATOR = ObjRef("Unknown", "", "<translator>")
@@ -193,6 +194,7 @@ class _Emitter:
             force_ssl_redirect=annotations.force_ssl_redirect,
             rewrite_target=annotations.rewrite_target,
             x_forwarded_prefix=annotations.x_forwarded_prefix,
+            limits=limits_policy(annotations, plan.ref.key, self.options.settings),
         )
         return Route(
             path=rule.path,

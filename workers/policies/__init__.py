@@ -7,11 +7,19 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import forwarded
+from workers.policies import forwarded, limits
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
     forwarded.compile,
+    limits.compile,
 )
 
-__all__ = ["COMPILERS"]
+
+def worker_compilers(limiter: limits.Limiter) -> tuple[Compiler, ...]:
+    """``COMPILERS`` for a worker process: the limits area counts in the replica's shared
+    segment (``limiter``) instead of a table private to the process."""
+    return tuple(limiter.compile if c is limits.compile else c for c in COMPILERS)
+
+
+__all__ = ["COMPILERS", "worker_compilers"]
