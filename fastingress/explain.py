@@ -40,6 +40,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
 )
 from fastingress.translate.model import Diagnostic
+from workers.decide import explain_policies
 from workers.pathnorm import normalize_target
 from workers.routing import RouteTable, normalize_host, prefix_key, rewrite, route_pattern
 from workers.tlspolicy import ACME_PREFIX, redirect_location, wants_https
@@ -288,6 +289,17 @@ def _route_policies(policy: RoutePolicy, scheme: str, redirected: bool) -> list[
     return out
 
 
+def _compiled_policies(table: RouteTable, route: Route) -> list[Policy]:
+    """The route's policies as a worker compiles them (``workers.policy``), one line each."""
+    out: list[Policy] = []
+    for line in explain_policies(table.policies(route)):
+        name, sep, value = line.partition(": ")
+        if not sep:
+            name, _, value = line.partition(" ")
+        out.append(Policy(name, value))
+    return out
+
+
 def _upstream_policies(upstreams: Sequence[BackendView], table: RouteTable) -> list[Policy]:
     out: list[Policy] = []
     for view in upstreams[:1]:
@@ -405,6 +417,7 @@ def explain(
             )
     if route is not None:
         policies += _route_policies(route.policy, scheme, redirected=False)
+        policies += _compiled_policies(table, route)
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)

@@ -91,7 +91,6 @@ class LimitTable:
         ways = segment.ways
         self._ways = ways
         self._set_words = segment.workers * ways * _E
-        self._column = ways * _E  # words of one worker's ways in a set
         self._mask = segment.sets - 1
         self._header = segment.header
         self._mine = segment.index * ways * _E
@@ -109,15 +108,15 @@ class LimitTable:
         plans: list[tuple[int, int, bool, RateKey, int]] = []
         for key in keys:
             base = self._base(key.tag)
-            vals = words[base: base + self._set_words].tolist()
-            count, gmax = _gcra(vals, key.tag)
+            tags = words[base: base + self._set_words: _E].tolist()
+            count, gmax = self._gcra(base, tags, key.tag)
             if count and gmax + (count + 1) * key.period - now > key.burst:
                 return False
-            slot, existing = self._slot(vals, key.tag, now)
-            if slot == _NO_SLOT:
+            at, existing = self._slot(base, tags, key.tag, now)
+            if at == _NO_SLOT:
                 self.full += 1
                 return False
-            plans.append((base + slot, vals[slot + COUNT] if existing else 0, existing, key, count))
+            plans.append((at, words[at + COUNT] if existing else 0, existing, key, count))
         for at, mine, existing, key, count in plans:
             g = now - (count + 1) * key.period
             if existing:
@@ -128,6 +127,25 @@ class LimitTable:
                 self._claim(at, key.tag, KIND_RATE, key.period, now, count=1, gmax=g)
         return True
 
+    def _gcra(self, base: int, tags: list[int], tag: int) -> tuple[int, int]:
+        """(C, G) of ``tag`` over every worker's entries of the set at ``base`` (C = 0: none)."""
+        words = self.words
+        count = 0
+        gmax = 0
+        j = -1
+        for _ in range(tags.count(tag)):
+            j = tags.index(tag, j + 1)
+            at = base + j * _E
+            if words[at + KIND] != KIND_RATE:
+                continue
+            c, g = words[at + COUNT], words[at + GMAX]
+            if words[at + TAG] != tag:
+                continue  # rewritten for another key meanwhile (see _claim)
+            if count == 0 or g > gmax:
+                gmax = g
+            count += c
+        return count, gmax
+
     # ---- connections -------------------------------------------------------------------
 
     def acquire(self, tag: int, limit: int) -> int:
@@ -136,14 +154,13 @@ class LimitTable:
         now = self.clock()
         words = self.words
         base = self._base(tag)
-        vals = words[base: base + self._set_words].tolist()
-        slot, existing = self._slot(vals, tag, now)
-        if slot == _NO_SLOT:
+        tags = words[base: base + self._set_words: _E].tolist()
+        at, existing = self._slot(base, tags, tag, now)
+        if at == _NO_SLOT:
             self.full += 1
             return 0
-        at = base + slot
-        if existing and vals[slot + INC] == self.incarnation:
-            mine = vals[slot + CONNS]
+        if existing and words[at + INC] == self.incarnation:
+            mine = words[at + CONNS]
             words[at + CONNS] = mine + 1
             words[at + LAST] = now
         else:
@@ -166,13 +183,15 @@ class LimitTable:
 
     def _in_progress(self, base: int, tag: int) -> int:
         words = self.words
+        tags = words[base: base + self._set_words: _E].tolist()
         incs = words[self._incs].tolist()
-        vals = words[base: base + self._set_words].tolist()
-        column = self._column
         total = 0
-        for i in range(0, len(vals), _E):
-            if vals[i] == tag and vals[i + INC] == incs[i // column]:
-                total += vals[i + CONNS]
+        j = -1
+        for _ in range(tags.count(tag)):
+            j = tags.index(tag, j + 1)
+            at = base + j * _E
+            if words[at + INC] == incs[j // self._ways]:
+                total += words[at + CONNS]
         return total
 
     # ---- entries -----------------------------------------------------------------------
@@ -180,43 +199,49 @@ class LimitTable:
     def _base(self, tag: int) -> int:
         return self._header + (tag & self._mask) * self._set_words
 
-    def _slot(self, vals: list[int], tag: int, now: int) -> tuple[int, bool]:
-        """(offset in the set of this worker's entry for ``tag``, whether it holds ``tag``
-        already); the offset of a reusable entry otherwise, or ``_NO_SLOT``."""
+    def _slot(self, base: int, tags: list[int], tag: int, now: int) -> tuple[int, bool]:
+        """(where this worker's entry for ``tag`` is, whether it holds ``tag`` already): a
+        reusable entry of this worker when none holds it, or ``_NO_SLOT``."""
+        words = self.words
+        first = self._mine // _E
         free = dead = old = _NO_SLOT
         oldest = 0
-        for i in range(self._mine, self._mine + self._column, _E):
-            held = vals[i]
+        for j in range(first, first + self._ways):
+            held = tags[j]
+            at = base + j * _E
             if held == tag:
-                return i, True
+                return at, True
             if held == 0:
                 if free == _NO_SLOT:
-                    free = i
-            elif dead == _NO_SLOT and self._dead(vals, i, now):
-                dead = i
-            elif (vals[i + CONNS] == 0 or vals[i + INC] != self.incarnation) and (
-                    old == _NO_SLOT or vals[i + LAST] < oldest):
-                old, oldest = i, vals[i + LAST]
+                    free = at
+            elif dead == _NO_SLOT and self._dead(base, tags, at, now):
+                dead = at
+            elif (words[at + CONNS] == 0 or words[at + INC] != self.incarnation) and (
+                    old == _NO_SLOT or words[at + LAST] < oldest):
+                old, oldest = at, words[at + LAST]
         if free != _NO_SLOT:
             return free, False
         if dead != _NO_SLOT:
             return dead, False
         return old, False
 
-    def _dead(self, vals: list[int], i: int, now: int) -> bool:
-        """Whether the key of entry ``i`` no longer matters (its loss changes nothing)."""
-        kind = vals[i + KIND]
+    def _dead(self, base: int, tags: list[int], at: int, now: int) -> bool:
+        """Whether the key of this worker's entry at ``at`` no longer matters (its loss
+        changes nothing)."""
+        words = self.words
+        kind = words[at + KIND]
         if kind == KIND_CONN:
-            return vals[i + CONNS] == 0 or vals[i + INC] != self.incarnation
+            return words[at + CONNS] == 0 or words[at + INC] != self.incarnation
         if kind == KIND_RATE:
-            count, gmax = _gcra(vals, vals[i])
-            return gmax + (count + 1) * vals[i + PERIOD] <= now  # the bucket is empty
+            count, gmax = self._gcra(base, tags, words[at + TAG])
+            return gmax + (count + 1) * words[at + PERIOD] <= now  # the bucket is empty
         return True
 
     def _claim(self, at: int, tag: int, kind: int, period: int, now: int, *,
                count: int = 0, gmax: int = 0, conns: int = 0) -> None:
-        """(Re)write this worker's entry at ``at`` for ``tag``: the tag last, so a reader
-        never takes the fields of the previous key for those of ``tag``."""
+        """(Re)write this worker's entry at ``at`` for ``tag``: the tag first cleared and
+        written last, so a reader never takes the fields of the previous key for those of
+        ``tag`` (readers check the tag again after reading fields)."""
         words = self.words
         words[at + TAG] = 0
         words[at + KIND] = kind
@@ -227,18 +252,6 @@ class LimitTable:
         words[at + PERIOD] = period
         words[at + LAST] = now
         words[at + TAG] = tag
-
-
-def _gcra(vals: list[int], tag: int) -> tuple[int, int]:
-    """(C, G) of ``tag`` over every worker's entries of a set (C = 0: no state)."""
-    count = 0
-    gmax = 0
-    for i in range(0, len(vals), _E):
-        if vals[i] == tag and vals[i + KIND] == KIND_RATE:
-            if count == 0 or vals[i + GMAX] > gmax:
-                gmax = vals[i + GMAX]
-            count += vals[i + COUNT]
-    return count, gmax
 
 
 __all__ = ["KIND_CONN", "KIND_RATE", "LimitTable", "RateKey", "rate_key", "tag_of"]

@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastingress.errors import SnapshotError
+from fastingress.explain import ExplainRequest, explain
+from fastingress.manifests import load_manifests
 from fastingress.snapshot import limitshm
 from fastingress.snapshot.schema import (
     Forward,
@@ -26,8 +28,10 @@ from fastingress.snapshot.schema import (
     Snapshot,
     WeightedBackend,
 )
+from fastingress.translate import TranslateOptions, translate
 from fastingress.translate.annotations import parse_annotations
 from fastingress.translate.policy_limits import limits_policy, parse_cidrs, parse_kilobytes, parse_limit
+from tests.conftest import REPO
 from workers.limiter import LimitTable, rate_key, tag_of
 from workers.pacing import Pacer
 from workers.policies import COMPILERS, worker_compilers
@@ -334,10 +338,12 @@ def test_the_policy_limits_rate_and_connections_per_client(tmp_path: Path) -> No
     r = route(limits)
     compiled = list(limiter.compile(r, snapshot))
     compiled2 = list(limiter2.compile(route(limits, "default/app"), snapshot))  # the other worker
+    where = "per client IP over all workers of this replica (zone default/app)"
     assert [p.explain for p in compiled] == [
-        "limit-rps 1 (burst 2), limit-connections 2 per client IP, over all workers of this replica "
-        "(zone default/app); 429 over the rate, 599 over the connections; not counted: 10.0.0.0/8",
-        "limit-rate: responses paced to 2 KB/s per request after the first 10 bytes",
+        f"limit-rps: 1 requests a second, burst 2, {where}; beyond that 429",
+        f"limit-connections: 2 requests at once, {where}; beyond that 599",
+        "limit-allowlist: 10.0.0.0/8 (not counted)",
+        "limit-rate: 2 KB/s per request after the first 10 bytes, responses paced",
     ]
     ctxs = [ctx_for(r, "192.0.2.1") for _ in range(4)]
     assert run(compiled, ctxs[0]) is None and ctxs[0].limit_rate == (2048, 10)
@@ -363,3 +369,16 @@ def test_routes_without_limits_compile_to_nothing_and_workers_get_their_table(tm
     mine = worker_compilers(limiter)
     assert len(mine) == len(COMPILERS) and limits_area.compile not in mine
     assert limits_area.status_code(200) == 503 and limits_area.status_code(429) == 429
+
+
+def test_explain_lists_the_limits_of_the_golden_case() -> None:
+    objects, _ = load_manifests([str(REPO / "tests" / "golden" / "limits.yaml")])
+    snapshot = translate(objects, TranslateOptions()).snapshot
+    found = explain(snapshot, ExplainRequest("http://api.example.com/v2/x"))
+    lines = {p.name: p.value for p in found.policies}
+    assert lines["limit-rps"].startswith("10 requests a second, burst 20, per client IP over all workers")
+    assert "(zone shop/api)" in lines["limit-connections"]
+    assert lines["limit-allowlist"] == "10.0.0.0/8, 192.168.1.7/32, 2001:db8::/32 (not counted)"
+    assert lines["limit-rate"] == "100 KB/s per request after the first 512 KB, responses paced"
+    plain = explain(snapshot, ExplainRequest("http://global.example.com/"))
+    assert not any(p.name.startswith("limit") for p in plain.policies)

@@ -104,12 +104,12 @@ class Limiter:
         policies: list[Policy] = []
         counted = limits.rps > 0 or limits.rpm > 0 or limits.connections > 0
         if counted:
-            policies.append(self._counted(route, limits, snapshot))
+            policies += self._counted(route, limits, snapshot)
         if limits.rate > 0:
             policies.append(_paced(limits))
         return policies
 
-    def _counted(self, route: Route, limits: Limits, snapshot: Snapshot) -> Policy:
+    def _counted(self, route: Route, limits: Limits, snapshot: Snapshot) -> list[Policy]:
         table = self.table
         zone = (limits.zone or route.ingress or route.path).encode("utf-8", "replace")
         burst = max(0, limits.burst_multiplier)
@@ -159,8 +159,9 @@ class Limiter:
             if isinstance(held, int):
                 table.release(held)
 
-        explain = _explain_counted(limits, zone.decode("utf-8", "replace"), req_status, conn_status)
-        return Policy(PREACCESS, request=request, done=done if conn_limit else None, explain=explain)
+        lines = _explain_counted(limits, zone.decode("utf-8", "replace"), req_status, conn_status)
+        counted = Policy(PREACCESS, request=request, done=done if conn_limit else None, explain=lines[0])
+        return [counted, *(Policy(PREACCESS, explain=line) for line in lines[1:])]
 
 
 def _paced(limits: Limits) -> Policy:
@@ -171,30 +172,30 @@ def _paced(limits: Limits) -> Policy:
 
     after = f" after the first {_size(limits.rate_after)}" if limits.rate_after else ""
     return Policy(PREACCESS, request=request,
-                  explain=f"limit-rate: responses paced to {_size(limits.rate)}/s per request{after}")
+                  explain=f"limit-rate: {_size(limits.rate)}/s per request{after}, responses paced")
 
 
 def _size(n: int) -> str:
     return f"{n // 1024} KB" if n % 1024 == 0 and n else f"{n} bytes"
 
 
-def _explain_counted(limits: Limits, zone: str, req_status: int, conn_status: int) -> str:
-    parts: list[str] = []
+def _explain_counted(limits: Limits, zone: str, req_status: int, conn_status: int) -> list[str]:
+    """One ``fastingress explain`` line per annotation: ``name: what it does here``."""
+    where = f"per client IP over all workers of this replica (zone {zone})"
+    burst = max(0, limits.burst_multiplier)
+    lines: list[str] = []
     if limits.rps > 0:
-        parts.append(f"limit-rps {limits.rps} (burst {limits.rps * max(0, limits.burst_multiplier)})")
+        lines.append(f"limit-rps: {limits.rps} requests a second, burst {limits.rps * burst}, {where}; "
+                     f"beyond that {req_status}")
     if limits.rpm > 0:
-        parts.append(f"limit-rpm {limits.rpm} (burst {limits.rpm * max(0, limits.burst_multiplier)})")
-    answers = []
-    if limits.rps > 0 or limits.rpm > 0:
-        answers.append(f"{req_status} over the rate")
+        lines.append(f"limit-rpm: {limits.rpm} requests a minute, burst {limits.rpm * burst}, {where}; "
+                     f"beyond that {req_status}")
     if limits.connections > 0:
-        parts.append(f"limit-connections {limits.connections}")
-        answers.append(f"{conn_status} over the connections")
-    text = ", ".join(parts) + f" per client IP, over all workers of this replica (zone {zone}); "
-    text += ", ".join(answers)
+        lines.append(f"limit-connections: {limits.connections} requests at once, {where}; "
+                     f"beyond that {conn_status}")
     if limits.allowlist:
-        text += "; not counted: " + ", ".join(limits.allowlist)
-    return text
+        lines.append("limit-allowlist: " + ", ".join(limits.allowlist) + " (not counted)")
+    return lines
 
 
 _DEFAULT = Limiter()
