@@ -35,6 +35,7 @@ from fastingress.translate import TranslateOptions, translate
 from tests.support import manifests as m
 from tests.support.h2client import H2Client
 from tests.support.process import Fastingress, run_fastingress, wait_for
+from tests.support.tls_upstreams import H2EchoServer
 from tests.support.upstream import EchoServer
 from workers.config import stats_decoder
 
@@ -46,6 +47,7 @@ RATE_KB = 100  # limit-rate of rate.test, KB/s
 BODY = (8, 25600)  # the upstream's answer on /__stream/8/25600: 200 KB
 PREFIX = "nginx.ingress.kubernetes.io/"
 RPM = {"limit-rpm": "6", "limit-burst-multiplier": "1"}
+H2C_RATE_KB = 8  # limit-rate of h2c.test (an HTTP/2 upstream)
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Setup:
     codec: str
 
 
-def _manifests(path: Path, port: int) -> Path:
+def _manifests(path: Path, port: int, h2c_port: int) -> Path:
     def limited(name: str, annotations: dict[str, str]) -> str:
         return m.ingress(name, [(f"{name}.test", "/", "Prefix", "app")],
                          annotations={PREFIX + k: v for k, v in annotations.items()})
@@ -70,6 +72,9 @@ def _manifests(path: Path, port: int) -> Path:
         limited("conn", {"limit-connections": "3"}),
         limited("rate", {"limit-rate": str(RATE_KB)}),
         limited("after", {"limit-rate": str(RATE_KB), "limit-rate-after": "512"}),
+        m.service("h2c", port=h2c_port), m.endpoint_slice("h2c", [h2c_port]),
+        m.ingress("h2c", [("h2c.test", "/", "Prefix", "h2c")], service_port=h2c_port, annotations={
+            PREFIX + "backend-protocol": "H2C", PREFIX + "limit-rate": str(H2C_RATE_KB)}),
     )
 
 
@@ -79,8 +84,8 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp(f"limits-{codec}")
     runtime = Path(tempfile.mkdtemp(prefix="fil-", dir="/tmp"))  # short: unix socket paths
     try:
-        with EchoServer("app") as up:
-            path = _manifests(tmp / "limits.yaml", up.port)
+        with EchoServer("app") as up, H2EchoServer() as h2c:
+            path = _manifests(tmp / "limits.yaml", up.port, h2c.port)
             extra = ("--http1-codec", codec, "--runtime-dir", str(runtime))
             with run_fastingress(tmp, manifests=[path], workers=WORKERS, extra=extra) as fi:
                 yield Setup(fi, up, runtime, codec)
@@ -230,6 +235,19 @@ async def test_limit_rate_paces_http2_streams(setup: Setup) -> None:
     response = client.responses[sid]
     assert response.status == 200 and len(response.body) == total
     check_paced(elapsed, [(t, n) for t, n in samples if n], total)
+
+
+def test_limit_rate_paces_answers_of_http2_upstreams(setup: Setup) -> None:
+    """An H2C upstream (the task path of HTTP/2 upstreams) echoes a 16 KB body, paced."""
+    body = b"x" * 16000  # (the test upstream answers in one DATA frame)
+    rate = H2C_RATE_KB * 1024
+    with httpx.Client(base_url=setup.fi.base, timeout=30) as client:
+        start = time.monotonic()
+        r = client.post("/echo", content=body, headers={"Host": "h2c.test", "Content-Type": "text/plain"})
+        elapsed = time.monotonic() - start
+    assert r.status_code == 200 and r.content == b"/echo|" + body
+    lower = (len(r.content) - rate) / rate
+    assert lower * 0.9 <= elapsed <= lower + 3.0, elapsed
 
 
 def test_limit_req_status_code_from_the_settings(tmp_path: Path, echo_servers: list[EchoServer]) -> None:
