@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # fastingress image: slim Python 3.11, multi-stage, non-root (uid 10001), `fastingress` as entrypoint.
 #
-#   docker build -t fastingress/fastingress:0.1.0 .
-#   docker run --rm fastingress/fastingress:0.1.0 --help
+#   config/deploy/build-image.sh [REGISTRY/PATH]   # = docker build -t fastingress:0.1.0 . (+ tag, push)
+#   docker run --rm fastingress:0.1.0 --help
 #
 # The build stage installs the project into a virtual environment under /opt/fastingress; the
 # final stage copies only that environment (no pip, no compilers, no sources).  Both stages use

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shlex
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from fastingress import __version__
@@ -46,6 +47,8 @@ HTTP1_CODEC_HELP = (
     "HTTP/1.1 data path: llhttp (the event-driven core, default) or h11 (the task-based reference)"
 )
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# --demo: the backends the manifests in config/examples point at (their EndpointSlices).
+DEMO_BACKENDS: tuple[tuple[str, int], ...] = (("frontend", 9001), ("api", 9002), ("docs", 9003))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +104,15 @@ def _add_fail_open_flag(parser: argparse.ArgumentParser) -> None:
         help="UNSAFE: serve routes whose access annotations (auth-*, *-source-range, ...) are not "
         "implemented WITHOUT that protection, instead of answering 503 (default: fail closed)",
     )
+
+
+def _demo_backend(text: str) -> tuple[str, int]:
+    from fastingress.demo import parse_backend_spec
+
+    try:
+        return parse_backend_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_default_certificate_flag(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep one pre-started worker ready to replace a dead one at once (default: %(default)s)",
+    )
+    standalone.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="start even if a manifest file cannot be read or parsed (it is left out until it loads; "
+        "default: exit status 2)",
+    )
+    standalone.add_argument(
+        "--demo",
+        action="store_true",
+        help="also serve the demo backends config/examples points at (frontend, api, docs on "
+        "127.0.0.1:9001-9003) in this process, so that they stop with it",
+    )
+    standalone.add_argument(
+        "--demo-backend",
+        action="append",
+        type=_demo_backend,
+        metavar="NAME=PORT",
+        help="with --demo: serve these demo backends instead (repeatable)",
     )
     standalone.add_argument("--runtime-dir", metavar="DIR", help=argparse.SUPPRESS)
     standalone.add_argument("--worker-command", metavar="CMD", help=argparse.SUPPRESS)
@@ -290,7 +321,14 @@ def _add_controller_parser(commands: argparse._SubParsersAction[_Parser]) -> Non
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="/readyz turns not-ready after this long without the Kubernetes API (default: %(default)s)",
+        help="after this long without the Kubernetes API, /readyz turns not-ready if another replica "
+        "still reaches it (never when none does: see README) (default: %(default)s)",
+    )
+    controller.add_argument(
+        "--update-status-on-shutdown",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the last replica to stop clears the status.loadBalancer it wrote (default: %(default)s)",
     )
     _add_serving_flags(controller)
     # Hidden tuning knobs (tests run elections in ~2 s).
@@ -300,6 +338,7 @@ def _add_controller_parser(commands: argparse._SubParsersAction[_Parser]) -> Non
     controller.add_argument("--debounce-max-delay", type=float, default=0.5, help=argparse.SUPPRESS)
     controller.add_argument("--watch-timeout", type=int, default=300, help=argparse.SUPPRESS)
     controller.add_argument("--identity", default="", help=argparse.SUPPRESS)
+    controller.add_argument("--list-page-size", type=int, default=500, help=argparse.SUPPRESS)
 
 
 def _add_check_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -398,6 +437,9 @@ def controller_settings(args: argparse.Namespace) -> ControllerSettings:
             debounce_max_delay=args.debounce_max_delay,
             watch_timeout=args.watch_timeout,
             identity=args.identity,
+            update_status_on_shutdown=args.update_status_on_shutdown,
+            pod_name=os.environ.get("POD_NAME", ""),
+            list_page_size=args.list_page_size,
             **_serving(args),
         )
     )
@@ -438,11 +480,15 @@ def _translation(args: argparse.Namespace) -> TranslationSettings:
 
 
 def standalone_settings(args: argparse.Namespace) -> StandaloneSettings:
+    if args.demo_backend and not args.demo:
+        raise ConfigError("--demo-backend only goes with --demo")
     return validate_standalone(
         StandaloneSettings(
             manifests=tuple(args.manifests or ()),
             snapshot=args.snapshot,
             watch_interval=args.watch_interval,
+            allow_partial=args.allow_partial,
+            demo_backends=tuple(args.demo_backend or DEMO_BACKENDS) if args.demo else (),
             **_serving(args),
         )
     )
@@ -470,26 +516,71 @@ def configure_logging(level: str) -> None:
 
 
 def write_atomically(path: str, data: bytes) -> None:
-    """Write via a temporary file + rename, so a watcher never reads half a file."""
+    """Write a snapshot file so that a watcher never reads half of it.
+
+    ``-`` is stdout.  A regular file (or a new path) is replaced atomically: a temporary
+    file in the same directory, then a rename; through a symlink, the file it points to is
+    replaced and the link stays.  A character device (``/dev/null``, a terminal) or a FIFO
+    with a reader is written through, never replaced.  Anything else (a directory, a
+    socket, a block device, a FIFO nobody reads) is refused with one line (ConfigError).
+    """
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    target = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+        st: os.stat_result | None = os.stat(path)  # follows symlinks: what would be written
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if st is None or stat.S_ISREG(st.st_mode):
+        _replace_file(path, os.path.realpath(path), data, st)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        _write_through(path, data, fifo=stat.S_ISFIFO(st.st_mode))
+    elif stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"cannot write {path}: it is a directory")
+    else:
+        raise ConfigError(f"cannot write {path}: not a regular file, character device or FIFO")
+
+
+def _replace_file(path: str, target: str, data: bytes, existing: os.stat_result | None) -> None:
+    """Temporary file + rename in ``target``'s directory (``path`` is what the user named)."""
+    directory, name = os.path.split(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory or ".")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        if target.exists():  # keep its mode; a new file stays 0600 (snapshots carry private keys)
-            os.chmod(tmp, target.stat().st_mode & 0o777)
+        if existing is not None:  # keep its mode; a new file stays 0600 (snapshots carry private keys)
+            os.chmod(tmp, existing.st_mode & 0o777)
         os.replace(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_through(path: str, data: bytes, *, fifo: bool) -> None:
+    """Write into a character device or a FIFO as it is (no truncation, no rename)."""
+    try:
+        # A FIFO without a reader would block forever: O_NONBLOCK makes that ENXIO instead.
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | (os.O_NONBLOCK if fifo else 0))
+    except OSError as exc:
+        if fifo and exc.errno == errno.ENXIO:
+            raise ConfigError(f"cannot write {path}: a FIFO with no reader") from None
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def run_build(settings: BuildSettings) -> int:
@@ -517,8 +608,10 @@ def run_standalone_command(settings: StandaloneSettings) -> int:
     import trio
 
     from fastingress.supervisor import run_standalone
+    from workers.process import set_title
 
     configure_logging(settings.log_level)
+    set_title("fastingress: supervisor")
     return trio.run(run_standalone, settings)
 
 
@@ -526,8 +619,10 @@ def run_controller_command(settings: ControllerSettings) -> int:
     import trio
 
     from fastingress.k8s.controller import run_controller
+    from workers.process import set_title
 
     configure_logging(settings.log_level)
+    set_title("fastingress: supervisor")
     return trio.run(run_controller, settings)
 
 

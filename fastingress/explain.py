@@ -31,6 +31,7 @@ from fastingress.errors import FastIngressError
 from fastingress.snapshot.schema import (
     Action,
     Forward,
+    GlobalSettings,
     Redirect,
     Respond,
     Route,
@@ -40,8 +41,10 @@ from fastingress.snapshot.schema import (
     VirtualHost,
 )
 from fastingress.translate.model import Diagnostic
-from workers.decide import explain_policies
 from workers.pathnorm import normalize_target
+from workers.policies.access import RangeCheck, Ranges, explain_client
+from workers.policies.limits import exempt
+from workers.policies.limits import explain_lines as limit_lines
 from workers.routing import RouteTable, normalize_host, prefix_key, rewrite, route_pattern
 from workers.tlspolicy import ACME_PREFIX, redirect_location, wants_https
 
@@ -289,14 +292,48 @@ def _route_policies(policy: RoutePolicy, scheme: str, redirected: bool) -> list[
     return out
 
 
-def _compiled_policies(table: RouteTable, route: Route) -> list[Policy]:
-    """The route's policies as a worker compiles them (``workers.policy``), one line each."""
+def _access_policies(route: Route, vhost: VirtualHost | None, client_ip: str) -> list[Policy]:
+    """Client certificates, source ranges and basic/digest auth (``workers.policies.access``)."""
     out: list[Policy] = []
-    for line in explain_policies(table.policies(route)):
-        name, sep, value = line.partition(": ")
-        if not sep:
-            name, _, value = line.partition(" ")
-        out.append(Policy(name, value))
+    policy = route.policy
+    if policy.client_auth and vhost is not None and vhost.client_auth is not None:
+        tls = vhost.client_auth
+        out.append(Policy("auth-tls", explain_client(tls).removeprefix("client certificates: "),
+                          "400 without a good client certificate" if tls.verify in ("on", "optional")
+                          else "headers only"))
+    ranges = policy.source_ranges
+    if ranges is not None:
+        value = "; ".join(part for part in (
+            "deny " + ", ".join(ranges.deny) if ranges.deny else "",
+            "allow " + ", ".join(ranges.allow) if ranges.allow else "",
+        ) if part)
+        if client_ip:
+            verdict = "allowed" if RangeCheck(ranges).allowed(client_ip) else "403"
+            effect = f"client {client_ip}: {verdict}"
+        else:
+            effect = "others get 403" if ranges.allow else "those get 403"
+        out.append(Policy("source ranges", value, effect))
+    auth = policy.basic_auth
+    if auth is not None:
+        count = len(auth.users) if auth.type == "basic" else len(auth.digest_users)
+        out.append(Policy(f"auth-type {auth.type}", f"realm {auth.realm!r}, {count} user(s) from Secret "
+                          f"{auth.secret}", "401 without valid credentials"))
+    return out
+
+
+def _limit_policies(route: Route, settings: GlobalSettings, client_ip: str) -> list[Policy]:
+    """limit-rps/-rpm/-connections/-allowlist/-rate (``workers.policies.limits``)."""
+    limits = route.policy.limits
+    if limits is None:
+        return []
+    out: list[Policy] = []
+    for line in limit_lines(limits, limits.zone or route.ingress, settings):
+        name, _, value = line.partition(": ")
+        effect = ""
+        if name == "limit-allowlist" and client_ip:
+            counted = not exempt(client_ip, Ranges(limits.allowlist))
+            effect = f"client {client_ip}: {'counted' if counted else 'not counted'}"
+        out.append(Policy(name, value, effect))
     return out
 
 
@@ -417,7 +454,8 @@ def explain(
             )
     if route is not None:
         policies += _route_policies(route.policy, scheme, redirected=False)
-        policies += _compiled_policies(table, route)
+        policies += _access_policies(route, vhost, request.client_ip)
+        policies += _limit_policies(route, snapshot.settings, request.client_ip)
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)

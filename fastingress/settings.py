@@ -83,6 +83,9 @@ class StandaloneSettings(msgspec.Struct, frozen=True):
     worker_command: tuple[str, ...] = ()
     runtime_dir: str | None = None  # None: a fresh private directory (default_runtime_dir())
     standby_worker: bool = True  # keep one pre-started worker to replace a dead one in ~50 ms
+    # -- issue 10 -------------------------------------------------------------------------
+    allow_partial: bool = False  # start even if a manifest file cannot be read or parsed
+    demo_backends: tuple[tuple[str, int], ...] = ()  # --demo: (name, port) served in-process
 
 
 class BuildSettings(msgspec.Struct, frozen=True):
@@ -161,6 +164,10 @@ def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
             f"--watch-interval must be between 0.01 and 3600 seconds, got {settings.watch_interval}"
         )
     _check_translation(settings.translation)
+    if settings.allow_partial and settings.snapshot is not None:
+        raise ConfigError("--allow-partial applies to --manifests only")
+    for name, port in settings.demo_backends:
+        _check_port(f"--demo backend {name}", port, allow_zero=False)
     return settings
 
 
@@ -215,6 +222,10 @@ class ControllerSettings(msgspec.Struct, frozen=True):
     runtime_dir: str | None = None
     standby_worker: bool = True
     http1_codec: Literal["llhttp", "h11"] = "llhttp"
+    # -- issue 10 -------------------------------------------------------------------------
+    update_status_on_shutdown: bool = True  # the last replica clears Ingress status (ingress-nginx)
+    pod_name: str = ""  # $POD_NAME: our own endpoint among the publish Service's (peers)
+    list_page_size: int = 500  # objects a LIST page (limit/continue)
 
 
 _DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -251,6 +262,8 @@ def validate_controller(settings: ControllerSettings) -> ControllerSettings:
         raise ConfigError("--debounce-hold-off must be between 0 and --debounce-max-delay (at most 60 s)")
     if not 1 <= settings.watch_timeout <= 3600:
         raise ConfigError(f"--watch-timeout must be between 1 and 3600 seconds, got {settings.watch_timeout}")
+    if not 1 <= settings.list_page_size <= 100000:
+        raise ConfigError(f"--list-page-size must be between 1 and 100000, got {settings.list_page_size}")
     return settings
 
 

@@ -10,6 +10,7 @@ import msgspec
 import trio
 
 from workers.config import WorkerSettings, decode_settings
+from workers.process import exit_with_parent, set_title
 from workers.server import run_worker
 
 
@@ -25,12 +26,14 @@ def _parse(argv: list[str] | None) -> WorkerSettings:
 
 def main(argv: list[str] | None = None) -> int:
     settings = _parse(argv)
+    set_title(f"fastingress: worker {settings.index}")
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(
         level=level if isinstance(level, int) else logging.INFO,
         format=f"%(asctime)s worker[{settings.index}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    exit_with_parent(settings.parent_pid)
     try:
         trio.run(run_worker, settings)
     except OSError as exc:

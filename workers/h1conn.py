@@ -53,9 +53,11 @@ from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import RequestHead, Signal
+from workers.linger import LINGERING_TIME, LINGERING_TIMEOUT
 from workers.llhttp import ServerCodec
 from workers.loop import Core
 from workers.policy import RequestCtx
+from workers.splice import Splicer
 
 if TYPE_CHECKING:
     from workers.h1pool import CorePool, UpstreamConn
@@ -64,8 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastingress.worker")
 
-LINGERING_TIME = 30.0  # nginx lingering_time
-LINGERING_TIMEOUT = 5.0  # nginx lingering_timeout
 H2_PREFACE_START = b"PRI * HTTP/2.0"
 
 
@@ -130,6 +130,7 @@ class ClientConn(Forwarder):
         self.received = 0
         self.limit = 0
         self.linger_until = 0.0
+        self.splicer: Splicer | None = None
         self.paced = None  # limit-rate: the paced answer in progress (h1forward._Paced)
         worker.opened(self)
         core.set_deadline(self, core.now + worker.settings.client_header_timeout)
@@ -159,13 +160,17 @@ class ClientConn(Forwarder):
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.deadline = _INF
+        self.core.cancel_deadline(self)
+        if self.splicer is not None:
+            self.splicer.close()
+            self.splicer = None
         up = self.up
         if up is not None:
             self.up = None
             up.close()
         if self.in_request:
             self._finish(self.status or 499)
+        self.codec.release()  # (the parser refers back to the codec: no cycle for the GC)
         self.worker.closed(self)
 
     def writable(self) -> None:
@@ -211,7 +216,7 @@ class ClientConn(Forwarder):
                     self._forward_body()
                     return
                 else:
-                    if state != CLOSED:
+                    if state not in (CLOSED, LINGER):
                         self.transport.pause_reading()  # pipelined input waits in the kernel
                     return
         finally:

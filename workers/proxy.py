@@ -62,9 +62,10 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide
-from workers.h2upstream import forward_h2
+from workers.h2forward import forward_h2
 from workers.heads import TEXT, error_body, scan_request
 from workers.http1 import Event, RequestHead, ServerCodec, Signal
+from workers.linger import linger
 from workers.llhttp import ServerCodec as LlhttpServerCodec
 from workers.policy import RequestCtx
 from workers.sessionfwd import PH_CLIENT, PH_HEAD, PH_UPSTREAM, RECV_SIZE, SessionBase, _arm, copy_bytes
@@ -124,8 +125,14 @@ class Session(SessionBase):
         self.pump_done = False
         self.pump_error: BaseException | None = None
         self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
+        self.linger = False  # answered before the request was read whole (see linger_close)
         # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
         self.tls_peer: object = getattr(stream, "ssl_connection", None)
+
+    async def linger_close(self) -> None:
+        """When we answered before reading the whole request: ``workers.linger``."""
+        if self.linger:
+            await linger(self.stream)
 
     def drain(self) -> None:
         """The worker drains: an idle connection closes now, a busy one after its response."""
@@ -292,6 +299,8 @@ class Session(SessionBase):
             self.ctx.respond(status, headers)
         if close:
             headers.append((b"connection", b"close"))
+            if not codec.their_message_done:
+                self.linger = True  # answered before the request was read whole
         self.status = status
         if self.method != b"HEAD":  # (a HEAD answer declares the length, sends no body)
             data = codec.response_head(status, headers) + codec.data(body) + codec.end()

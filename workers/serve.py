@@ -58,6 +58,7 @@ async def serve_client(
         session.finish_request(499)
         worker.closed(session)
         if not preface:
+            await session.linger_close()
             await trio.aclose_forcefully(stream)
     if preface:
         await serve_h2(worker, stream, client_ip, preface, tls=tls)

@@ -70,8 +70,26 @@ class SessionBase:
     """A Session's state and its forwarding half (``workers.proxy.Session`` extends it)."""
 
     __slots__ = (
-        "body_consumed", "client_ip", "codec", "ctx", "idle", "in_request", "labels", "method", "phase",
-        "pump_done", "pump_error", "scope", "status", "stream", "t0", "target", "tls", "tls_peer", "worker",
+        "body_consumed",
+        "client_ip",
+        "codec",
+        "ctx",
+        "idle",
+        "in_request",
+        "labels",
+        "linger",
+        "method",
+        "phase",
+        "pump_done",
+        "pump_error",
+        "scope",
+        "status",
+        "stream",
+        "t0",
+        "target",
+        "tls",
+        "tls_peer",
+        "worker",
     )
 
     worker: Worker
@@ -86,6 +104,9 @@ class SessionBase:
     pump_done: bool
     pump_error: BaseException | None
     ctx: RequestCtx | None
+    linger: bool
+    method: bytes
+    target: bytes
 
     if TYPE_CHECKING:  # provided by Session
 
@@ -349,6 +370,7 @@ class SessionBase:
                         pacer = Pacer(*ctx.limit_rate, ctx.now)
                 if self.worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
+                    self.linger = not self.pump_done
                 self.status = ev.status
                 out.append(codec.response_head(ev.status, headers, ev.reason, trusted=True))
             elif ev is _END:

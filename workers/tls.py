@@ -75,7 +75,7 @@ class _Gate:
             self._lot.unpark()
 
 
-class TLSStream(trio.abc.Stream):
+class TLSStream(trio.abc.HalfCloseableStream):
     """Server side TLS over ``transport`` (a trio Stream), using ``context`` to start with.
 
     The SNI callback installed on ``context`` (see ``workers.certs``) may switch the
@@ -280,6 +280,15 @@ class TLSStream(trio.abc.Stream):
         self._check_open()
         await self.transport.wait_send_all_might_not_block()
 
+    async def send_eof(self) -> None:
+        """close_notify, then FIN when the transport can half-close; reading goes on."""
+        self._check_open()
+        with contextlib.suppress(SSL.Error):
+            self._conn.shutdown()
+        await self._flush()
+        if isinstance(self.transport, trio.abc.HalfCloseableStream):
+            await self.transport.send_eof()
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -299,7 +308,7 @@ class TLSStream(trio.abc.Stream):
             await self.transport.aclose()
 
 
-class SocketTLSStream(trio.abc.Stream):
+class SocketTLSStream(trio.abc.HalfCloseableStream):
     """A trio Stream over a pyOpenSSL ``Connection`` bound to a non-blocking socket, after its
     handshake (done by the event-driven core): how a TLS connection moves to a task (HTTP/2,
     an Upgrade tunnel).  WantRead/WantWrite wait for the socket; errors as in ``TLSStream``."""
@@ -364,6 +373,16 @@ class SocketTLSStream(trio.abc.Stream):
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._sock)
+
+    async def send_eof(self) -> None:
+        """close_notify, then FIN; reading goes on."""
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream was closed")
+        with contextlib.suppress(SSL.Error):
+            self._conn.shutdown()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         if self._closed:

@@ -17,7 +17,7 @@ type, ``ApiError`` (HTTP status or 0 for a transport failure, and a one-line rea
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -32,6 +32,11 @@ Obj = dict[str, Any]
 WATCH_READ_MARGIN = 15.0  # seconds past timeoutSeconds before a silent watch counts as dead
 REQUEST_TIMEOUT = 10.0
 LIST_PAGE = 500
+LIST_RESTARTS = 2  # paginated lists restarted after a 410 on a continue token, then one request
+
+
+class ContinueExpired(Exception):
+    """A paginated list's continue token expired (410): the list must start over."""
 
 
 class ApiError(FastIngressError):
@@ -51,6 +56,7 @@ class Resource:
     plural: str
     namespaced: bool = True
     field_selector: str | None = None
+    label_selector: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -69,7 +75,9 @@ INGRESS = Resource("Ingress", "networking.k8s.io/v1", "ingresses")
 INGRESS_CLASS = Resource("IngressClass", "networking.k8s.io/v1", "ingressclasses", namespaced=False)
 SERVICE = Resource("Service", "v1", "services")
 ENDPOINT_SLICE = Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslices")
-SECRET = Resource("Secret", "v1", "secrets", field_selector="type=kubernetes.io/tls")
+# Every type: Opaque ones are named by annotations.  The controller keeps only the Secrets
+# Ingresses reference (fastingress.k8s.secrets); the rest are dropped as they are decoded.
+SECRET = Resource("Secret", "v1", "secrets")
 LEASE = Resource("Lease", "coordination.k8s.io/v1", "leases")
 EVENT = Resource("Event", "v1", "events")
 
@@ -139,6 +147,7 @@ class KubeClient:
         self._pool: urllib3.PoolManager = self._api.rest_client.pool_manager
         self.base = str(configuration.host).rstrip("/")
         self._lock = threading.Lock()
+        self.page_size = LIST_PAGE
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None) -> KubeClient:
@@ -206,16 +215,24 @@ class KubeClient:
             raise ApiError(0, f"{method} {path}: the API server answered with a non-object")
         return decoded
 
-    def list(self, resource: Resource, namespace: str | None) -> tuple[list[Obj], str]:
-        """Every object (paginated), each labelled with kind/apiVersion, and the list's resourceVersion."""
+    def _list_pages(
+        self, resource: Resource, namespace: str | None, limit: int, keep: Callable[[Obj], bool] | None
+    ) -> tuple[list[Obj], str]:
         items: list[Obj] = []
-        query: dict[str, str | int] = {"limit": LIST_PAGE}
+        query: dict[str, str | int] = {"limit": limit} if limit else {}
         if resource.field_selector:
             query["fieldSelector"] = resource.field_selector
+        if resource.label_selector:
+            query["labelSelector"] = resource.label_selector
         while True:
-            page = self.request("GET", resource.collection(namespace), query=query)
+            try:
+                page = self.request("GET", resource.collection(namespace), query=query)
+            except ApiError as exc:
+                if exc.status == 410 and "continue" in query:
+                    raise ContinueExpired from None
+                raise
             for item in page.get("items") or ():
-                if isinstance(item, dict):
+                if isinstance(item, dict) and (keep is None or keep(item)):
                     item.setdefault("kind", resource.kind)
                     item.setdefault("apiVersion", resource.api_version)
                     items.append(item)
@@ -225,6 +242,26 @@ class KubeClient:
                 version = meta.get("resourceVersion") if isinstance(meta, dict) else None
                 return items, str(version or "")
             query["continue"] = str(token)
+
+    def list(
+        self, resource: Resource, namespace: str | None, keep: Callable[[Obj], bool] | None = None
+    ) -> tuple[list[Obj], str]:
+        """Every object (that ``keep`` accepts, page by page), each labelled with
+        kind/apiVersion, and the list's resourceVersion.
+
+        Paginated (``limit``/``continue``, ``page_size`` objects a page), as the API server
+        wants it at scale: only one page is in memory as JSON at a time.  The pages of one
+        list are one consistent snapshot; when the server expires the continue token (410:
+        the list took longer than etcd keeps history), the list starts over, and after
+        ``LIST_RESTARTS`` such restarts it is done in one request.
+        """
+        for attempt in range(LIST_RESTARTS + 1):
+            limit = self.page_size if attempt < LIST_RESTARTS else 0
+            try:
+                return self._list_pages(resource, namespace, limit, keep)
+            except ContinueExpired:
+                continue
+        raise AssertionError("unreachable: the last attempt is not paginated")
 
     def watch(
         self, resource: Resource, namespace: str | None, resource_version: str, timeout_seconds: int
@@ -238,6 +275,8 @@ class KubeClient:
             query["resourceVersion"] = resource_version
         if resource.field_selector:
             query["fieldSelector"] = resource.field_selector
+        if resource.label_selector:
+            query["labelSelector"] = resource.label_selector
         path = resource.collection(namespace)
         timeout = urllib3.Timeout(connect=REQUEST_TIMEOUT, read=timeout_seconds + WATCH_READ_MARGIN)
         response = self._open("GET", path, query=query, timeout=timeout)

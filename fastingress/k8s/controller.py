@@ -5,9 +5,11 @@ Theory of operation
 ``ControllerSource`` implements ``fastingress.supervisor.source.ConfigSource``:
 
 * ``initial()`` starts one ``Informer`` thread per watched kind (IngressClass, Ingress,
-  Service, EndpointSlice, TLS Secrets) and applies their messages to the ``Store`` until
-  EVERY kind has completed its first list; only then is the first snapshot built, so the
-  workers' generation 1 is the full state, never a partial one.
+  Service, EndpointSlice, and Secrets once the Ingresses are listed: only the Secrets they
+  reference are kept, see ``k8s/secrets.py``) and applies their messages to the ``Store``
+  until EVERY kind has completed its first list; only then is the first snapshot built, so
+  the workers' generation 1 is the full state, never a partial one.  The admin port is up
+  meanwhile (``/readyz`` 503 says which lists are missing).
 * ``run(trigger)`` runs the tasks of a live controller in one nursery:
   - the consumer applies informer messages to the store; a message that changes what
     translation sees pokes the ``Debouncer`` (hold-off after the last change, capped by a
@@ -19,8 +21,11 @@ Theory of operation
     (status.loadBalancer of our Ingresses, replace on the status subresource, re-read on
     409) and the event poster (diagnostics → Events, deduplicated; 403 → stop trying).
 * API outage: informers back off and relist when the API answers again; the snapshot in
-  force keeps being served; ``readiness()`` turns false once no informer has had a good
-  list for ``api_outage_grace`` seconds while at least one is failing.
+  force keeps being served.  Past ``api_outage_grace`` seconds ``readiness()`` turns false
+  only if another replica (``k8s/peers.py``) answers that it still reaches the API: an
+  outage of the API server itself never takes every replica out of the load balancer.
+* Status: an Ingress that stops being ours loses our address; with
+  ``update_status_on_shutdown`` the last replica standing clears the status on shutdown.
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ import msgspec
 import trio
 
 from fastingress.errors import ConfigError
-from fastingress.k8s.client import EVENT, INGRESS, WATCHED, ApiError, KubeClient
+from fastingress.k8s.client import EVENT, INGRESS, SECRET, WATCHED, ApiError, KubeClient
 from fastingress.k8s.debounce import Debouncer
 from fastingress.k8s.events import EventLimiter, event_body
-from fastingress.k8s.informer import Informer, Listed, Lost, Message
+from fastingress.k8s.informer import Changed, Informer, Listed, Lost, Message
 from fastingress.k8s.leader import LeaderElector
-from fastingress.k8s.status import desired_addresses, owned_ingresses, with_status
+from fastingress.k8s.peers import CONTACT_PATH, Peer, ask, peers
+from fastingress.k8s.secrets import Ref, SecretRefs, secret_ref
+from fastingress.k8s.status import current_addresses, desired_addresses, owned_ingresses, with_status
 from fastingress.k8s.store import Store, key_of
 from fastingress.settings import ControllerSettings
 from fastingress.settings import translate_options as options_for
@@ -60,6 +67,9 @@ Obj = dict[str, Any]
 CHANNEL_SIZE = 1024
 STATUS_RETRIES = 5
 STATUS_INTERVAL = 0.05  # coalesce bursts of status work
+SPLICE_ITEMS = 64  # tuples at least this long are encoded item by item (see SnapshotEncoder)
+SHUTDOWN_STATUS_TIMEOUT = 5.0  # seconds clearing Ingress status may take on shutdown
+PEER_PROBE_MAX_INTERVAL = 5.0  # seconds between asking peers during an API outage
 
 
 def default_identity() -> str:
@@ -80,6 +90,11 @@ class SnapshotEncoder:
     encodings.  The incremental Translator hands back the same ``virtual_hosts`` tuple when
     only endpoints changed, which saves encoding ~3 MB with 10,000 hosts.  Any other Struct
     configuration falls back to plain ``encode_msgpack``.
+
+    A long tuple (virtual hosts, upstreams, certificates) is an array header followed by its
+    items' encodings, so when the tuple is new but most of its items are the very objects of
+    last time (one Secret changed: one virtual host and one certificate are new), only the
+    new items are encoded and the rest of the bytes are reused.
     """
 
     def __init__(self) -> None:
@@ -96,6 +111,7 @@ class SnapshotEncoder:
         self._header = bytes([0x80 | len(fields)])
         self._names = [(name, self._encoder.encode(name)) for name in fields]
         self._last: dict[str, tuple[object, bytes]] = {}
+        self._items: dict[str, dict[int, tuple[object, bytes]]] = {}  # field -> id(item) -> bytes
 
     def encode(self, snapshot: Snapshot) -> bytes:
         if not self._splice:
@@ -105,9 +121,36 @@ class SnapshotEncoder:
             value = getattr(snapshot, name)
             last = self._last.get(name)
             if last is None or last[0] is not value:
-                last = self._last[name] = (value, self._encoder.encode(value))
+                if isinstance(value, tuple) and len(value) >= SPLICE_ITEMS:
+                    encoded = self._array(name, value)
+                else:
+                    self._items.pop(name, None)
+                    encoded = self._encoder.encode(value)
+                last = self._last[name] = (value, encoded)
             parts.append(encoded_name)
             parts.append(last[1])
+        return b"".join(parts)
+
+    def _array(self, name: str, items: tuple[object, ...]) -> bytes:
+        """A msgpack array of ``items``, reusing the bytes of items encoded last time."""
+        previous = self._items.get(name, {})
+        current: dict[int, tuple[object, bytes]] = {}
+        count = len(items)
+        if count < 16:
+            header = bytes([0x90 | count])
+        elif count < 1 << 16:
+            header = b"\xdc" + count.to_bytes(2, "big")
+        else:
+            header = b"\xdd" + count.to_bytes(4, "big")
+        parts = [header]
+        encode = self._encoder.encode
+        for item in items:
+            hit = previous.get(id(item))
+            if hit is None or hit[0] is not item:
+                hit = (item, encode(item))
+            current[id(item)] = hit
+            parts.append(hit[1])
+        self._items[name] = current
         return b"".join(parts)
 
 
@@ -156,6 +199,14 @@ class ControllerSource:
         self._wake = trio.Event()
         self._status_wake = trio.Event()
         self._events_wake = trio.Event()
+        default_certificate = secret_ref(settings.translation.default_ssl_certificate)
+        self.secret_refs = SecretRefs([default_certificate] if default_certificate else [])
+        self._secret_informer: Informer | None = None
+        self._to_fetch: set[Ref] = set()  # referenced Secrets the watch dropped before: GET them
+        self._fetch_wake = trio.Event()
+        self.secrets_fetched = 0
+        self.peer_in_contact: Peer | None = None  # in an API outage: a replica that still has it
+        self.status_cleared = 0
 
     # -- ConfigSource ------------------------------------------------------------------
 
@@ -167,6 +218,9 @@ class ControllerSource:
         )
         base = self.client.base if self.client is not None else "?"
         return f"Kubernetes API {base} ({where})"
+
+    async def prepare(self) -> None:
+        """Nothing quick to check: the initial list runs with the admin port already up."""
 
     async def initial(self) -> Loaded:
         if self.client is None:
@@ -182,14 +236,23 @@ class ControllerSource:
                 self._send,
                 token,
                 watch_timeout=self.settings.watch_timeout,
+                keep=self._kept_secrets if resource is SECRET else None,
             )
             self.informers.append(informer)
+            if resource is SECRET:
+                self._secret_informer = informer
+        # Secrets are listed once the Ingresses are, filtered by what those reference.
         for informer in self.informers:
-            informer.start()
+            if informer is not self._secret_informer:
+                informer.start()
         log.info("listing %s", ", ".join(r.kind for r in WATCHED))
         try:
             while len(self.synced) < len(WATCHED):
                 self._handle(await self._recv.receive())
+                secrets = self._secret_informer
+                if "Ingress" in self.synced and secrets is not None and not secrets.started:
+                    secrets.start()
+            await self._fetch_secrets()
         except BaseException:
             self.stop_informers()
             raise
@@ -224,25 +287,77 @@ class ControllerSource:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._consume)
+                nursery.start_soon(self._fetch_loop)
                 nursery.start_soon(self._rebuild, trigger)
                 nursery.start_soon(self.elector.run)
                 nursery.start_soon(self._status_loop)
                 nursery.start_soon(self._events_loop)
+                nursery.start_soon(self._peers_loop)
         finally:
             self.stop_informers()
             with trio.CancelScope(shield=True):
+                with trio.move_on_after(SHUTDOWN_STATUS_TIMEOUT):
+                    await self.clear_status_on_shutdown()
                 await self.elector.release()
 
-    def readiness(self) -> tuple[bool, str]:
+    def outage(self) -> float:
+        """Seconds since an informer lost the API (0 when every one is in contact)."""
         if not self.down_since:
+            return 0.0
+        return time.monotonic() - min(self.down_since.values())
+
+    def readiness(self) -> tuple[bool, str]:
+        missing = [r.kind for r in WATCHED if r.kind not in self.synced]
+        if missing:
+            why = f" ({self.last_error})" if self.down_since else ""
+            return False, f"initial list: waiting for {', '.join(missing)}{why}"
+        outage = self.outage()
+        if not self.down_since or outage < self.settings.api_outage_grace:
             return True, ""
-        outage = time.monotonic() - min(self.down_since.values())
-        if outage < self.settings.api_outage_grace:
-            return True, ""
-        return False, (
-            f"control plane: no contact with the Kubernetes API for {outage:.0f}s "
-            f"(still serving the last snapshot): {self.last_error}"
+        peer = self.peer_in_contact
+        if peer is not None:
+            return False, (
+                f"control plane: no contact with the Kubernetes API for {outage:.0f}s while replica "
+                f"{peer} has it (this one still serves the last snapshot): {self.last_error}"
+            )
+        return True, (
+            f"no contact with the Kubernetes API for {outage:.0f}s, and no other replica has it: "
+            "staying ready, serving the last snapshot"
         )
+
+    def endpoint(self, path: str) -> tuple[int, str] | None:
+        """``/api-contact``: what peers ask in an API outage (see ``k8s/peers.py``)."""
+        if path != CONTACT_PATH:
+            return None
+        if self.down_since or len(self.synced) < len(WATCHED):
+            return 503, f"no contact with the Kubernetes API for {self.outage():.0f}s\n"
+        return 200, "in contact with the Kubernetes API\n"
+
+    def peers(self) -> list[Peer]:
+        return peers(
+            self.store.of_kind("EndpointSlice"),
+            self.settings.publish_service,
+            self.settings.pod_name,
+            self.settings.admin_port,
+        )
+
+    async def _peers_loop(self) -> None:
+        """While the API is out of reach, ask the other replicas whether they reach it."""
+        interval = max(0.2, min(PEER_PROBE_MAX_INTERVAL, self.settings.api_outage_grace / 2))
+        while True:
+            found: Peer | None = None
+            if self.down_since:
+                for peer in self.peers():
+                    if peer.ready and await ask(peer):
+                        found = peer
+                        break
+            if (found is None) != (self.peer_in_contact is None):
+                if found is not None:
+                    log.warning("replica %s is in contact with the Kubernetes API, this one is not", found)
+                elif self.down_since:
+                    log.warning("no other replica is in contact with the Kubernetes API either")
+            self.peer_in_contact = found
+            await trio.sleep(interval)
 
     def status(self) -> dict[str, Any]:
         elector = self.elector
@@ -257,10 +372,16 @@ class ControllerSource:
                 "synced": sorted(self.synced),
                 "objects": len(self.store),
                 "store_version": self.store.version,
+                "secrets_referenced": len(self.secret_refs.snapshot),
+                "secrets_held": sum(1 for _ in self.store.of_kind("Secret")),
+                "secrets_fetched": self.secrets_fetched,
                 "builds": self.builds,
                 "last_build_seconds": round(self.last_build_seconds, 6),
                 "last_snapshot_bytes": self.last_snapshot_bytes,
                 "status_writes": self.status_writes,
+                "status_cleared": self.status_cleared,
+                "peer_in_contact": str(self.peer_in_contact) if self.peer_in_contact else "",
+                "peers": [f"{peer}{'' if peer.ready else ' (not ready)'}" for peer in self.peers()],
                 "events_posted": self.events_posted,
                 "lists": sum(i.lists for i in self.informers),
             },
@@ -292,25 +413,80 @@ class ControllerSource:
         for informer in self.informers:
             informer.stop()
 
+    def _kept_secrets(self) -> frozenset[Ref]:
+        return self.secret_refs.snapshot
+
     def _handle(self, message: Message) -> bool:
         """Apply one informer message; True if translation may see a change."""
         if isinstance(message, Lost):
             self.down_since.setdefault(message.kind, time.monotonic())
             self.last_error = message.reason
             return False
+        added: set[Ref] = set()
+        removed: set[Ref] = set()
         if isinstance(message, Listed):
             if self.down_since.pop(message.kind, None) is not None:
                 log.info("%s: in contact with the API again (relisted %d)", message.kind, len(message.items))
             self.synced.add(message.kind)
+            if message.kind == "Ingress":
+                added, removed = self.secret_refs.replace(
+                    (key, obj) for obj in message.items if (key := key_of("Ingress", obj)) is not None
+                )
             changed = self.store.replace(message.kind, message.items)
+            if message.basis is not None:  # referenced since this list was filtered
+                added |= self.secret_refs.snapshot - message.basis
         else:
+            if message.kind == "Ingress":
+                key = key_of("Ingress", message.object)
+                if key is not None:
+                    gone = message.type == "DELETED"
+                    added, removed = self.secret_refs.set_ingress(key, None if gone else message.object)
             changed = self.store.apply(message.kind, message.type, message.object)
+        changed = self._follow_secret_refs(added, removed) or changed
         if changed:
             self.debouncer.poke(trio.current_time())
             self._wake.set()
             if message.kind in ("Ingress", "IngressClass", "Service"):
                 self._status_wake.set()
         return changed
+
+    def _follow_secret_refs(self, added: set[Ref], removed: set[Ref]) -> bool:
+        """Forget Secrets no longer referenced; queue newly referenced ones we do not hold."""
+        changed = False
+        for namespace, name in removed:
+            gone = {"metadata": {"namespace": namespace, "name": name}}
+            changed = self.store.apply("Secret", "DELETED", gone) or changed
+        if "Secret" in self.synced:  # before the first Secret list, that list brings them
+            for ref in added:
+                if self.store.get("Secret", *ref) is None:
+                    self._to_fetch.add(ref)
+            if self._to_fetch:
+                self._fetch_wake.set()
+        return changed
+
+    async def _fetch_secrets(self) -> None:
+        """GET the queued Secrets (their watch events were dropped while nobody named them)."""
+        while self._to_fetch:
+            ref = self._to_fetch.pop()
+            if ref not in self.secret_refs or self.store.get("Secret", *ref) is not None:
+                continue
+            try:
+                secret = await self._api("GET", SECRET.item(*ref))
+            except ApiError as exc:
+                if exc.status != 404:  # a relist after the outage brings it
+                    log.debug("fetching Secret %s/%s: %s", ref[0], ref[1], exc)
+                continue
+            secret.setdefault("kind", "Secret")
+            secret.setdefault("apiVersion", SECRET.api_version)
+            if ref in self.secret_refs and self.store.get("Secret", *ref) is None:  # no newer event
+                self.secrets_fetched += 1
+                self._handle(Changed("Secret", "ADDED", secret))
+
+    async def _fetch_loop(self) -> None:
+        while True:
+            await self._fetch_wake.wait()
+            self._fetch_wake = trio.Event()
+            await self._fetch_secrets()
 
     async def _consume(self) -> None:
         assert self._recv is not None
@@ -361,13 +537,45 @@ class ControllerSource:
             await trio.sleep(STATUS_INTERVAL)
 
     async def sync_status(self) -> None:
-        """Write status.loadBalancer of each owned Ingress whose status differs (leader only)."""
+        """Write status.loadBalancer of each owned Ingress whose status differs, and clear it
+        on Ingresses that are no longer ours but still show our addresses (leader only)."""
         desired = self._desired()
         if desired is None:
             return
-        for ingress in owned_ingresses(self.store.of_kind("Ingress"), self.options):
+        ingresses = list(self.store.of_kind("Ingress"))
+        owned = owned_ingresses(ingresses, self.options)
+        owned_keys = {key_of("Ingress", ingress) for ingress in owned}
+        for ingress in owned:
             if with_status(ingress, desired) is not None:
                 await self._write_status(ingress, desired)
+        if not desired:
+            return
+        for ingress in ingresses:
+            if key_of("Ingress", ingress) not in owned_keys and current_addresses(ingress) == desired:
+                await self._write_status(ingress, [])  # not ours any more: not our address either
+
+    async def clear_status_on_shutdown(self) -> None:
+        """--update-status-on-shutdown: the last replica standing clears the status it wrote."""
+        if not (self.settings.update_status_on_shutdown and self.is_leader):
+            return
+        desired = self._desired()
+        if not desired:
+            return
+        others = [peer for peer in self.peers() if peer.ready]
+        if others:
+            log.info(
+                "shutting down: Ingress status kept, %d other replicas are ready (%s)",
+                len(others),
+                ", ".join(map(str, others)),
+            )
+            return
+        for ingress in owned_ingresses(list(self.store.of_kind("Ingress")), self.options):
+            if current_addresses(ingress) == desired:
+                try:
+                    await self._write_status(ingress, [])
+                except ApiError as exc:
+                    log.warning("clearing Ingress status on shutdown: %s", exc)
+                    return
 
     async def _write_status(self, ingress: Obj, desired: list[dict[str, str]]) -> None:
         key = key_of("Ingress", ingress)
@@ -399,7 +607,11 @@ class ControllerSource:
             written.setdefault("kind", "Ingress")
             written.setdefault("apiVersion", INGRESS.api_version)
             self.store.apply("Ingress", "MODIFIED", written)  # the watch echo is then a no-op
-            log.info("Ingress %s/%s: status.loadBalancer set to %s", key[1], key[2], desired)
+            if desired:
+                log.info("Ingress %s/%s: status.loadBalancer set to %s", key[1], key[2], desired)
+            else:
+                self.status_cleared += 1
+                log.info("Ingress %s/%s: status.loadBalancer cleared", key[1], key[2])
             return
         log.warning("Ingress %s/%s: status not written after %d conflicts", key[1], key[2], STATUS_RETRIES)
 
@@ -443,4 +655,5 @@ async def run_controller(settings: ControllerSettings) -> int:
     client = await trio.to_thread.run_sync(KubeClient.from_kubeconfig, settings.kubeconfig)
     if not client.base:
         raise ConfigError("the Kubernetes configuration names no API server")
+    client.page_size = settings.list_page_size
     return await run_supervisor(settings, ControllerSource(settings, client))

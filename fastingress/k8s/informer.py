@@ -5,7 +5,9 @@ Theory of operation
 Each ``Informer`` owns one daemon thread running ``_loop``:
 
 1. **List** (paginated) → ``Listed(kind, items)``: the full state of that kind; the list's
-   resourceVersion is where the watch starts.
+   resourceVersion is where the watch starts.  With ``keep`` (Secrets), only the objects
+   it names are kept, page by page and event by event; ``Listed.basis`` says which set the
+   list was filtered with, so that the controller can fetch what was added since.
 2. **Watch** from that resourceVersion with bookmarks and a server-side ``timeoutSeconds``;
    each ADDED/MODIFIED/DELETED becomes a ``Changed``; every event (BOOKMARK included)
    advances the resourceVersion.  When the server ends the watch (its timeout, a dropped
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,7 @@ Obj = dict[str, Any]
 class Listed:
     kind: str
     items: list[Obj]
+    basis: frozenset[tuple[str, str]] | None = None  # the keep set the items were filtered with
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,17 @@ class Backoff:
         return raw * (0.5 + rand / 2)
 
 
+def _ref(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return ("", "")
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _keeper(basis: frozenset[tuple[str, str]]) -> Callable[[Obj], bool]:
+    return lambda obj: _ref(obj) in basis
+
+
 class Gone(Exception):
     """The resourceVersion we watch from is too old (410)."""
 
@@ -87,6 +102,7 @@ class Informer:
         *,
         watch_timeout: int = 300,
         backoff: Backoff = Backoff(),
+        keep: Callable[[], frozenset[tuple[str, str]]] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -95,6 +111,9 @@ class Informer:
         self._token = token
         self.watch_timeout = watch_timeout
         self.backoff = backoff
+        # Only objects whose (namespace, name) is in keep() are passed on (DELETED always is):
+        # the others are dropped as they are decoded, never held (see k8s/secrets.py).
+        self.keep = keep
         self._stop = threading.Event()
         self._watch: Watch | None = None
         self._lock = threading.Lock()
@@ -104,6 +123,10 @@ class Informer:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
 
     def stop(self) -> None:
         self._stop.set()
@@ -138,9 +161,11 @@ class Informer:
         while not self._stop.is_set():
             try:
                 if version is None:
-                    items, version = self.client.list(self.resource, self.namespace)
+                    basis = self.keep() if self.keep is not None else None
+                    accept = _keeper(basis) if basis is not None else None
+                    items, version = self.client.list(self.resource, self.namespace, accept)
                     self.lists += 1
-                    self._emit(Listed(kind, items))
+                    self._emit(Listed(kind, items, basis))
                     failures = 0
                 version = self._watch_from(version)
             except Gone:
@@ -184,6 +209,9 @@ class Informer:
                 new_version = meta.get("resourceVersion") if isinstance(meta, dict) else None
                 if isinstance(new_version, str) and new_version:
                     version = new_version
+                keep = self.keep
+                if keep is not None and event.type != "DELETED" and _ref(event.object) not in keep():
+                    continue  # not referenced: dropped as decoded (a BOOKMARK has no name either)
                 if event.type in ("ADDED", "MODIFIED", "DELETED"):
                     event.object.setdefault("kind", kind)
                     event.object.setdefault("apiVersion", self.resource.api_version)

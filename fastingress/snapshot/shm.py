@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -284,15 +285,88 @@ class ShmReader:
         self.close()
 
 
+RUNTIME_PREFIX = "fastingress-"
+# fastingress-<pid>-<process start time>-<random>: whose directory it is, so that the next start
+# can remove those of supervisors that died without cleaning up (SIGKILL, OOM killer).
+_RUNTIME_NAME = re.compile(r"^fastingress-(\d+)-(\d+)-[^/]+$")
+
+
+def runtime_bases() -> list[str]:
+    """Where runtime directories are made: /dev/shm if usable, else the temp dir."""
+    bases = []
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        bases.append("/dev/shm")
+    bases.append(tempfile.gettempdir())
+    return bases
+
+
+def process_start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (Linux); 0 when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def default_runtime_dir() -> str:
     """A fresh private (0700) directory under /dev/shm if usable, else under the temp dir."""
-    base = "/dev/shm"
-    if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+    prefix = f"{RUNTIME_PREFIX}{os.getpid()}-{process_start_time(os.getpid())}-"
+    bases = runtime_bases()
+    for base in bases[:-1]:
         try:
-            return tempfile.mkdtemp(prefix="fastingress-", dir=base)
+            return tempfile.mkdtemp(prefix=prefix, dir=base)
         except OSError:
             pass
-    return tempfile.mkdtemp(prefix="fastingress-", dir=tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix=prefix, dir=bases[-1])
 
 
-__all__ = ["HEADER_SIZE", "KEEP_GENERATIONS", "MAGIC", "ShmPublisher", "ShmReader", "default_runtime_dir"]
+def _owner_gone(pid: int, started: int) -> bool:
+    """Whether the supervisor that made a runtime directory is no longer running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    now = process_start_time(pid)
+    return bool(now and started and now != started)  # the pid was reused by another process
+
+
+def stale_runtime_dirs() -> list[str]:
+    """Our runtime directories whose supervisor is gone (never our own process's)."""
+    me = (os.getpid(), process_start_time(os.getpid()))
+    found = []
+    for base in runtime_bases():
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _RUNTIME_NAME.match(entry.name)
+            if match is None:
+                continue
+            owner = (int(match.group(1)), int(match.group(2)))
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or owner == me:
+                continue
+            if _owner_gone(*owner):
+                found.append(entry.path)
+    return sorted(found)
+
+
+__all__ = [
+    "HEADER_SIZE",
+    "KEEP_GENERATIONS",
+    "MAGIC",
+    "RUNTIME_PREFIX",
+    "ShmPublisher",
+    "ShmReader",
+    "default_runtime_dir",
+    "process_start_time",
+    "stale_runtime_dirs",
+]

@@ -34,6 +34,14 @@ class Response:
 Handler = Callable[[str, str, str], Awaitable[Response]]  # (method, path, query without "?")
 
 
+def reason_phrase(status: int) -> bytes:
+    """``Service Unavailable`` for 503 (h11 sends an empty reason unless it is given one)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
 def text(status: int, body: str) -> Response:
     return Response(status, body.encode())
 
@@ -54,7 +62,8 @@ async def _respond(
         ("Server", "fastingress"),
         *response.headers,
     ]
-    await _send(stream, conn, h11.Response(status_code=response.status, headers=headers))
+    reason = reason_phrase(response.status)
+    await _send(stream, conn, h11.Response(status_code=response.status, headers=headers, reason=reason))
     if response.body and not head_only:
         await _send(stream, conn, h11.Data(data=response.body))
     await _send(stream, conn, h11.EndOfMessage())

@@ -81,6 +81,8 @@ class SupervisorView:
     workers: tuple[WorkerView, ...]
     config_errors: int = 0
     reload_failures: int = 0
+    last_reload_ok: bool = True  # every input of the last (re)load is in force
+    last_reload_time: float = 0.0  # unix time of the last load that was entirely in force
 
     @property
     def live(self) -> tuple[WorkerView, ...]:
@@ -163,6 +165,12 @@ def render_metrics(view: SupervisorView, totals: Totals) -> str:
         out, "fastingress_config_reload_failures_total", "counter", "Reloads that failed (previous kept)."
     )
     out.append(f"fastingress_config_reload_failures_total {view.reload_failures}")
+    name = "fastingress_config_last_reload_successful"
+    _family(out, name, "gauge", "1 if the last reload put every input in force, 0 if one is held back.")
+    out.append(f"{name} {int(view.last_reload_ok)}")
+    name = "fastingress_config_last_reload_successful_timestamp_seconds"
+    _family(out, name, "gauge", "Unix time of the last reload that put every input in force.")
+    out.append(f"{name} {_number(round(view.last_reload_time, 3))}")
 
     _family(out, "fastingress_upstream_errors_total", "counter", "Connect/read failures towards upstreams.")
     out.append(f"fastingress_upstream_errors_total {totals.upstream_errors}")

@@ -56,6 +56,8 @@ STANDBY_CODE = """\
 import os, sys
 from workers.__main__ import main
 from workers.config import decode_settings
+from workers.process import set_title
+set_title("fastingress: standby worker")
 try:
     os.write(int(sys.argv[2]), b"r")
     os.close(int(sys.argv[2]))

@@ -7,13 +7,13 @@ guards: the Ingress fails closed (503 naming the key), never served without its 
 ``limit-burst-multiplier`` (default 5), ``limit-rate`` and ``limit-rate-after`` (KB/s and KB,
 rendered ``limit_rate <n>k``) fall back to their defaults on a bad value, as there.
 ``limit-allowlist`` (alias ``limit-whitelist``, read only when ``limit-allowlist`` is absent)
-is a comma-separated list of addresses and CIDRs.  The ConfigMap's ``limit-rate`` and
+is a comma-separated list of addresses and CIDRs (``policy_access.parse_cidrs``, as the source
+ranges).  The ConfigMap's ``limit-rate`` and
 ``limit-rate-after`` (``GlobalSettings``) are the default of every route.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import TYPE_CHECKING
 
@@ -61,21 +61,6 @@ def parse_kilobytes(value: str) -> int:
     return _whole(value, "kilobytes", _MAX_KB) * KIB
 
 
-def parse_cidrs(value: str) -> tuple[str, ...]:
-    """limit-allowlist: ``10.0.0.0/8, 192.168.1.7, 2001:db8::/32`` (sorted, normalised;
-    an address alone is one host; empty items between commas are skipped)."""
-    networks: set[str] = set()
-    for item in value.split(","):
-        text = item.strip()
-        if not text:
-            continue
-        try:
-            networks.add(str(ipaddress.ip_network(text, strict=False)))
-        except ValueError:
-            raise ValueError(f"{text!r} is not an IP address or CIDR") from None
-    return tuple(sorted(networks))
-
-
 def limits_policy(annotations: IngressAnnotations, zone: str, settings: GlobalSettings) -> Limits | None:
     """The Limits of the routes of one Ingress (``zone``: "namespace/name"), or None."""
     rate = settings.limit_rate if annotations.limit_rate is None else annotations.limit_rate
@@ -100,5 +85,5 @@ def limits_policy(annotations: IngressAnnotations, zone: str, settings: GlobalSe
 
 
 __all__ = [
-    "DEFAULT_BURST", "limits_policy", "parse_cidrs", "parse_kilobytes", "parse_limit", "parse_multiplier",
+    "DEFAULT_BURST", "limits_policy", "parse_kilobytes", "parse_limit", "parse_multiplier",
 ]

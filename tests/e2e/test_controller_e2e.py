@@ -108,23 +108,31 @@ def test_relist_after_410_and_dropped_watches(
         assert _lists(api, "ingresses") > lists_before
 
 
-def test_api_outage_keeps_serving_and_readyz_flips(
+def test_api_outage_keeps_serving_and_a_lone_replica_stays_ready(
     tmp_path: Path, api: ApiServer, echo_servers: list[EchoServer]
 ) -> None:
+    """No other replica to take over (none known): past the grace it stays in the load
+    balancer, serving the last snapshot (tests/e2e/test_controller_ops_e2e.py has replicas)."""
     s0, s1, _ = echo_servers
     _web(api, s0.port)
     with run_controller(tmp_path, api, workers=1, extra=("--api-outage-grace", "1")) as fi:
         assert fi.readyz() == 200
         api.set_down(True)
-        wait_for(lambda: fi.readyz() == 503, timeout=15, what="/readyz not ready after the grace")
+
+        def staying() -> bool:
+            r = httpx.get(f"{fi.admin}/readyz", timeout=2)
+            return r.status_code == 200 and "no other replica has it: staying ready" in r.text
+
+        wait_for(staying, timeout=15, what="/readyz past the grace: still ready")
         assert fi.server_of("a.test") == "s0"  # the data plane keeps serving the last snapshot
         assert fi.controller()["api_connected"] is False
         # Changes made while the API is unreachable are picked up by the relist.
         api.apply(m.endpoint_slice("svc0", [s0.port], not_ready=[s0.port]))
         api.apply(m.endpoint_slice("svc0", [s1.port]))
         api.set_down(False)
-        wait_for(lambda: fi.readyz() == 200, timeout=15, what="/readyz ready again")
+        wait_for(lambda: fi.controller()["api_connected"], timeout=15, what="in contact again")
         wait_for(lambda: fi.server_of("a.test") == "s1", what="state resynced after the outage")
+        assert "staying ready" not in httpx.get(f"{fi.admin}/readyz", timeout=2).text
 
 
 def test_two_replicas_one_leader_status_once_and_takeover(

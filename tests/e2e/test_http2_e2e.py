@@ -185,3 +185,34 @@ async def _sigterm_with_a_stream_in_flight(proxy: Fastingress, upstream: EchoSer
     r = client.responses[slow]
     assert r.status == 200 and r.ended
     assert _echo(r.body)["path"] == "/__slow/1500"
+
+
+def test_a_connection_error_lingers_so_the_client_reads_goaway(proxy: Fastingress) -> None:
+    """After a GOAWAY for a connection error, what the client still writes is read and discarded
+    (nginx's lingering close): its writes do not fail with a broken pipe, and it reads the GOAWAY."""
+    import socket
+
+    from workers.http2 import PREFACE
+
+    with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=10) as sock:
+        # The preface, an empty SETTINGS, then a DATA frame on stream 0: a PROTOCOL_ERROR.
+        settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        sock.sendall(PREFACE + settings + b"\x00\x00\x04\x00\x00\x00\x00\x00\x00abcd")
+        junk = b"\x00\x00\x00\x00\x00\x00\x00\x00\x01" * 7000  # more frames the client "still" sends
+        for _ in range(40):
+            sock.sendall(junk)  # a reset would raise here
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    goaways = [payload for kind, payload in _frames(received) if kind == 7]
+    assert goaways and int.from_bytes(goaways[-1][4:8], "big") == 1  # PROTOCOL_ERROR
+
+
+def _frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each whole HTTP/2 frame in ``data``."""
+    pos = 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        yield data[pos + 3], data[pos + 9:pos + 9 + length]
+        pos += 9 + length

@@ -34,6 +34,14 @@ carry the current rv every ``bookmark_interval`` seconds.  A watch ends after
 ``timeoutSeconds``, on ``drop_watches()`` (clean end of the chunked stream, or an abrupt socket
 close with ``abrupt=True``), on ``set_down(True)`` (abrupt) and when the server closes.
 
+A LIST with ``limit`` is paginated as the real server does it at scale: at most ``limit``
+items sorted by (namespace, name), and, while more remain, ``metadata.continue`` (an opaque
+token: the list's resourceVersion and the last key handed out) and ``remainingItemCount``.
+Every page of one list shows the state at the first page's resourceVersion (reconstructed
+from the history), whatever was written in between; a token older than the compaction
+horizon is 410 Expired, and the client must start the list again.  ``on_continue`` lets a
+test act between pages.
+
 Writes through HTTP follow the API server's rules: POST → 201 or 409 AlreadyExists; PUT → 404
 when missing, 409 Conflict when ``metadata.resourceVersion`` is set and stale; for kinds with a
 ``status`` subresource (Ingress, Service, Namespace) a PUT of the object keeps the stored status
@@ -52,15 +60,15 @@ what a client did (e.g. that it never PATCHed an Ingress status).  ``wait_for(pr
 Deviations from the real server (none of them visible to a controller doing list/watch/update):
 no authentication/authorization (any token is accepted), no admission or schema validation
 beyond names and namespaces, no finalizers or graceful deletion (a DELETE removes at once;
-deleting a Namespace removes its objects at once), ``limit``/``continue`` are ignored (a LIST
-returns everything), an Exact LIST at an old resourceVersion returns the current state (or 410
-when compacted), strategic-merge patches merge lists by replacement, ``generation`` is bumped on
-any change outside ``metadata`` and ``status``, no managedFields, and only the kinds in
-``RESOURCES`` exist.
+deleting a Namespace removes its objects at once), an Exact LIST at an old resourceVersion
+returns the current state (or 410 when compacted), strategic-merge patches merge lists by
+replacement, ``generation`` is bumped on any change outside ``metadata`` and ``status``, no
+managedFields, and only the kinds in ``RESOURCES`` exist.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import contextlib
 import copy
@@ -238,6 +246,20 @@ def _bad_request(message: str) -> ApiError:
 
 def _no_such_path() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource", {})
+
+
+def _encode_continue(rv: int, after: tuple[str, str]) -> str:
+    """An opaque continue token: the list's resourceVersion and the last key handed out."""
+    raw = json.dumps({"rv": rv, "start": list(after)}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_continue(token: str) -> tuple[int, tuple[str, str]]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(data["rv"]), (str(data["start"][0]), str(data["start"][1]))
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise _bad_request("continue key is not valid: illegal base64 data") from None
 
 
 def _expired(requested: int, oldest: int) -> ApiError:
@@ -637,6 +659,9 @@ class ApiServer:
         self._requests: list[RequestRecord] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Called (with the kind, under the server's lock) when a LIST with a continue token
+        # arrives, before it is answered: a test's hook to write or compact between pages.
+        self.on_continue: Callable[[str], None] | None = None
         for ns in initial_namespaces:
             self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
@@ -676,12 +701,15 @@ class ApiServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def write_kubeconfig(self, path: Path | str, *, namespace: str = "default") -> Path:
-        """Write a kubeconfig pointing at this server (token auth with a dummy token)."""
+    def write_kubeconfig(
+        self, path: Path | str, *, namespace: str = "default", server: str | None = None
+    ) -> Path:
+        """Write a kubeconfig pointing at this server, or at ``server`` (a relay in front of
+        it), with token auth and a dummy token."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "emulator", "cluster": {"server": server or self.url}}],
             "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
             "contexts": [
                 {
@@ -1062,19 +1090,75 @@ class ApiServer:
             requested = self._parse_rv(rv_text)
             if requested < self._horizon:
                 raise _expired(requested, self._horizon)
-        store = self._objects[selection.res.key]
+        limit = self._parse_limit(query.get("limit", ""))
+        token = query.get("continue", "")
+        if token:
+            if rv_text:
+                raise _bad_request("specifying resource version is not allowed when using continue")
+            if self.on_continue is not None:
+                self.on_continue(selection.res.kind)
+            list_rv, after = _decode_continue(token)
+            if list_rv < self._horizon:
+                raise ApiError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter.",
+                )
+            store = self._state_at(selection.res, list_rv)
+        else:
+            list_rv, after, store = self._rv, None, self._objects[selection.res.key]
         items = []
+        last: tuple[str, str] | None = None
+        remaining = 0
         for key in sorted(store):
+            if after is not None and key <= after:
+                continue
             obj = store[key]
-            if selection.matches(obj):
-                # the real server omits apiVersion and kind in list items
-                items.append({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")})
+            if not selection.matches(obj):
+                continue
+            if limit and len(items) == limit:
+                remaining += 1
+                continue
+            # the real server omits apiVersion and kind in list items
+            items.append({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")})
+            last = key
+        meta: Obj = {"resourceVersion": str(list_rv)}
+        if remaining and last is not None:
+            meta["continue"] = _encode_continue(list_rv, last)
+            meta["remainingItemCount"] = remaining
         return {
             "apiVersion": selection.res.api_version,
             "kind": f"{selection.res.kind}List",
-            "metadata": {"resourceVersion": str(self._rv)},
+            "metadata": meta,
             "items": items,
         }
+
+    def _state_at(self, res: _Resource, rv: int) -> dict[tuple[str, str], Obj]:
+        """The objects of ``res`` as they were at ``rv`` (history after it, undone)."""
+        store = dict(self._objects[res.key])
+        for event in reversed(self._history):
+            if event.rv <= rv:
+                break
+            if event.res.key != res.key:
+                continue
+            meta = event.obj["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            if event.prev is None:
+                store.pop(key, None)
+            else:
+                store[key] = event.prev
+        return store
+
+    @staticmethod
+    def _parse_limit(text: str) -> int:
+        if not text:
+            return 0
+        try:
+            value = int(text)
+        except ValueError:
+            raise _bad_request(f"invalid limit: {text!r}") from None
+        return max(value, 0)
 
     @staticmethod
     def _parse_rv(text: str) -> int:

@@ -55,8 +55,12 @@ def run_controller(
     extra: tuple[str, ...] = (),
     wait_ready: bool = True,
     name: str = "",
+    server: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Controller]:
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    """``server``: the API URL to use instead of the emulator's own (a ``TcpProxy`` in front of
+    it); ``env``: extra environment (``POD_NAME``...)."""
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", server=server)
     http_port, admin_port = free_port(), free_port()
     args = [
         "controller",
@@ -72,7 +76,7 @@ def run_controller(
         *extra,
     ]  # fmt: skip
     log = tmp_path / f"controller-{name or http_port}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("KUBECONFIG", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -88,3 +88,15 @@ def test_no_cluster_configuration_is_one_line(
     assert main(["controller", "--admin-port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "in-cluster configuration" in err, err
+
+
+def test_status_on_shutdown_pod_name_and_page_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "fastingress-7d9f-abcde")
+    s = controller_settings(build_parser().parse_args(["controller"]))
+    assert s.update_status_on_shutdown is True  # ingress-nginx's default
+    assert s.pod_name == "fastingress-7d9f-abcde"
+    assert s.list_page_size == 500
+    s = controller_settings(
+        build_parser().parse_args(["controller", "--no-update-status-on-shutdown", "--list-page-size", "7"])
+    )
+    assert (s.update_status_on_shutdown, s.list_page_size) == (False, 7)

