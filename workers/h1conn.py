@@ -164,6 +164,9 @@ class ClientConn(Forwarder):
         if self.splicer is not None:
             self.splicer.close()
             self.splicer = None
+        if self.paced is not None:
+            self.core.cancel_deadline(self.paced)
+            self.paced = None
         up = self.up
         if up is not None:
             self.up = None
@@ -298,6 +301,7 @@ class ClientConn(Forwarder):
             self.ctx = decision.proxy.ctx
             self._resolve(decision.proxy, head, info)
         else:
+            self.ctx = decision.proxy.ctx if decision.proxy is not None else None
             self._hand_over(head)
 
     async def _wait_for_policy(self, pending: Pending, head: RequestHead, info: RequestInfo) -> None:
@@ -426,6 +430,10 @@ class ClientConn(Forwarder):
         self.state = CLOSED
         self.deadline = _INF
         self.in_request = False
+        ctx = self.ctx
+        if ctx is not None:  # the Session decides again, with hooks of its own
+            self.ctx = None
+            ctx.finish()
         self.worker.closed(self)
         assert self.handoff is not None
         self.handoff("session", self, head)

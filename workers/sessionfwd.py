@@ -410,17 +410,26 @@ class SessionBase:
         client_extra = codec.trailing_data
         self.phase = PH_CLIENT
         self.scope.deadline = _INF
-        self.finish_request(101)  # a tunnel is "done" as a request once it is established
-        await self.stream.send_all(b"".join(out))
-        ustream = conn.stream
-        if client_extra:
-            await ustream.send_all(client_extra)
-        # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
-        # from the upstream for that long closes it); a client may stay silent.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
-            nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
-        await trio.aclose_forcefully(ustream)
+        # A tunnel is "done" as a request (metrics, access log) once it is established; the
+        # done hooks of its policies wait for its end, as nginx's (limit-connections counts
+        # a WebSocket while it is open).
+        ctx = self.ctx
+        self.ctx = None
+        self.finish_request(101)
+        try:
+            await self.stream.send_all(b"".join(out))
+            ustream = conn.stream
+            if client_extra:
+                await ustream.send_all(client_extra)
+            # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
+            # from the upstream for that long closes it); a client may stay silent.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
+                nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
+            await trio.aclose_forcefully(ustream)
+        finally:
+            if ctx is not None:
+                ctx.finish()
         return False
 
 

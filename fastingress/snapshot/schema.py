@@ -290,7 +290,7 @@ class GlobalSettings(msgspec.Struct, frozen=True, gc=False):
     limit_req_status: int = 503  # limit-req-status-code: answer to a request over limit-rps/-rpm
     limit_conn_status: int = 503  # limit-conn-status-code: answer over limit-connections
     limit_rate: int = 0  # limit-rate in bytes/s (ConfigMap: KB/s as nginx `limit_rate Nk`, so x 1024)
-    limit_rate_after: int = 0  # limit-rate-after, in bytes
+    limit_rate_after: int = 0  # limit-rate-after in bytes (ConfigMap: KB, so x 1024)
 
 
 class Snapshot(msgspec.Struct, frozen=True, gc=False):

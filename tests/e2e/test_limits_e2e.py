@@ -27,6 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 
 from fastingress.manifests import load_manifests
 from fastingress.snapshot.codec import encode_json
@@ -36,7 +39,7 @@ from tests.support import manifests as m
 from tests.support.h2client import H2Client
 from tests.support.process import Fastingress, run_fastingress, wait_for
 from tests.support.tls_upstreams import H2EchoServer
-from tests.support.upstream import EchoServer
+from tests.support.upstream import EchoServer, WebSocketEchoServer
 from workers.config import stats_decoder
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,7 +61,7 @@ class Setup:
     codec: str
 
 
-def _manifests(path: Path, port: int, h2c_port: int) -> Path:
+def _manifests(path: Path, port: int, h2c_port: int, ws_port: int) -> Path:
     def limited(name: str, annotations: dict[str, str]) -> str:
         return m.ingress(name, [(f"{name}.test", "/", "Prefix", "app")],
                          annotations={PREFIX + k: v for k, v in annotations.items()})
@@ -72,6 +75,8 @@ def _manifests(path: Path, port: int, h2c_port: int) -> Path:
         limited("conn", {"limit-connections": "3"}),
         limited("rate", {"limit-rate": str(RATE_KB)}),
         limited("after", {"limit-rate": str(RATE_KB), "limit-rate-after": "512"}),
+        m.service("ws"), m.endpoint_slice("ws", [ws_port]),
+        m.ingress("ws", [("ws.test", "/", "Prefix", "ws")], annotations={PREFIX + "limit-connections": "1"}),
         m.service("h2c", port=h2c_port), m.endpoint_slice("h2c", [h2c_port]),
         m.ingress("h2c", [("h2c.test", "/", "Prefix", "h2c")], service_port=h2c_port, annotations={
             PREFIX + "backend-protocol": "H2C", PREFIX + "limit-rate": str(H2C_RATE_KB)}),
@@ -84,8 +89,8 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp(f"limits-{codec}")
     runtime = Path(tempfile.mkdtemp(prefix="fil-", dir="/tmp"))  # short: unix socket paths
     try:
-        with EchoServer("app") as up, H2EchoServer() as h2c:
-            path = _manifests(tmp / "limits.yaml", up.port, h2c.port)
+        with EchoServer("app") as up, H2EchoServer() as h2c, WebSocketEchoServer() as ws:
+            path = _manifests(tmp / "limits.yaml", up.port, h2c.port, ws.port)
             extra = ("--http1-codec", codec, "--runtime-dir", str(runtime))
             with run_fastingress(tmp, manifests=[path], workers=WORKERS, extra=extra) as fi:
                 yield Setup(fi, up, runtime, codec)
@@ -178,6 +183,31 @@ def test_limit_connections_admits_the_limit_over_every_worker(setup: Setup) -> N
         wait_for(lambda: client.get("/", headers={"Host": "conn.test"}).status_code == 200, timeout=5,
                  what="a free slot")
         assert [client.get("/", headers={"Host": "conn.test"}).status_code for _ in range(5)] == [200] * 5
+
+
+def test_limit_connections_counts_a_websocket_while_it_is_open(setup: Setup) -> None:
+    def open_ws() -> ClientConnection:
+        sock = socket.create_connection(("127.0.0.1", setup.fi.http_port), timeout=10)
+        return ws_connect("ws://ws.test/chat", sock=sock, open_timeout=10)
+
+    with open_ws() as first:
+        first.send("hello")
+        assert first.recv(timeout=10) == "hello"
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws()
+        assert refused.value.response.status_code == 503
+        first.send("still here")
+        assert first.recv(timeout=10) == "still here"
+
+    def reopened() -> bool:
+        try:
+            with open_ws() as again:
+                again.send("again")
+                return again.recv(timeout=10) == "again"
+        except InvalidStatus:
+            return False  # the first one's end has not been seen yet
+
+    wait_for(reopened, timeout=10, what="the slot of the closed WebSocket")
 
 
 def _timed_download(fi: Fastingress, host: str) -> tuple[float, list[tuple[float, int]], int]:
