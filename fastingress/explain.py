@@ -31,7 +31,6 @@ from fastingress.errors import FastIngressError
 from fastingress.snapshot.schema import (
     Action,
     Forward,
-    GlobalSettings,
     Redirect,
     Respond,
     Route,
@@ -41,10 +40,9 @@ from fastingress.snapshot.schema import (
     VirtualHost,
 )
 from fastingress.translate.model import Diagnostic
+from workers.decide import explain_policies
 from workers.pathnorm import normalize_target
-from workers.policies.access import RangeCheck, Ranges, explain_client
-from workers.policies.limits import exempt
-from workers.policies.limits import explain_lines as limit_lines
+from workers.policies.access import RangeCheck, explain_client
 from workers.routing import RouteTable, normalize_host, prefix_key, rewrite, route_pattern
 from workers.tlspolicy import ACME_PREFIX, redirect_location, wants_https
 
@@ -321,19 +319,19 @@ def _access_policies(route: Route, vhost: VirtualHost | None, client_ip: str) ->
     return out
 
 
-def _limit_policies(route: Route, settings: GlobalSettings, client_ip: str) -> list[Policy]:
-    """limit-rps/-rpm/-connections/-allowlist/-rate (``workers.policies.limits``)."""
-    limits = route.policy.limits
-    if limits is None:
-        return []
+# The policies _access_policies explains (with the verdict for --client-ip): not listed twice.
+_ACCESS_LINES = ("source ranges", "basic auth", "digest auth", "client certificates")
+
+
+def _compiled_policies(table: RouteTable, route: Route) -> list[Policy]:
+    """The route's policies as the workers compile them (``workers.policy``), one line each
+    (``name: what it does``), in the order they run."""
     out: list[Policy] = []
-    for line in limit_lines(limits, limits.zone or route.ingress, settings):
+    for line in explain_policies(table.policies(route)):
         name, _, value = line.partition(": ")
-        effect = ""
-        if name == "limit-allowlist" and client_ip:
-            counted = not exempt(client_ip, Ranges(limits.allowlist))
-            effect = f"client {client_ip}: {'counted' if counted else 'not counted'}"
-        out.append(Policy(name, value, effect))
+        if name in _ACCESS_LINES:
+            continue
+        out.append(Policy(name, value) if value else Policy(line, ""))
     return out
 
 
@@ -455,7 +453,7 @@ def explain(
     if route is not None:
         policies += _route_policies(route.policy, scheme, redirected=False)
         policies += _access_policies(route, vhost, request.client_ip)
-        policies += _limit_policies(route, snapshot.settings, request.client_ip)
+        policies += _compiled_policies(table, route)
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)

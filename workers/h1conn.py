@@ -49,7 +49,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Decided, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import RequestHead, Signal
@@ -77,7 +77,8 @@ _CLOSED = Signal.CLOSED
 
 
 # handoff(kind, conn, arg): give the connection to a trio task; kind "session" (arg: the
-# request head, served by a Session with this codec) or "h2" (arg: the bytes read so far).
+# request head and the Decided to carry out, or None; served by a Session with this codec)
+# or "h2" (arg: the bytes read so far).
 HandoffFn = Callable[[str, "ClientConn", object], None]
 
 
@@ -301,8 +302,7 @@ class ClientConn(Forwarder):
             self.ctx = decision.proxy.ctx
             self._resolve(decision.proxy, head, info)
         else:
-            self.ctx = decision.proxy.ctx if decision.proxy is not None else None
-            self._hand_over(head)
+            self._hand_over(head, Decided(decision, info, (self.labels[0], self.labels[1], self.labels[2])))
 
     async def _wait_for_policy(self, pending: Pending, head: RequestHead, info: RequestInfo) -> None:
         """A policy waits (an auth subrequest): in a task; the request resumes in the core."""
@@ -421,7 +421,7 @@ class ClientConn(Forwarder):
 
     # ---- handing over to tasks ----------------------------------------------------
 
-    def _hand_over(self, head: RequestHead) -> None:
+    def _hand_over(self, head: RequestHead, decided: Decided | None = None) -> None:
         """Serve the rest of this connection in a Session task (Upgrade, HTTP/2 upstream)."""
         if self.transport.write_buffered:
             # Our last answer is still queued: not before it is out (rare; pipelining only).
@@ -430,13 +430,9 @@ class ClientConn(Forwarder):
         self.state = CLOSED
         self.deadline = _INF
         self.in_request = False
-        ctx = self.ctx
-        if ctx is not None:  # the Session decides again, with hooks of its own
-            self.ctx = None
-            ctx.finish()
         self.worker.closed(self)
         assert self.handoff is not None
-        self.handoff("session", self, head)
+        self.handoff("session", self, (head, decided))
 
     def _handoff_h2(self, initial: bytes) -> None:
         self.state = CLOSED

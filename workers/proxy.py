@@ -61,7 +61,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Decided, Decision, Handoff, Pending, Proxy, decide
 from workers.h2forward import forward_h2
 from workers.heads import TEXT, error_body, scan_request
 from workers.http1 import Event, RequestHead, ServerCodec, Signal
@@ -141,9 +141,12 @@ class Session(SessionBase):
 
     # ---- the cycle loop --------------------------------------------------------------
 
-    async def run(self, head: RequestHead | None = None, *, t0: float = 0.0) -> None:
+    async def run(
+        self, head: RequestHead | None = None, *, t0: float = 0.0, decided: Decided | None = None
+    ) -> None:
         """Serve cycles until the connection ends; ``head``: the first request's head, already
-        read (a handoff from the event-driven core), ``t0`` when it arrived."""
+        read (a handoff from the event-driven core), ``t0`` when it arrived, ``decided`` what the
+        core decided for it (its policies ran there)."""
         first = True
         while True:
             # One scope serves every cycle until its deadline fires (a fired scope stays
@@ -151,8 +154,8 @@ class Session(SessionBase):
             with trio.CancelScope() as scope:
                 self.scope = scope
                 while True:
-                    keep = await self._cycle(first, head, t0)
-                    head = None
+                    keep = await self._cycle(first, head, t0, decided)
+                    head = decided = None
                     self.finish_request(499)
                     if not keep or self.worker.draining:
                         return
@@ -187,7 +190,9 @@ class Session(SessionBase):
                 " " + self.tls if self.tls else "",
             )
 
-    async def _cycle(self, first: bool, head: RequestHead | None = None, t0: float = 0.0) -> bool:
+    async def _cycle(
+        self, first: bool, head: RequestHead | None = None, t0: float = 0.0, decided: Decided | None = None
+    ) -> bool:
         if head is None:
             head = await self._read_head(first)
             if head is None:
@@ -200,7 +205,7 @@ class Session(SessionBase):
         self.method = head.method
         self.target = head.target
         try:
-            return await self._handle(head)
+            return await self._handle(head, decided)
         except FastIngressError as exc:
             return await self._fail(exc)
 
@@ -313,23 +318,27 @@ class Session(SessionBase):
 
     # ---- routing ---------------------------------------------------------------------
 
-    async def _handle(self, head: RequestHead) -> bool:
+    async def _handle(self, head: RequestHead, decided: Decided | None = None) -> bool:
         worker = self.worker
         table = worker.table
-        info = scan_request(head.headers)
-        if not info.has_body:
-            self.codec.next_event()  # the (empty) end of the request message
         balancer = worker.balancer
-        labels = list(NO_LABELS)
-        try:
-            decision = decide(table, balancer, head.method, head.target, info, tls=bool(self.tls),
-                              https_port=worker.https_port, labels=labels, client_ip=self.client_ip.decode(),
-                              now=_now(), tls_peer=self.tls_peer)
-            while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
-                self.ctx = decision.ctx
-                decision = decision.resume(await decision.defer.run())
-        finally:
-            self.labels = (labels[0], labels[1], labels[2])
+        decision: Decision
+        if decided is not None:  # the core decided (and ran the route's policies) already
+            decision, info, self.labels = decided
+        else:
+            info = scan_request(head.headers)
+            if not info.has_body:
+                self.codec.next_event()  # the (empty) end of the request message
+            labels = list(NO_LABELS)
+            try:
+                decision = decide(table, balancer, head.method, head.target, info, tls=bool(self.tls),
+                                  https_port=worker.https_port, labels=labels,
+                                  client_ip=self.client_ip.decode(), now=_now(), tls_peer=self.tls_peer)
+                while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
+                    self.ctx = decision.ctx
+                    decision = decision.resume(await decision.defer.run())
+            finally:
+                self.labels = (labels[0], labels[1], labels[2])
         if isinstance(decision, Answer):
             self.ctx = decision.ctx
             return await self._send_simple(decision.status, decision.body, decision.content_type,

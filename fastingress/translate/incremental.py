@@ -37,7 +37,10 @@ reorders, duplicates) indexes every object again, each one's addressing still me
 An upstream's resolution may read only its Service, that Service's EndpointSlices and
 Secrets (``backends.UpstreamBuilder``); if it ever reads more, step 5 must learn about it.
 Secrets are looked up through ``get``, ``in`` or ``[]``; iterating them is recorded as
-reading them all (any Secret change then redoes that host or resolution).
+reading them all (any Secret change then redoes that host or resolution).  ConfigMaps
+(``auth-proxy-set-headers``) are recorded the same way, in the same set of keys: a changed
+ConfigMap redoes the hosts that looked up that namespace/name (a Secret of the same name
+too, which is merely redundant work).
 
 Contract: input objects are values.  A memo recognises an unchanged object by identity
 (``is``), so a caller that changes an object must pass a new mapping instead of editing
@@ -137,9 +140,9 @@ class _SecretLookups(Mapping[SecretKey, Obj]):
     """``cluster.secrets`` as seen by one host's emission or one resolution: records which
     Secrets were looked up (present or not), so that a changed Secret redoes only them."""
 
-    def __init__(self, secrets: Mapping[SecretKey, Obj]) -> None:
+    def __init__(self, secrets: Mapping[SecretKey, Obj], read: set[SecretKey] | None = None) -> None:
         self._secrets = secrets
-        self.read: set[SecretKey] = set()
+        self.read: set[SecretKey] = set() if read is None else read
 
     def __getitem__(self, key: SecretKey) -> Obj:
         self.read.add(key)
@@ -171,6 +174,7 @@ def _recording(cluster: Cluster) -> tuple[Cluster, _SecretLookups]:
         cluster.ingresses, cluster.classes, cluster.services, cluster.slices
     )
     view.secrets = lookups  # type: ignore[assignment]  # read-only use: get / in / []
+    view.configmaps = _SecretLookups(cluster.configmaps, lookups.read)  # type: ignore[assignment]
     return view, lookups
 
 
@@ -305,6 +309,7 @@ class Translator:
         self._services: dict[ServiceKey, Obj] = {}
         self._slices: dict[ServiceKey, list[tuple[ObjRef, Obj]]] = {}
         self._secrets: dict[tuple[str, str], Obj] = {}
+        self._configmaps: dict[tuple[str, str], Obj] = {}
         self._classes: dict[str, Obj] = {}
         self._classes_token: object = object()
         self._plans: list[IngressPlan] | None = None
@@ -448,6 +453,8 @@ class Translator:
                 cluster.services[(ref.namespace, ref.name)] = obj
             elif kind == "Secret":
                 cluster.secrets[(ref.namespace, ref.name)] = obj
+            elif kind == "ConfigMap":
+                cluster.configmaps[(ref.namespace, ref.name)] = obj
             else:  # EndpointSlice
                 service = _slice_service(obj)
                 if service:
@@ -500,7 +507,8 @@ class Translator:
             elif ref.kind == "EndpointSlice":
                 labels = (_slice_service(old_obj), _slice_service(new_obj))
                 services.update((ref.namespace, service) for service in labels if service)
-        self._fast = (services, {(ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "Secret"})
+        looked_up = {(r.namespace, r.name) for r, _, _ in updates if r.kind in ("Secret", "ConfigMap")}
+        self._fast = (services, looked_up)
         return cluster
 
     def _apply(self, previous: Cluster, updates: list[tuple[ObjRef, Obj, Obj]]) -> Cluster:
@@ -509,6 +517,7 @@ class Translator:
         cluster.classes = previous.classes
         cluster.services = previous.services
         cluster.secrets = previous.secrets
+        cluster.configmaps = previous.configmaps
         cluster.slices = previous.slices
         for ref, old, new in updates:
             key = (ref.namespace, ref.name)
@@ -522,6 +531,8 @@ class Translator:
                 cluster.services = {**cluster.services, key: new}
             elif ref.kind == "Secret":
                 cluster.secrets = {**cluster.secrets, key: new}
+            elif ref.kind == "ConfigMap":
+                cluster.configmaps = {**cluster.configmaps, key: new}
             else:
                 if cluster.slices is previous.slices:
                     cluster.slices = dict(previous.slices)
@@ -541,11 +552,13 @@ class Translator:
             changed.update(k for k, v in new_slices.items() if not _same_slices(old_slices.get(k), v))
             changed.update(k for k in old_slices if k not in new_slices)
             secrets = _same_items(self._secrets, cluster.secrets)
+            secrets |= _same_items(self._configmaps, cluster.configmaps)  # (see the module docstring)
         if cluster.classes is not self._classes and _same_items(self._classes, cluster.classes):
             self._classes_token = object()
         self._services = cluster.services
         self._slices = cluster.slices
         self._secrets = cluster.secrets
+        self._configmaps = cluster.configmaps
         self._classes = cluster.classes
         self._endpoints.drop(changed)
         for service in changed:

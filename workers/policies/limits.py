@@ -31,7 +31,7 @@ import logging
 from collections.abc import Sequence
 
 from fastingress.snapshot import limitshm
-from fastingress.snapshot.schema import GlobalSettings, Limits, Route, Snapshot
+from fastingress.snapshot.schema import Limits, Route, Snapshot
 from workers.heads import error_body
 from workers.limiter import LimitTable, RateKey, rate_key, tag_of
 from workers.policies.access import Ranges, client_address
@@ -186,17 +186,6 @@ def _explain_counted(limits: Limits, zone: str, req_status: int, conn_status: in
     return lines
 
 
-def explain_lines(limits: Limits, zone: str, settings: GlobalSettings) -> list[str]:
-    """``name: what it does`` for each limit annotation of a route (``fastingress explain``)."""
-    lines: list[str] = []
-    if limits.rps > 0 or limits.rpm > 0 or limits.connections > 0:
-        lines += _explain_counted(limits, zone, status_code(settings.limit_req_status),
-                                  status_code(settings.limit_conn_status))
-    if limits.rate > 0:
-        lines.append(_explain_rate(limits))
-    return lines
-
-
 _DEFAULT = Limiter()
 
 
@@ -205,4 +194,4 @@ def compile(route: Route, snapshot: Snapshot) -> Sequence[Policy]:
     return _DEFAULT.compile(route, snapshot)
 
 
-__all__ = ["Limiter", "compile", "exempt", "explain_lines", "status_code"]
+__all__ = ["Limiter", "compile", "exempt", "status_code"]
