@@ -119,17 +119,6 @@ class ServerCodec(Reader):
         self._expect = expect and version == b"1.1"
         self._proposal = upgrade
 
-    def forward_head(self, method: bytes, target: bytes, fields: Headers, length: int | None,
-                     chunked: bool) -> bytes:
-        """The fast lane of ``request_head`` for a forwarded request whose framing is known
-        (``length``/``chunked``) and whose ``fields`` hold no Connection or Upgrade header
-        (hop-by-hop: removed before): framed and serialised in one pass."""
-        self._method = method
-        self._writer.begin_framed(length, chunked, no_body=not chunked and not length, head=False)
-        self._proposal = method == b"CONNECT"
-        self._req_close = False
-        return frame_head(method + b" " + target + b" HTTP/1.1\r\n", fields)
-
     def next_event(self) -> Event:
         events = self._events
         if not events:
@@ -367,6 +356,17 @@ class ClientCodec(Reader):
         self._proposal = writer.upgrade or method == b"CONNECT"
         self._req_close = writer.close
         return frame_head(method + b" " + target + b" HTTP/1.1\r\n", out)
+
+    def forward_head(self, method: bytes, target: bytes, fields: Headers, length: int | None,
+                     chunked: bool) -> bytes:
+        """The fast lane of ``request_head`` for a forwarded request whose framing is known
+        (``length``/``chunked``) and whose ``fields`` hold no Connection or Upgrade header
+        (hop-by-hop: removed before): framed and serialised in one pass."""
+        self._method = method
+        self._writer.begin_framed(length, chunked, no_body=not chunked and not length, head=False)
+        self._proposal = method == b"CONNECT"
+        self._req_close = False
+        return frame_head(method + b" " + target + b" HTTP/1.1\r\n", fields)
 
     def next_event(self) -> Event:
         events = self._events
