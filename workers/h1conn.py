@@ -221,8 +221,10 @@ class ClientConn(Forwarder):
                     self._forward_body()
                     return
                 else:
-                    if state not in (CLOSED, LINGER):
-                        self.transport.pause_reading()  # pipelined input waits in the kernel
+                    if state not in (CLOSED, LINGER) and self.codec.holding:
+                        # Input beyond what we act on now (pipelined, or a body while we
+                        # connect): the rest waits in the kernel (TCP flow control).
+                        self.transport.pause_reading()
                     return
         finally:
             self.in_events = False

@@ -31,7 +31,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.decide import Decision, Proxy, refetch, refetch_info
-from workers.heads import RequestInfo, add_forwarded, error_body, response_headers
+from workers.heads import RESP_DROP, RequestInfo, add_forwarded, error_body, response_headers
 from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
@@ -224,7 +224,10 @@ class Forwarder(Timed):
         conn.requests += 1
         ucodec = conn.codec
         target = self.proxy.target if self.proxy else head.target
-        data = ucodec.request_head(head.method, target, info.headers, trusted=True)
+        if self.ctx is None:  # (the fast lane: the framing is known, no policy added a header)
+            data = ucodec.forward_head(head.method, target, info.headers, info.content_length, info.chunked)
+        else:
+            data = ucodec.request_head(head.method, target, info.headers, trusted=True)
         if not self.req_open:
             conn.write(data + ucodec.end())
             self._arm_read(conn)
@@ -414,6 +417,13 @@ class Forwarder(Timed):
 
     def _response_head(self, ev: ResponseHead) -> bytes:
         worker = self.worker
+        if self.ctx is None and not self.req_open and not worker.draining and not (self.tls and worker.hsts):
+            # The fast lane: relayed as it is, one pass (None: the general path must do it).
+            data = self.codec.relay_head(ev.status, ev.reason, ev.headers, RESP_DROP, worker.server_line)
+            if data is not None:
+                self.status = ev.status
+                self.resp_started = True
+                return data
         headers = response_headers(ev.headers, worker.server_header)
         if self.tls and worker.hsts is not None:
             add_hsts(headers, worker.hsts)

@@ -446,6 +446,11 @@ class Reader:
         return self.their_done
 
     @property
+    def holding(self) -> bool:
+        """Input was received that nobody took yet (events, or bytes beyond this message)."""
+        return bool(self._events) or bool(self._rest)
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received beyond the last message (after a protocol switch: the new protocol's)."""
         return bytes(self._rest)

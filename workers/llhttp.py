@@ -192,6 +192,7 @@ class ServerCodec(Reader):
             if name == b"content-length":
                 length = int(value)
             append(name + b": " + value + b"\r\n")
+        append(tail)
         no_body = status < 200 or status in _NO_BODY_STATUS
         if not no_body and (length is None or chunked):
             if version != b"1.1":
@@ -202,7 +203,6 @@ class ServerCodec(Reader):
         self._expect = False
         self._proposal = False
         parts[0] = b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status))
-        append(tail)
         append(b"\r\n")
         return b"".join(parts)
 

@@ -69,6 +69,7 @@ class Worker:
         self.balancer = Balancer()
         self.settings = GlobalSettings()
         self.server_header = self.settings.server_header.encode()
+        self.server_line = b"server: " + self.server_header + b"\r\n"  # (the relay fast lane)
         self.generation = 0
         self.draining = False
         self.open: set[Drainable] = set()
@@ -92,6 +93,7 @@ class Worker:
                       generation, self.settings.server_header)
             server = b"fastingress"
         self.server_header = server
+        self.server_line = b"server: " + server + b"\r\n"
         self.hsts = hsts_value(self.settings)
         self.generation = generation
 

@@ -580,3 +580,79 @@ def test_release_drops_the_parser() -> None:
     codec = server(GET + GET)
     codec.release()
     assert codec.next_event() is Signal.NEED_DATA
+
+
+# --- the fast lanes of the core (relay_head, forward_head) against the general path ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from workers.heads import RESP_DROP, response_headers  # noqa: E402
+from workers.llhttp import ClientCodec as _FastClient  # noqa: E402
+from workers.llhttp import ServerCodec as _FastServer  # noqa: E402
+
+_NAMES = st.sampled_from([
+    b"content-type", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"server",
+    b"date", b"set-cookie", b"x-a", b"te", b"trailer", b"upgrade", b"vary", b"proxy-authenticate",
+])
+_VALUES = st.sampled_from([b"1", b"24", b"text/plain", b"close", b"keep-alive", b"upgrade", b"chunked",
+                           b"x-a", b"a, b", b"Keep-Alive"])
+_REQUESTS = st.sampled_from([
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+])
+
+
+def _request_codec(raw: bytes) -> _FastServer:
+    codec = _FastServer(32768)
+    codec.receive_data(raw)
+    while codec.next_event() is not Signal.END:
+        pass
+    return codec
+
+
+@settings(max_examples=400, derandomize=True, database=None)
+@given(_REQUESTS, st.sampled_from([200, 204, 304, 404, 101, 100]),
+       st.lists(st.tuples(_NAMES, _VALUES), max_size=6))
+def test_relay_head_is_the_general_path_in_one_pass(raw: bytes, status: int,
+                                                    fields: list[tuple[bytes, bytes]]) -> None:
+    if status < 200:
+        return  # (interim answers are never relayed through relay_head)
+    lengths = [v for n, v in fields if n == b"content-length"]
+    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+        return  # (the upstream codec never hands on two, or one that is not a number)
+    fast, general = _request_codec(raw), _request_codec(raw)
+    data = fast.relay_head(status, b"", fields, RESP_DROP, b"server: fi\r\n")
+    try:
+        expected = general.response_head(status, response_headers(fields, b"fi"), trusted=True)
+    except (ValueError, LocalProtocolError):
+        assert data is None
+        return
+    if data is None:
+        return  # the general path answers (Connection naming fields, HTTP/1.0 without a length...)
+    assert data == expected
+    lengths = [int(v) for n, v in fields if n == b"content-length"]
+    body = b"x" * lengths[0] if lengths and not any(n == b"transfer-encoding" for n, _ in fields) else b"hello"
+    assert fast.data(body) == general.data(body)
+    assert fast.end() == general.end()
+    assert fast.reusable == general.reusable
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(st.sampled_from([b"GET", b"POST", b"HEAD"]), st.sampled_from([None, 0, 5]), st.booleans(),
+       st.lists(st.tuples(st.sampled_from([b"accept", b"x-a", b"cookie"]), _VALUES), max_size=4))
+def test_forward_head_is_the_general_path_in_one_pass(method: bytes, length: int | None, chunked: bool,
+                                                      fields: list[tuple[bytes, bytes]]) -> None:
+    if chunked and length is not None:
+        return
+    framed = list(fields)
+    if length is not None:
+        framed.append((b"content-length", b"%d" % length))
+    if chunked:
+        framed.append((b"transfer-encoding", b"chunked"))
+    fast, general = _FastClient(), _FastClient()
+    assert fast.forward_head(method, b"/x", framed, length, chunked) == \
+        general.request_head(method, b"/x", framed, trusted=True)
+    body = b"hello"[: length or 5] if (length or chunked) else b""
+    assert fast.data(body) == general.data(body)
+    assert fast.end() == general.end()
