@@ -98,6 +98,8 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     closed: tuple[tuple[str, str], ...] = ()
     canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
     x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
+    # -- issue 9, area configmap ----------------------------------------------------------
+    enable_global_auth: bool = True  # enable-global-auth: "false" exempts it from global-auth-url
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -258,6 +260,7 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
     "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
+    "enable-global-auth": implemented("enable_global_auth", parse_bool),  # see translate.configmap
     # -- access control, not implemented yet: fail closed (issue 9) -------------------------
     **_rows(
         """
@@ -319,6 +322,11 @@ _ROWS: dict[str, Key] = {
         """,
         unsupported("rate limits are not enforced yet"),
     ),
+    **_rows("use-port-in-redirects", UNSUPPORTED),
+    **_rows(
+        "fastcgi-index fastcgi-params-configmap",
+        unsupported("FastCGI backends (backend-protocol FCGI) are not supported"),
+    ),
     **_rows(
         "enable-modsecurity enable-owasp-core-rules modsecurity-transaction-id",
         unsupported("there is no web application firewall in fastingress; requests are not inspected"),
@@ -326,14 +334,14 @@ _ROWS: dict[str, Key] = {
     # -- nginx internals with no effect here ---------------------------------------------------
     **_rows(
         """
-        client-body-buffer-size enable-access-log enable-rewrite-log enable-global-auth
+        client-body-buffer-size enable-access-log enable-rewrite-log
         enable-opentelemetry enable-opentracing opentelemetry-operation-name
         opentelemetry-trust-incoming-span opentracing-operation-name opentracing-trust-incoming-span
         jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-propagation-format
         jaeger-sampler-host jaeger-sampler-param jaeger-sampler-port jaeger-sampler-type
         jaeger-service-name zipkin-collector-host zipkin-collector-port zipkin-sample-rate
         zipkin-service-name http2-push-preload proxy-buffering proxy-buffer-size
-        proxy-buffers-number proxy-max-temp-file-size proxy-request-buffering
+        proxy-buffers-number proxy-max-temp-file-size proxy-request-buffering proxy-busy-buffers-size
         """,
         INERT,
     ),
@@ -421,9 +429,9 @@ def _shown(text: str) -> str:
 class _Parse:
     """State of one ``parse_annotations`` call."""
 
-    def __init__(self, fail_open: bool) -> None:
+    def __init__(self, fail_open: bool, defaults: IngressAnnotations | None = None) -> None:
         self.fail_open = fail_open
-        self.result = IngressAnnotations()
+        self.result = defaults if defaults is not None else IngressAnnotations()
         self.findings: list[AnnotationFinding] = []
         self.closed: list[tuple[str, str]] = []
 
@@ -585,13 +593,14 @@ def _collect(annotations: Mapping[str, object], state: _Parse) -> dict[str, tupl
 
 
 def parse_annotations(
-    annotations: Mapping[str, object], *, fail_open: bool = False
+    annotations: Mapping[str, object], *, fail_open: bool = False, defaults: IngressAnnotations | None = None
 ) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
     """Typed values of one Ingress's annotations, plus findings (never raises).
 
     ``fail_open`` (``--unsafe-fail-open``) only changes what the findings say: the caller
-    decides whether ``closed`` routes answer 503."""
-    state = _Parse(fail_open)
+    decides whether ``closed`` routes answer 503.  ``defaults``: the values of keys that are
+    not set (the controller ConfigMap's, e.g. ``ssl-redirect``, ``proxy-read-timeout``)."""
+    state = _Parse(fail_open, defaults)
     chosen = _collect(annotations, state)
     canary_keys: list[str] = []
     for name in sorted(chosen):

@@ -15,7 +15,7 @@ from typing import Any
 from fastingress.translate.access import as_int, as_map, canonical, get, get_list, get_map, get_str, str_map
 from fastingress.translate.model import ObjRef, Sink
 
-KINDS = frozenset({"Ingress", "IngressClass", "Service", "EndpointSlice", "Secret"})
+KINDS = frozenset({"Ingress", "IngressClass", "Service", "EndpointSlice", "Secret", "ConfigMap"})
 CLUSTER_SCOPED = frozenset({"IngressClass"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 UNNAMED = "<unnamed>"
@@ -34,6 +34,7 @@ class Cluster:
         self.services: dict[tuple[str, str], Obj] = {}
         self.slices: dict[tuple[str, str], list[tuple[ObjRef, Obj]]] = {}
         self.secrets: dict[tuple[str, str], Obj] = {}
+        self.configmaps: dict[tuple[str, str], Obj] = {}  # the controller ConfigMap and those it names
 
 
 def _version_key(obj: Obj) -> tuple[int, int, str]:
@@ -87,7 +88,7 @@ def _collect(objects: Iterable[object], sink: Sink, found: dict[ObjRef, list[Obj
             sink.warning(ObjRef("Unknown", "", name), "kind", "object has no kind; skipped")
             continue
         if kind not in KINDS:
-            continue  # Deployments, ConfigMaps, ...: not ours to read
+            continue  # Deployments, Pods, ...: not ours to read
         ref = _address(m, kind, sink)
         if ref is not None:
             found.setdefault(ref, []).append(m)
@@ -122,6 +123,8 @@ def index_objects(objects: Iterable[object], sink: Sink) -> Cluster:
             cluster.services[key] = obj
         elif ref.kind == "Secret":
             cluster.secrets[key] = obj
+        elif ref.kind == "ConfigMap":
+            cluster.configmaps[key] = obj
         else:  # EndpointSlice
             labels = str_map(get(get_map(obj, "metadata"), "labels"))
             service = labels.get(SERVICE_NAME_LABEL)

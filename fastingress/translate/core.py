@@ -15,6 +15,8 @@ Theory of operation
    Fail closed: the routes (and defaultBackend) of an Ingress with an access-guarding
    annotation that is not honoured answer 503 naming the key (``closed_reasons``),
    unless ``TranslateOptions.unsafe_fail_open``.
+0. Before all this, the controller ConfigMap (``options.configmap``) is applied to the
+   options (``translate.configmap.configure``): global settings and annotation defaults.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from fastingress.snapshot.schema import (
 from fastingress.translate.annotations import PREFIX, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
+from fastingress.translate.configmap import ConfigMemory, configure
 from fastingress.translate.hosts import looks_like_regex
 from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
@@ -159,7 +162,13 @@ class _Emitter:
         to add checks that need the cluster (a guard's missing Secret, issue 9)."""
         if self.options.unsafe_fail_open:
             return ()
-        return plan.annotations.closed
+        closed = plan.annotations.closed
+        extra = self.options.global_closed  # the controller ConfigMap's (translate.configmap)
+        if extra:
+            if not plan.annotations.enable_global_auth:
+                extra = tuple(reason for reason in extra if not reason[0].endswith(" global-auth-url"))
+            closed = (*closed, *extra)
+        return closed
 
     def action(self, backend: BackendRef, plan: IngressPlan) -> Action | None:
         """Forward to ``backend`` with ``plan``'s settings, or the fail-closed 503."""
@@ -336,7 +345,8 @@ class _Emitter:
             )
         port = ports[0][1] if ports else 0
         return self.forward(
-            BackendRef(namespace, name, port, ""), UpstreamSettings(), ObjRef("Service", namespace, name)
+            BackendRef(namespace, name, port, ""), self.options.annotation_defaults.upstream,
+            ObjRef("Service", namespace, name),
         )
 
 
@@ -358,7 +368,9 @@ def _plans(cluster: Cluster, options: TranslateOptions, sink: Sink) -> list[Ingr
         try:
             if not is_ours(ref, ingress, cluster, options, sink):
                 continue
-            plan = parse_ingress(ref, ingress, sink, fail_open=options.unsafe_fail_open)
+            plan = parse_ingress(
+                ref, ingress, sink, fail_open=options.unsafe_fail_open, defaults=options.annotation_defaults
+            )
         except Exception as exc:
             _internal(sink, ref, exc, "reading this Ingress")
             continue
@@ -368,8 +380,11 @@ def _plans(cluster: Cluster, options: TranslateOptions, sink: Sink) -> list[Ingr
     return plans
 
 
-def _translate(objects: Iterable[Mapping[str, Any]], options: TranslateOptions, sink: Sink) -> Snapshot:
+def _translate(
+    objects: Iterable[Mapping[str, Any]], options: TranslateOptions, sink: Sink, memory: ConfigMemory | None
+) -> Snapshot:
     cluster = index_objects(objects, sink)
+    options = configure(cluster.configmaps, options, sink, memory)
     plans = _plans(cluster, options, sink)
     merged = _merge(plans, sink)
     emitter = _Emitter(cluster, options, sink)
@@ -390,12 +405,17 @@ _DEFAULT_OPTIONS = TranslateOptions()
 
 
 def translate(
-    objects: Iterable[Mapping[str, Any]], options: TranslateOptions = _DEFAULT_OPTIONS
+    objects: Iterable[Mapping[str, Any]],
+    options: TranslateOptions = _DEFAULT_OPTIONS,
+    memory: ConfigMemory | None = None,
 ) -> TranslationResult:
-    """Kubernetes objects (plain dicts) -> snapshot + sorted diagnostics.  Never raises."""
+    """Kubernetes objects (plain dicts) -> snapshot + sorted diagnostics.  Never raises.
+
+    ``memory``: the last good value of each key of the controller ConfigMap, kept by a caller
+    that translates again and again (read and updated; see ``translate.configmap``)."""
     sink = Sink()
     try:
-        snapshot = _translate(objects, options, sink)
+        snapshot = _translate(objects, options, sink, memory)
     except Exception as exc:  # last line of defence; the tests assert it is never reached
         _internal(sink, _TRANSLATOR, exc, "translating")
         snapshot = Snapshot(settings=options.settings)

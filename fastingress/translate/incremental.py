@@ -60,6 +60,7 @@ from fastingress.translate.access import get, get_map, str_map
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder
 from fastingress.translate.cluster import SERVICE_NAME_LABEL, Cluster, _collect, _pick
+from fastingress.translate.configmap import ConfigMemory, configure
 from fastingress.translate.core import _TRANSLATOR, _Emitter, _internal, _merge, _Merged
 from fastingress.translate.ingress import IngressPlan, is_ours, parse_ingress
 from fastingress.translate.model import Diagnostic, ObjRef, Sink, TranslateOptions, TranslationResult
@@ -282,10 +283,16 @@ def _same_slices(old: list[tuple[ObjRef, Obj]] | None, new: list[tuple[ObjRef, O
 
 
 class Translator:
-    """Translates again and again with the same options, reusing unchanged work."""
+    """Translates again and again with the same options, reusing unchanged work.  A change of
+    the controller ConfigMap (``options.configmap``) changes the options themselves: then
+    everything is translated afresh (rare, and it must be: every route may depend on it)."""
 
     def __init__(self, options: TranslateOptions | None = None) -> None:
-        self.options = options if options is not None else TranslateOptions()
+        self.base_options = options if options is not None else TranslateOptions()
+        self.options = self.base_options  # with the controller ConfigMap applied (``_configured``)
+        self.memory = ConfigMemory()  # the ConfigMap's last good values
+        self._configmaps: dict[tuple[str, str], Obj] | None = None  # what ``options`` was made from
+        self._configmap_diags: Diags = ()
         self._lock = threading.Lock()
         self._reset()
 
@@ -341,7 +348,18 @@ class Translator:
 
     def _translate(self, objects: Iterable[Mapping[str, Any]], sink: Sink) -> Snapshot:
         self._period = int(time.time() // _CERT_PERIOD)
+        if not isinstance(objects, list):
+            try:
+                objects = list(objects)  # (indexed twice when the ConfigMap changes the options)
+            except TypeError:
+                pass  # not a list of objects: _index says so
         cluster, ingresses_changed = self._index(objects, sink)
+        options = self._configured(cluster)
+        sink.extend(self._configmap_diags)
+        if options != self.options:  # everything downstream depends on them: start over
+            self._reset()
+            self.options = options
+            cluster, ingresses_changed = self._index(objects, sink)
         classes_changed = cluster.classes is not self._classes
         changed_services, changed_secrets = self._invalidate(cluster)
         if ingresses_changed or classes_changed:
@@ -375,6 +393,20 @@ class Translator:
             default_action=default_action,
             settings=settings,
         )
+
+    def _configured(self, cluster: Cluster) -> TranslateOptions:
+        """The options with the controller ConfigMap applied; redone only when a ConfigMap
+        changed (the memory of last good values is updated then, and only then)."""
+        if cluster.configmaps is self._configmaps or (
+            self._configmaps is not None and _same_items(self._configmaps, cluster.configmaps) == set()
+        ):
+            self._configmaps = cluster.configmaps
+            return self.options
+        sub = Sink()
+        options = configure(cluster.configmaps, self.base_options, sub, self.memory)
+        self._configmaps = cluster.configmaps
+        self._configmap_diags = sub.sorted()
+        return options
 
     # -- 1. addressing -------------------------------------------------------------------
 
@@ -448,6 +480,8 @@ class Translator:
                 cluster.services[(ref.namespace, ref.name)] = obj
             elif kind == "Secret":
                 cluster.secrets[(ref.namespace, ref.name)] = obj
+            elif kind == "ConfigMap":
+                cluster.configmaps[(ref.namespace, ref.name)] = obj
             else:  # EndpointSlice
                 service = _slice_service(obj)
                 if service:
@@ -510,6 +544,7 @@ class Translator:
         cluster.services = previous.services
         cluster.secrets = previous.secrets
         cluster.slices = previous.slices
+        cluster.configmaps = previous.configmaps
         for ref, old, new in updates:
             key = (ref.namespace, ref.name)
             if ref.kind == "Ingress":
@@ -522,6 +557,8 @@ class Translator:
                 cluster.services = {**cluster.services, key: new}
             elif ref.kind == "Secret":
                 cluster.secrets = {**cluster.secrets, key: new}
+            elif ref.kind == "ConfigMap":
+                cluster.configmaps = {**cluster.configmaps, key: new}
             else:
                 if cluster.slices is previous.slices:
                     cluster.slices = dict(previous.slices)
@@ -580,7 +617,7 @@ class Translator:
             if not memo.ours:
                 continue
             if not memo.planned:
-                self._plan(memo, ref, ingress, self.options.unsafe_fail_open)
+                self._plan(memo, ref, ingress, self.options)
             if memo.plan_diags:
                 diags.append(memo.plan_diags)
             if memo.plan is not None:
@@ -599,10 +636,12 @@ class Translator:
         memo.ours_diags = sub.sorted()
 
     @staticmethod
-    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, fail_open: bool) -> None:
+    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, options: TranslateOptions) -> None:
         sub = Sink()
         try:
-            memo.plan = parse_ingress(ref, ingress, sub, fail_open=fail_open)
+            memo.plan = parse_ingress(
+                ref, ingress, sub, fail_open=options.unsafe_fail_open, defaults=options.annotation_defaults
+            )
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.plan = None

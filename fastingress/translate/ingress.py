@@ -306,9 +306,11 @@ def _wildcard_covered(entries: list[TlsEntry], rule_hosts: list[str]) -> list[Tl
 _SEVERITIES: dict[str, Severity] = {"error": "error", "warning": "warning", "info": "info"}
 
 
-def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool) -> IngressAnnotations:
+def _annotations(
+    metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool, defaults: IngressAnnotations | None = None
+) -> IngressAnnotations:
     annotations = str_map(get(metadata, "annotations"))
-    parsed, findings = parse_annotations(annotations, fail_open=fail_open)
+    parsed, findings = parse_annotations(annotations, fail_open=fail_open, defaults=defaults)
     for finding in findings:
         sink.add(
             _SEVERITIES.get(finding.severity, "info"),
@@ -326,11 +328,14 @@ def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool)
     return parsed
 
 
-def parse_ingress(ref: ObjRef, ingress: Obj, sink: Sink, *, fail_open: bool = False) -> IngressPlan | None:
+def parse_ingress(
+    ref: ObjRef, ingress: Obj, sink: Sink, *, fail_open: bool = False, defaults: IngressAnnotations | None = None
+) -> IngressPlan | None:
     """The Ingress as a plan; ``fail_open`` (--unsafe-fail-open) only changes what the
-    diagnostics about unhonoured access annotations say."""
+    diagnostics about unhonoured access annotations say; ``defaults``: the annotation values
+    of the controller ConfigMap."""
     metadata = get_map(ingress, "metadata")
-    annotations = _annotations(metadata, ref, sink, fail_open)
+    annotations = _annotations(metadata, ref, sink, fail_open, defaults)
     spec = get_map(ingress, "spec")
     if spec is None:
         sink.warning(ref, "spec", "spec missing or not an object; Ingress ignored")

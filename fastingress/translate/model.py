@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from fastingress.snapshot.schema import GlobalSettings, Snapshot
+from fastingress.translate.annotations import IngressAnnotations
 
 Severity = Literal["error", "warning", "info"]
 
@@ -23,6 +24,11 @@ class TranslateOptions(msgspec.Struct, frozen=True):
     # --unsafe-fail-open: serve routes whose access-guarding annotations are not honoured
     # WITHOUT that protection, instead of answering 503 (fail closed, the default).
     unsafe_fail_open: bool = False
+    # -- the controller ConfigMap (issue 9) -------------------------------------------------
+    configmap: str | None = None  # --configmap "namespace/name": read by translate() itself
+    # What the ConfigMap made of the options (``translate.configmap.configure`` sets these):
+    annotation_defaults: IngressAnnotations = IngressAnnotations()  # ssl-redirect, proxy-*-timeout...
+    global_closed: tuple[tuple[str, str], ...] = ()  # (key, why): access guards not honoured: 503
 
 
 class Diagnostic(msgspec.Struct, frozen=True):
