@@ -21,7 +21,7 @@ from fastingress.errors import (
 )
 from fastingress.snapshot.schema import GlobalSettings, Upstream
 from workers.decide import Proxy
-from workers.heads import RequestInfo, add_forwarded, response_headers
+from workers.heads import RequestInfo, add_forwarded, response_headers, set_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
 from workers.policy import RequestCtx
 from workers.pool import UpstreamConn
@@ -73,21 +73,30 @@ class SessionBase:
         "client_ip",
         "codec",
         "ctx",
+        "head",
         "idle",
         "in_request",
+        "info",
         "labels",
         "linger",
+        "max_requests",
         "method",
         "phase",
+        "proxy_port",
         "pump_done",
         "pump_error",
+        "resp_bytes",
         "scope",
+        "served",
         "status",
         "stream",
         "t0",
+        "t_up",
         "target",
         "tls",
         "tls_peer",
+        "up_addr",
+        "up_status",
         "worker",
     )
 
@@ -104,6 +113,15 @@ class SessionBase:
     pump_error: BaseException | None
     ctx: RequestCtx | None
     linger: bool
+    proxy_port: bytes
+    head: RequestHead | None
+    info: RequestInfo | None
+    served: int
+    max_requests: int
+    resp_bytes: int
+    up_addr: tuple[str, int] | None
+    up_status: int
+    t_up: float
 
     if TYPE_CHECKING:  # provided by Session
 
@@ -127,6 +145,8 @@ class SessionBase:
             proto=b"https" if self.tls else worker.scheme_bytes,
             port=worker.https_port_bytes if self.tls else worker.port_bytes,
         )
+        if worker.proxy_headers:  # the ConfigMap's proxy-set-headers
+            set_headers(headers, worker.proxy_headers)
         if info.upgrade is not None:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", info.upgrade))
@@ -208,6 +228,8 @@ class SessionBase:
     ) -> bool:
         ucodec = conn.codec
         conn.requests += 1
+        self.up_addr = conn.key
+        self.t_up = _now()
         data = ucodec.request_head(method, target, headers, trusted=True)
         has_body = info.has_body
         if not has_body:
@@ -252,7 +274,7 @@ class SessionBase:
         ucodec = conn.codec
         stream = self.stream
         ustream = conn.stream
-        client_timeout = self.worker.settings.client_header_timeout
+        client_timeout = self.worker.settings.client_body_timeout
         received = 0
         on_client = True
         try:
@@ -345,6 +367,7 @@ class SessionBase:
             kind = type(ev)
             if kind is Body:
                 assert isinstance(ev, Body)
+                self.resp_bytes += len(ev.data)
                 out.append(codec.data(ev.data))
             elif kind is ResponseHead:
                 assert isinstance(ev, ResponseHead)
@@ -352,15 +375,20 @@ class SessionBase:
                     if ev.status == 101:
                         return await self._tunnel(conn, ev, out, upstream.read_timeout)
                     continue  # 100 Continue and friends: we speak for ourselves
-                headers = response_headers(ev.headers, self.worker.server_header)
-                if self.tls and self.worker.hsts is not None:
-                    add_hsts(headers, self.worker.hsts)
+                worker = self.worker
+                headers = response_headers(ev.headers, worker.server_header, keep_server=worker.keep_server)
+                if self.tls and worker.hsts is not None:
+                    add_hsts(headers, worker.hsts)
+                if worker.add_headers:  # the ConfigMap's add-headers
+                    set_headers(headers, worker.add_headers)
                 if self.ctx is not None:
                     self.ctx.respond(ev.status, headers)
-                if self.worker.draining or not self.pump_done:
+                if worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
                     self.linger = not self.pump_done
-                self.status = ev.status
+                elif 0 < self.max_requests <= self.served:
+                    headers.append((b"connection", b"close"))
+                self.status = self.up_status = ev.status
                 out.append(codec.response_head(ev.status, headers, ev.reason, trusted=True))
             elif ev is _END:
                 out.append(codec.end())
@@ -376,7 +404,8 @@ class SessionBase:
     ) -> bool:
         """After a 101: copy raw bytes both ways until either side closes."""
         codec = self.codec
-        headers = response_headers(ev.headers, self.worker.server_header, upgrade=True)
+        headers = response_headers(ev.headers, self.worker.server_header, upgrade=True,
+                                   keep_server=self.worker.keep_server)
         self.status = 101
         out.append(codec.informational(101, headers, ev.reason))
         out.append(conn.codec.trailing_data)

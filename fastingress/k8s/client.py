@@ -84,6 +84,11 @@ EVENT = Resource("Event", "v1", "events")
 WATCHED: tuple[Resource, ...] = (INGRESS_CLASS, INGRESS, SERVICE, ENDPOINT_SLICE, SECRET)
 
 
+def configmap_resource(name: str) -> Resource:
+    """ConfigMaps, restricted to the one named ``name`` (listed and watched in its namespace)."""
+    return Resource("ConfigMap", "v1", "configmaps", field_selector=f"metadata.name={name}")
+
+
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR

@@ -121,7 +121,9 @@ def _int(low: int, high: int) -> Callable[[str], int]:
 
 
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w|M|y)?")
-_UNITS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "y": 31536000}
+_UNITS = {
+    "ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "y": 31536000,
+}
 _MAX_SECONDS = 86400.0 * 7
 
 
@@ -139,7 +141,7 @@ def _seconds(*, zero: bool = False, high: float = _MAX_SECONDS) -> Callable[[str
             pos = match.end()
         if not text:
             raise ValueError("expected a time like 60, 60s, 5m or 1h")
-        if total == 0 and not zero or not 0 <= total <= high:
+        if (total == 0 and not zero) or not 0 <= total <= high:
             raise ValueError(f"expected a time of {'0' if zero else 'more than 0'} to {high:g} seconds")
         return total
 
@@ -275,9 +277,12 @@ def parse_log_format(value: str) -> str | Noted:
     return text
 
 
+_REF_RE = re.compile(r"(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
 def parse_ref(value: str) -> str:
     text = value.strip()
-    if not re.fullmatch(r"(?:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", text):
+    if not _REF_RE.fullmatch(text):
         raise ValueError("expected namespace/name of a ConfigMap")
     return text
 
@@ -390,8 +395,9 @@ _ROWS: dict[str, Row] = {
     "proxy-real-ip-cidr": implemented(parse_cidrs, _settings("proxy_real_ip_cidr"), "0.0.0.0/0"),
     "use-proxy-protocol": implemented(parse_bool, _settings("use_proxy_protocol"), "false",
                                       "PROXY v1 and v2, on the HTTP and HTTPS listeners"),
-    "proxy-protocol-header-timeout": implemented(_seconds(high=60), _settings("proxy_protocol_header_timeout"),
-                                                 "5s"),
+    "proxy-protocol-header-timeout": implemented(
+        _seconds(high=60), _settings("proxy_protocol_header_timeout"), "5s"
+    ),
     "forwarded-for-proxy-protocol-header": inert("an internal header name of ingress-nginx's nginx.conf",
                                                  "X-Forwarded-For-Proxy-Protocol"),
     "forwarded-host-header": inert("X-Original-Forwarded-Host is not sent", "X-Forwarded-Host"),
@@ -424,12 +430,15 @@ _ROWS: dict[str, Row] = {
     "ssl-reject-handshake": unsupported("false", "unknown names get the default certificate", same=True),
     "enable-ocsp": unsupported("false", "no OCSP stapling", same=True),
     "use-http2": implemented(parse_bool, _settings("http2"), "true"),
-    "http2-max-concurrent-streams": implemented(_int(1, 10000), _settings("http2_max_concurrent_streams"), "128"),
+    "http2-max-concurrent-streams": implemented(
+        _int(1, 10000), _settings("http2_max_concurrent_streams"), "128"
+    ),
     "http2-max-field-size": removed("large-client-header-buffers"),
     "http2-max-header-size": removed("large-client-header-buffers"),
     "http2-max-requests": removed("keep-alive-requests"),
-    "no-tls-redirect-locations": unsupported("/.well-known/acme-challenge",
-                                             "only /.well-known/acme-challenge/ is never redirected", same=True),
+    "no-tls-redirect-locations": unsupported(
+        "/.well-known/acme-challenge", "only /.well-known/acme-challenge/ is never redirected", same=True
+    ),
     "http-redirect-code": implemented(parse_redirect_code, _settings("http_redirect_code"), "308"),
     # -- bodies, headers and timeouts -------------------------------------------------------
     "proxy-body-size": implemented(parse_body_size, _settings("max_body_size"), "1m"),
@@ -442,10 +451,13 @@ _ROWS: dict[str, Row] = {
                               "0 closes every connection after one request"),
     "keep-alive-requests": implemented(_int(0, 100_000_000), _settings("keepalive_requests"), "1000",
                                        "HTTP/1.1 connections (HTTP/2: not counted)"),
-    "upstream-keepalive-connections": implemented(_int(0, 100_000), _settings("upstream_keepalive_connections"),
-                                                  "320", "idle connections per endpoint and worker "
-                                                  "(without the key, 32)"),
-    "upstream-keepalive-timeout": implemented(_seconds(high=3600), _settings("upstream_keepalive_timeout"), "60"),
+    "upstream-keepalive-connections": implemented(
+        _int(0, 100_000), _settings("upstream_keepalive_connections"), "320",
+        "idle connections per endpoint and worker (without the key, 32)",
+    ),
+    "upstream-keepalive-timeout": implemented(
+        _seconds(high=3600), _settings("upstream_keepalive_timeout"), "60"
+    ),
     "upstream-keepalive-requests": implemented(_int(1, 100_000_000), _settings("upstream_keepalive_requests"),
                                                "10000"),
     "upstream-keepalive-time": unsupported("1h", "a kept-alive upstream connection has no maximum lifetime"),
@@ -487,7 +499,9 @@ _ROWS: dict[str, Row] = {
     "disable-http-access-log": implemented(parse_bool, _no_log("disable-http-access-log"), "false"),
     "skip-access-log-urls": implemented(parse_strings, _settings("skip_access_log_urls"), ""),
     "disable-stream-access-log": inert(_STREAM),
-    "enable-access-log-for-default-backend": inert("requests no rule matches are logged like others", "false"),
+    "enable-access-log-for-default-backend": inert(
+        "requests no rule matches are logged like others", "false"
+    ),
     "access-log-params": inert(_LOGS),
     "access-log-path": inert(_LOGS, "/var/log/nginx/access.log"),
     "http-access-log-path": inert(_LOGS),
@@ -503,10 +517,14 @@ _ROWS: dict[str, Row] = {
     "default-type": inert(default="text/html"),
     # -- rate limits and security -------------------------------------------------------------
     "block-cidrs": implemented(parse_cidrs, _block("block-cidrs"), "", "403, before routing"),
-    "block-user-agents": implemented(parse_patterns, _settings("block_user_agents"), "", "403, before routing"),
+    "block-user-agents": implemented(
+        parse_patterns, _settings("block_user_agents"), "", "403, before routing"
+    ),
     "block-referers": implemented(parse_patterns, _settings("block_referers"), "", "403, before routing"),
-    "denylist-source-range": implemented(parse_cidrs, _block("denylist-source-range"), "",
-                                         "applies to every Ingress (an annotation adds to it, never lifts it)"),
+    "denylist-source-range": implemented(
+        parse_cidrs, _block("denylist-source-range"), "",
+        "applies to every Ingress (an annotation adds to it, never lifts it)",
+    ),
     "whitelist-source-range": implemented(parse_cidrs, _settings("allow_cidrs"), "",
                                           "applies to every Ingress (an annotation cannot widen it)"),
     "allow-snippet-annotations": implemented(parse_bool, _allow_snippets, "false",
@@ -515,20 +533,22 @@ _ROWS: dict[str, Row] = {
                                           "implemented, refused or fails closed (README)"),
     "annotation-value-word-blocklist": unsupported("", "annotation values are parsed, never pasted into a "
                                                    "configuration"),
-    "allow-cross-namespace-resources": unsupported("false", "annotations may name Secrets in other namespaces"),
+    "allow-cross-namespace-resources": unsupported(
+        "false", "annotations may name Secrets in other namespaces"
+    ),
     "limit-req-status-code": unsupported("503", "rate limits answer 503", same=True),
     "limit-conn-status-code": unsupported("503", "connection limits answer 503", same=True),
     "limit-conn-zone-variable": inert("limits count per client IP", "$binary_remote_addr"),
     "limit-rate": unsupported("0", _PER_INGRESS, same=True),
     "limit-rate-after": unsupported("0", _PER_INGRESS, same=True),
-    "global-rate-limit-memcached-host": removed(note="removed from ingress-nginx 1.12 with global rate limits"),
-    "global-rate-limit-memcached-port": removed(note="removed from ingress-nginx 1.12 with global rate limits"),
-    "global-rate-limit-memcached-connect-timeout": removed(
-        note="removed from ingress-nginx 1.12 with global rate limits"),
-    "global-rate-limit-memcached-max-idle-timeout": removed(
-        note="removed from ingress-nginx 1.12 with global rate limits"),
-    "global-rate-limit-memcached-pool-size": removed(note="removed from ingress-nginx 1.12 with global rate limits"),
-    "global-rate-limit-status-code": removed(note="removed from ingress-nginx 1.12 with global rate limits"),
+    **_rows(
+        """
+        global-rate-limit-memcached-host global-rate-limit-memcached-port
+        global-rate-limit-memcached-connect-timeout global-rate-limit-memcached-max-idle-timeout
+        global-rate-limit-memcached-pool-size global-rate-limit-status-code
+        """,
+        removed(note="removed in ingress-nginx 1.12 with global rate limits; see the limit-* annotations"),
+    ),
     "enable-modsecurity": unsupported("false", "there is no web application firewall", same=True),
     "enable-owasp-modsecurity-crs": unsupported("false", "there is no web application firewall", same=True),
     "global-auth-url": Row("closed", parse_global_auth_url, None, "",
@@ -566,18 +586,21 @@ _ROWS: dict[str, Row] = {
     "disable-proxy-intercept-errors": unsupported("false", _PER_INGRESS, same=True),
     "app-root": unsupported("", _PER_INGRESS),
     "preserve-trailing-slash": unsupported("false", _PER_INGRESS, same=True),
-    "use-port-in-redirects": unsupported("false", "redirects to HTTPS name the HTTPS port when it is not 443"),
+    "use-port-in-redirects": unsupported(
+        "false", "redirects to HTTPS name the HTTPS port when it is not 443"
+    ),
     "relative-redirects": unsupported("false", same=True),
     "proxy-ssl-location-only": inert(default="false"),
     # -- tracing, compression, GeoIP ----------------------------------------------------------
     "enable-opentelemetry": unsupported("false", _TRACING, same=True),
     **_rows(
         """
-        opentelemetry-trust-incoming-span opentelemetry-operation-name opentelemetry-config otlp-collector-host
-        otlp-collector-port otel-max-queuesize otel-schedule-delay-millis otel-max-export-batch-size
-        otel-service-name otel-sampler otel-sampler-parent-based otel-sampler-ratio
-        jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-service-name jaeger-propagation-format
-        jaeger-sampler-type jaeger-sampler-param jaeger-sampler-host jaeger-sampler-port
+        opentelemetry-trust-incoming-span opentelemetry-operation-name opentelemetry-config
+        otlp-collector-host otlp-collector-port otel-max-queuesize otel-schedule-delay-millis
+        otel-max-export-batch-size otel-service-name otel-sampler otel-sampler-parent-based otel-sampler-ratio
+        jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-service-name
+        jaeger-propagation-format jaeger-sampler-type jaeger-sampler-param jaeger-sampler-host
+        jaeger-sampler-port
         jaeger-trace-context-header-name jaeger-debug-header jaeger-baggage-header
         jaeger-trace-baggage-header-prefix jaeger-tracer-baggage-header-prefix
         """,
@@ -727,7 +750,8 @@ class _Apply:
             note = f" ({row.note})" if row.note else ""
             self.add("warning", key, f"removed from ingress-nginx{note}", "ignored", row.default)
         elif row.same and text.strip() == row.default:
-            self.add("info", key, "not configurable in fastingress, which behaves as with this value", "ignored")
+            self.add("info", key, "not configurable in fastingress, which behaves as with this value",
+                     "ignored")
         else:
             note = f" ({row.note})" if row.note else ""
             self.add("warning", key, f"not implemented yet{note}", "ignored")

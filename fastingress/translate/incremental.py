@@ -48,6 +48,7 @@ One ``Translator`` is used by one thread at a time (a lock enforces it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import threading
@@ -288,9 +289,9 @@ class Translator:
     everything is translated afresh (rare, and it must be: every route may depend on it)."""
 
     def __init__(self, options: TranslateOptions | None = None) -> None:
-        self.base_options = options if options is not None else TranslateOptions()
-        self.options = self.base_options  # with the controller ConfigMap applied (``_configured``)
-        self.memory = ConfigMemory()  # the ConfigMap's last good values
+        self.options = options if options is not None else TranslateOptions()
+        self._options = self.options  # with the controller ConfigMap applied (``_configured``)
+        self.memory = ConfigMemory()  # the ConfigMap's last good values (see translate())
         self._configmaps: dict[tuple[str, str], Obj] | None = None  # what ``options`` was made from
         self._configmap_diags: Diags = ()
         self._lock = threading.Lock()
@@ -335,7 +336,8 @@ class Translator:
     # -- entry point ---------------------------------------------------------------------
 
     def translate(self, objects: Iterable[Mapping[str, Any]]) -> TranslationResult:
-        """Same result as ``translate(objects, self.options)``.  Never raises."""
+        """Same result as ``translate(objects, self.options, memory)`` with ``memory`` what
+        ``self.memory`` was before the call.  Never raises."""
         with self._lock:
             sink = Sink()
             try:
@@ -343,22 +345,20 @@ class Translator:
             except Exception as exc:  # last line of defence, as in translate()
                 self._reset()
                 _internal(sink, _TRANSLATOR, exc, "translating")
-                snapshot = Snapshot(settings=self.options.settings)
+                snapshot = Snapshot(settings=self._options.settings)
             return TranslationResult(snapshot=snapshot, diagnostics=sink.sorted())
 
     def _translate(self, objects: Iterable[Mapping[str, Any]], sink: Sink) -> Snapshot:
         self._period = int(time.time() // _CERT_PERIOD)
         if not isinstance(objects, list):
-            try:
+            with contextlib.suppress(TypeError):  # (not a list of objects: _index says so)
                 objects = list(objects)  # (indexed twice when the ConfigMap changes the options)
-            except TypeError:
-                pass  # not a list of objects: _index says so
         cluster, ingresses_changed = self._index(objects, sink)
         options = self._configured(cluster)
         sink.extend(self._configmap_diags)
-        if options != self.options:  # everything downstream depends on them: start over
+        if options != self._options:  # everything downstream depends on them: start over
             self._reset()
-            self.options = options
+            self._options = options
             cluster, ingresses_changed = self._index(objects, sink)
         classes_changed = cluster.classes is not self._classes
         changed_services, changed_secrets = self._invalidate(cluster)
@@ -368,7 +368,7 @@ class Translator:
             sink.extend(diags)
         plans = self._plan_list
         merged = self._merge(plans, sink)
-        emitter = _Emitter(cluster, self.options, sink)
+        emitter = _Emitter(cluster, self._options, sink)
         emitter.load_cert = self._load_certificate
         emission = self._emit(cluster, merged, changed_services, changed_secrets)
         sink.extend(emission.diags)
@@ -401,9 +401,9 @@ class Translator:
             self._configmaps is not None and _same_items(self._configmaps, cluster.configmaps) == set()
         ):
             self._configmaps = cluster.configmaps
-            return self.options
+            return self._options
         sub = Sink()
-        options = configure(cluster.configmaps, self.base_options, sub, self.memory)
+        options = configure(cluster.configmaps, self.options, sub, self.memory)
         self._configmaps = cluster.configmaps
         self._configmap_diags = sub.sorted()
         return options
@@ -617,7 +617,7 @@ class Translator:
             if not memo.ours:
                 continue
             if not memo.planned:
-                self._plan(memo, ref, ingress, self.options)
+                self._plan(memo, ref, ingress, self._options)
             if memo.plan_diags:
                 diags.append(memo.plan_diags)
             if memo.plan is not None:
@@ -629,7 +629,7 @@ class Translator:
     def _select(self, memo: _IngressMemo, ref: ObjRef, ingress: Obj, cluster: Cluster) -> None:
         sub = Sink()
         try:
-            memo.ours = is_ours(ref, ingress, cluster, self.options, sub)
+            memo.ours = is_ours(ref, ingress, cluster, self._options, sub)
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.ours = False
@@ -803,7 +803,7 @@ class Translator:
         sub = Sink()
         recorder = _Recorder(self, cluster)  # each resolution records its own lookups
         view, lookups = _recording(cluster)
-        emitter = _Emitter(view, self.options, sub)
+        emitter = _Emitter(view, self._options, sub)
         emitter.builder = recorder  # type: ignore[assignment]
         loads: dict[tuple[str, str], _CertMemo] = {}
 

@@ -329,7 +329,12 @@ def _annotations(
 
 
 def parse_ingress(
-    ref: ObjRef, ingress: Obj, sink: Sink, *, fail_open: bool = False, defaults: IngressAnnotations | None = None
+    ref: ObjRef,
+    ingress: Obj,
+    sink: Sink,
+    *,
+    fail_open: bool = False,
+    defaults: IngressAnnotations | None = None,
 ) -> IngressPlan | None:
     """The Ingress as a plan; ``fail_open`` (--unsafe-fail-open) only changes what the
     diagnostics about unhonoured access annotations say; ``defaults``: the annotation values
