@@ -89,6 +89,7 @@ class Row(NamedTuple):
     default: str = ""  # ingress-nginx's default (its docs)
     same: bool = False  # unsupported: fastingress behaves as with ``default`` anyway
     note: str = ""  # the difference from ingress-nginx, or the replacement of a removed key
+    pending: str = ""  # implemented in translation only: the value is kept, not acted on yet (why)
 
 
 # --- parsers: str -> value; ValueError (BadValue: with a suggestion) when bad ----------------
@@ -170,6 +171,8 @@ def parse_header_buffers(value: str) -> int:
 
 
 def _split(value: str) -> list[str]:
+    if not value.isprintable():
+        raise ValueError("control characters are not allowed")
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
@@ -266,7 +269,7 @@ def parse_strings(value: str) -> tuple[str, ...]:
 
 def parse_log_format(value: str) -> str | Noted:
     text = value.strip()
-    if not text or "\n" in text:
+    if not text or not text.isprintable():
         raise ValueError("expected a one-line log format like $remote_addr - $remote_user ...")
     unknown = unknown_variables(text)
     if unknown:
@@ -479,8 +482,11 @@ _ROWS: dict[str, Row] = {
     "grpc-buffer-size-kb": inert(default="0"),
     "proxy-http-version": unsupported("1.1", "HTTP/1.1 to upstreams", same=True),
     # -- answers and logs --------------------------------------------------------------------
-    "custom-http-errors": implemented(parse_codes, _settings("custom_http_errors"), "",
-                                      "the global default of the custom-http-errors annotation"),
+    "custom-http-errors": Row(
+        "implemented", parse_codes, _settings("custom_http_errors"), "",
+        note="validated and kept in the snapshot (GlobalSettings.custom_http_errors)",
+        pending="custom error pages are not served yet",
+    ),
     "server-tokens": implemented(parse_bool, _server_tokens, "false",
                                  "false: no Server header; true: fastingress/VERSION; without the "
                                  "key: Server: fastingress"),
@@ -622,6 +628,7 @@ _ROWS: dict[str, Row] = {
     "geoip2-autoreload-in-minutes": inert("no GeoIP variables"),
     # -- nginx internals -----------------------------------------------------------------------
     "worker-processes": inert("see --workers", "auto"),
+    "worker-cpu-affinity": inert(),
     "worker-shutdown-timeout": inert("see --grace-period", "240s"),
     "enable-serial-reloads": inert("there are no reloads", "false"),
     "bind-address": unsupported("", "see --bind"),
@@ -776,6 +783,8 @@ class _Apply:
             value = value.value
         if key == "allow-snippet-annotations" and value:
             self.add("warning", key, "snippets are never executed in fastingress", "taken as false")
+        if row.pending:
+            self.add("warning", key, f"not implemented yet ({row.pending})", "ignored")
         self.good[key] = text
         assert row.setter is not None
         row.setter(self.state, value)
