@@ -1,6 +1,6 @@
 """README's ingress-nginx compatibility table, generated from the registries (so it cannot drift).
 
-Every annotation (``fastingress.translate.annotations.REGISTRY``) and every controller
+Every annotation (``fastingress.translate.ann.REGISTRY``) and every controller
 ConfigMap key (``fastingress.translate.configmap.REGISTRY``) is one row: its status in
 fastingress and what differs from ingress-nginx.  ``python -m fastingress.compat --write
 README.md`` rewrites the table between its markers; ``tests/unit/test_compat_table.py`` fails
@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastingress.translate import annotations, configmap
+from fastingress.translate import annotations as ann
+from fastingress.translate import configmap
 
 BEGIN = "<!-- compat-table:begin (generated: python -m fastingress.compat --write README.md) -->"
 END = "<!-- compat-table:end -->"
@@ -21,7 +22,9 @@ END = "<!-- compat-table:end -->"
 # What differs from ingress-nginx for annotations fastingress implements (the registry holds
 # no prose for them).  Keys without an entry behave as ingress-nginx documents.
 ANNOTATION_NOTES: dict[str, str] = {
-    "proxy-ssl-server-name": "default `on` (ingress-nginx: `off`), so `upstream-vhost` reaches the backend's TLS",
+    "proxy-ssl-server-name": (
+        "default `on` (ingress-nginx: `off`), so `upstream-vhost` reaches the backend's TLS"
+    ),
     "ssl-redirect": "the redirect is a 308 (see the ConfigMap's `http-redirect-code`)",
     "force-ssl-redirect": "308 (see the ConfigMap's `http-redirect-code`)",
     "ssl-passthrough": "needs `--enable-ssl-passthrough`",
@@ -53,7 +56,7 @@ def _cell(text: str) -> str:
 
 
 def annotation_row(name: str) -> tuple[str, str, str]:
-    row = annotations.REGISTRY[name]
+    row = ann.REGISTRY[name]
     status = _ANNOTATION_STATUS[row.status]
     if row.guard and row.status == "implemented":
         status = "supported (a bad value fails closed)"
@@ -85,7 +88,7 @@ def render() -> str:
         "| key | where | in fastingress | differences and notes |",
         "|---|---|---|---|",
     ]
-    for name in annotations.NAMES:
+    for name in ann.NAMES:
         key, status, note = annotation_row(name)
         lines.append(f"| {key} | annotation | {_cell(status)} | {_cell(note)} |")
     for name in configmap.NAMES:

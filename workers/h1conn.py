@@ -435,8 +435,11 @@ class ClientConn(Forwarder):
             record.version = "HTTP/" + head.http_version.decode("latin-1")
             record.headers = head.headers
             record.request_length = request_length(head.method, head.target, head.headers, self.received)
-        if info is not None and info.request_id is not None:
-            record.request_id = info.request_id.decode("latin-1")
+        if info is not None:
+            if info.host:  # nginx $host: the Host header, lower case, without the port
+                record.host = info.host.decode("latin-1").lower().rsplit(":", 1)[0].rstrip(".") or "-"
+            if info.request_id is not None:
+                record.request_id = info.request_id.decode("latin-1")
         proxy = self.proxy
         if proxy is not None:
             record.upstream = proxy.upstream.name

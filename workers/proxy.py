@@ -223,8 +223,11 @@ class Session(SessionBase):
             record.request_length = request_length(
                 head.method, head.target, head.headers, self.body_consumed
             )
-        if info is not None and info.request_id is not None:
-            record.request_id = info.request_id.decode("latin-1")
+        if info is not None:
+            if info.host:  # nginx $host: the Host header, lower case, without the port
+                record.host = info.host.decode("latin-1").lower().rsplit(":", 1)[0].rstrip(".") or "-"
+            if info.request_id is not None:
+                record.request_id = info.request_id.decode("latin-1")
         if self.up_addr is not None:
             record.upstream_addr = f"{self.up_addr[0]}:{self.up_addr[1]}"
             record.upstream_time = _now() - self.t_up

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from fastingress import compat
-from fastingress.translate import annotations, configmap
+from fastingress.translate import annotations as ann
+from fastingress.translate import configmap
 from tests.conftest import REPO
 
 README = REPO / "README.md"
@@ -17,7 +18,8 @@ README = REPO / "README.md"
 # controller v1.15.1) and of its source (internal/ingress/annotations), plus removed ones.
 INGRESS_NGINX_ANNOTATIONS = """
 app-root affinity affinity-canary-behavior affinity-mode auth-realm auth-secret auth-secret-type auth-type
-auth-tls-secret auth-tls-verify-depth auth-tls-verify-client auth-tls-error-page auth-tls-pass-certificate-to-upstream
+auth-tls-secret auth-tls-verify-depth auth-tls-verify-client auth-tls-error-page
+auth-tls-pass-certificate-to-upstream
 auth-tls-match-cn auth-url auth-cache-key auth-cache-duration auth-keepalive auth-keepalive-share-vars
 auth-keepalive-requests auth-keepalive-timeout auth-proxy-set-headers auth-snippet enable-global-auth
 backend-protocol canary canary-by-header canary-by-header-value canary-by-header-pattern canary-by-cookie
@@ -46,11 +48,11 @@ opentelemetry-operation-name relative-redirects session-cookie-partitioned upstr
 upstream-hash-by-subset-size fastcgi-index fastcgi-params-configmap use-port-in-redirects
 global-rate-limit global-rate-limit-window global-rate-limit-key global-rate-limit-ignored-cidrs
 secure-backends grpc-backend secure-verify-ca-secret session-cookie-hash add-base-url base-url-scheme
-""".split()
+""".split()  # noqa: SIM905
 
 
 def test_every_ingress_nginx_annotation_is_in_the_registry() -> None:
-    assert sorted(set(INGRESS_NGINX_ANNOTATIONS) - set(annotations.REGISTRY)) == []
+    assert sorted(set(INGRESS_NGINX_ANNOTATIONS) - set(ann.REGISTRY)) == []
 
 
 def test_readme_table_is_the_generated_one() -> None:
@@ -73,14 +75,14 @@ def _rows() -> dict[tuple[str, str], str]:
 
 def test_table_has_one_row_per_registry_key() -> None:
     rows = _rows()
-    assert {n for w, n in rows if w == "annotation"} == set(annotations.REGISTRY)
+    assert {n for w, n in rows if w == "annotation"} == set(ann.REGISTRY)
     assert {n for w, n in rows if w == "ConfigMap"} == set(configmap.REGISTRY)
 
 
-@pytest.mark.parametrize("name", sorted(annotations.REGISTRY))
+@pytest.mark.parametrize("name", sorted(ann.REGISTRY))
 def test_annotation_status_matches_the_registry(name: str) -> None:
     status = _rows()[("annotation", name)]
-    row = annotations.REGISTRY[name]
+    row = ann.REGISTRY[name]
     assert status.startswith("supported") == (row.status == "implemented"), (name, status)
     assert ("**fails closed**" in status) == (row.status == "closed"), (name, status)
 

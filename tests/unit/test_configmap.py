@@ -45,7 +45,14 @@ from workers.heads import (
     scan_request,
     set_headers,
 )
-from workers.proxyproto import NEED_MORE, BadProxyHeader, ProxyHeader, parse_proxy_header, v1_header, v2_header
+from workers.proxyproto import (
+    NEED_MORE,
+    BadProxyHeader,
+    ProxyHeader,
+    parse_proxy_header,
+    v1_header,
+    v2_header,
+)
 
 Obj = dict[str, Any]
 OPTIONS = TranslateOptions(configmap="ingress-nginx/controller")
@@ -100,15 +107,20 @@ disable-stream-access-log enable-auth-access-log forwarded-host-header preserve-
 proxy-http-version proxy-max-temp-file-size proxy-redirect-to upstream-hash-by upstream-hash-by-subset
 upstream-hash-by-subset-size use-port-in-redirects
 global-rate-limit-memcached-host global-rate-limit-memcached-port global-rate-limit-memcached-connect-timeout
-global-rate-limit-memcached-max-idle-timeout global-rate-limit-memcached-pool-size global-rate-limit-status-code
+global-rate-limit-memcached-max-idle-timeout global-rate-limit-memcached-pool-size
+global-rate-limit-status-code
 datadog-collector-host datadog-collector-port datadog-environment datadog-operation-name-override
 datadog-priority-sampling datadog-sample-rate datadog-service-name
-""".split()
+""".split()  # noqa: SIM905
 
 
 def configmap(data: object, name: str = "controller", namespace: str = "ingress-nginx") -> Obj:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
-            "data": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
 
 
 def diagnostics(result: Any) -> list[str]:
@@ -125,24 +137,58 @@ def test_every_ingress_nginx_key_is_known() -> None:
 
 # A valid value, not the default, of each key fastingress honours.
 SAMPLES = {
-    "use-forwarded-headers": "true", "enable-real-ip": "true", "compute-full-forwarded-for": "true",
-    "forwarded-for-header": "CF-Connecting-IP", "proxy-real-ip-cidr": "10.0.0.0/8", "use-proxy-protocol": "true",
-    "proxy-protocol-header-timeout": "2s", "ssl-redirect": "false", "force-ssl-redirect": "true", "hsts": "true",
-    "hsts-max-age": "60", "hsts-include-subdomains": "false", "hsts-preload": "true", "ssl-protocols": "TLSv1.3",
-    "ssl-ciphers": "ECDHE-RSA-AES256-GCM-SHA384", "ssl-session-cache": "false", "ssl-session-tickets": "false",
-    "ssl-session-timeout": "10m", "use-http2": "false", "http2-max-concurrent-streams": "10",
-    "http-redirect-code": "301", "proxy-body-size": "8m", "proxy-connect-timeout": "2",
-    "proxy-read-timeout": "30", "proxy-send-timeout": "30", "client-header-timeout": "10",
-    "client-body-timeout": "10", "keep-alive": "5", "keep-alive-requests": "10",
-    "upstream-keepalive-connections": "8", "upstream-keepalive-timeout": "5", "upstream-keepalive-requests": "5",
-    "large-client-header-buffers": "4 16k", "enable-underscores-in-headers": "true",
-    "ignore-invalid-headers": "false", "custom-http-errors": "404", "server-tokens": "true",
-    "allow-backend-server-header": "true", "add-headers": "ingress-nginx/headers",
-    "proxy-set-headers": "ingress-nginx/headers", "log-format-upstream": "$remote_addr $status",
-    "log-format-escape-json": "true", "log-format-escape-none": "true", "disable-access-log": "true",
-    "disable-http-access-log": "true", "skip-access-log-urls": "/healthz", "block-cidrs": "192.0.2.0/24",
-    "block-user-agents": "~*bot", "block-referers": "spam.example", "denylist-source-range": "192.0.2.0/24",
-    "whitelist-source-range": "10.0.0.0/8", "allow-snippet-annotations": "true",
+    "use-forwarded-headers": "true",
+    "enable-real-ip": "true",
+    "compute-full-forwarded-for": "true",
+    "forwarded-for-header": "CF-Connecting-IP",
+    "proxy-real-ip-cidr": "10.0.0.0/8",
+    "use-proxy-protocol": "true",
+    "proxy-protocol-header-timeout": "2s",
+    "ssl-redirect": "false",
+    "force-ssl-redirect": "true",
+    "hsts": "true",
+    "hsts-max-age": "60",
+    "hsts-include-subdomains": "false",
+    "hsts-preload": "true",
+    "ssl-protocols": "TLSv1.3",
+    "ssl-ciphers": "ECDHE-RSA-AES256-GCM-SHA384",
+    "ssl-session-cache": "false",
+    "ssl-session-tickets": "false",
+    "ssl-session-timeout": "10m",
+    "use-http2": "false",
+    "http2-max-concurrent-streams": "10",
+    "http-redirect-code": "301",
+    "proxy-body-size": "8m",
+    "proxy-connect-timeout": "2",
+    "proxy-read-timeout": "30",
+    "proxy-send-timeout": "30",
+    "client-header-timeout": "10",
+    "client-body-timeout": "10",
+    "keep-alive": "5",
+    "keep-alive-requests": "10",
+    "upstream-keepalive-connections": "8",
+    "upstream-keepalive-timeout": "5",
+    "upstream-keepalive-requests": "5",
+    "large-client-header-buffers": "4 16k",
+    "enable-underscores-in-headers": "true",
+    "ignore-invalid-headers": "false",
+    "custom-http-errors": "404",
+    "server-tokens": "true",
+    "allow-backend-server-header": "true",
+    "add-headers": "ingress-nginx/headers",
+    "proxy-set-headers": "ingress-nginx/headers",
+    "log-format-upstream": "$remote_addr $status",
+    "log-format-escape-json": "true",
+    "log-format-escape-none": "true",
+    "disable-access-log": "true",
+    "disable-http-access-log": "true",
+    "skip-access-log-urls": "/healthz",
+    "block-cidrs": "192.0.2.0/24",
+    "block-user-agents": "~*bot",
+    "block-referers": "spam.example",
+    "denylist-source-range": "192.0.2.0/24",
+    "whitelist-source-range": "10.0.0.0/8",
+    "allow-snippet-annotations": "true",
 }
 
 
@@ -168,7 +214,10 @@ def test_no_key_is_silent(key: str) -> None:
         said = [d for d in sink.sorted() if d.field == f"data[{key}]"]
         assert honoured != plain or said, f"{key}: {SAMPLES[key]!r} neither honoured nor mentioned"
         bad = translate([configmap({key: "\x00 \x01"})], OPTIONS)
-        assert [d.severity for d in bad.diagnostics if d.field == f"data[{key}]"] in (["warning"], ["error"]), key
+        assert [d.severity for d in bad.diagnostics if d.field == f"data[{key}]"] in (
+            ["warning"],
+            ["error"],
+        ), key
         return
     value = {"closed": "http://auth"}.get(row.status, "on")
     result = translate([configmap({key: value})], OPTIONS)
@@ -190,18 +239,37 @@ def test_the_deployed_configmap_translates_cleanly() -> None:
 
 def test_parse_bool_as_go_does() -> None:
     assert [parse_bool(v) for v in ("true", "1", "T", "TRUE", "false", "0", "f", "False")] == [
-        True, True, True, True, False, False, False, False]
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     with pytest.raises(BadValue) as exc:
         parse_bool("ture")
     assert exc.value.suggestion == "true"
 
 
 def test_durations_and_sizes() -> None:
-    options = translate([configmap({
-        "proxy-read-timeout": "90", "proxy-connect-timeout": "1m", "client-header-timeout": "1h",
-        "keep-alive": "0", "proxy-protocol-header-timeout": "500ms", "ssl-session-timeout": "10m",
-        "client-body-timeout": "1m30s",
-    })], OPTIONS).snapshot.settings
+    options = translate(
+        [
+            configmap(
+                {
+                    "proxy-read-timeout": "90",
+                    "proxy-connect-timeout": "1m",
+                    "client-header-timeout": "1h",
+                    "keep-alive": "0",
+                    "proxy-protocol-header-timeout": "500ms",
+                    "ssl-session-timeout": "10m",
+                    "client-body-timeout": "1m30s",
+                }
+            )
+        ],
+        OPTIONS,
+    ).snapshot.settings
     assert options.client_header_timeout == 3600.0
     assert options.client_body_timeout == 90.0
     assert options.keepalive_timeout == 0.0
@@ -216,7 +284,10 @@ def test_durations_and_sizes() -> None:
 
 def test_parse_cidrs_and_patterns() -> None:
     assert parse_cidrs("10.0.0.0/8, 192.168.1.7,2001:db8::/32 , 10.1.2.3/8") == (
-        "10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32")
+        "10.0.0.0/8",
+        "192.168.1.7/32",
+        "2001:db8::/32",
+    )
     with pytest.raises(ValueError, match="not an IP"):
         parse_cidrs("10.0.0.0/8, example.com")
     assert parse_patterns("~*bot, curl/7.0, ~^Wget") == ("~*bot", "curl/7.0", "~^Wget")
@@ -262,7 +333,8 @@ def test_a_bad_value_keeps_the_last_good_one_and_says_so() -> None:
     second = translate([configmap({"proxy-body-size": "20 MB", "ssl-redirect": "false"})], OPTIONS, memory)
     assert second.snapshot.settings.max_body_size == 20 * 1024 * 1024
     assert diagnostics(second) == [
-        "warning ConfigMap ingress-nginx/controller data[proxy-body-size]: bad value '20 MB': expected a size "
+        "warning ConfigMap ingress-nginx/controller data[proxy-body-size]: bad value '20 MB': "
+        "expected a size "
         "like 8, 1k, 20m or 1g (0: unlimited); keeping the last good value '20m'"
     ]
     # Still bad on the next change: still the last good value (not the default).
@@ -275,8 +347,10 @@ def test_a_bad_value_keeps_the_last_good_one_and_says_so() -> None:
     # A key removed is as the user asked: the default.
     gone = translate([configmap({})], OPTIONS, memory)
     assert gone.snapshot.settings.max_body_size == 1024 * 1024
-    assert translate([configmap({"proxy-body-size": "x"})], OPTIONS, memory).snapshot.settings.max_body_size \
+    assert (
+        translate([configmap({"proxy-body-size": "x"})], OPTIONS, memory).snapshot.settings.max_body_size
         == 1024 * 1024
+    )
 
 
 def test_data_that_is_not_a_map_keeps_every_last_good_value() -> None:
@@ -330,19 +404,41 @@ def test_headers_configmaps_and_their_last_good_version() -> None:
     # Without a memory: none, and a warning.
     lost = translate([main, up], OPTIONS)
     assert lost.snapshot.settings.add_headers == ()
-    assert referenced_configmaps(main, "ingress-nginx") == {("ingress-nginx", "resp"), ("ingress-nginx", "up")}
+    assert referenced_configmaps(main, "ingress-nginx") == {
+        ("ingress-nginx", "resp"),
+        ("ingress-nginx", "up"),
+    }
 
 
 def test_global_auth_url_fails_closed_and_unsafe_fail_open_serves() -> None:
-    ingress = {"kind": "Ingress", "metadata": {"name": "a", "namespace": "d"}, "spec": {
-        "ingressClassName": "fastingress", "rules": [{"host": "a.test", "http": {"paths": [
-            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "s", "port": {"number": 80}}}}]}}]}}
+    ingress = {
+        "kind": "Ingress",
+        "metadata": {"name": "a", "namespace": "d"},
+        "spec": {
+            "ingressClassName": "fastingress",
+            "rules": [
+                {
+                    "host": "a.test",
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": "s", "port": {"number": 80}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
     data = {"global-auth-url": "http://auth/check"}
     closed = translate([configmap(data), ingress], OPTIONS)
     action = closed.snapshot.virtual_hosts[0].routes[0].action
     assert getattr(action, "status", 0) == 503 and "global-auth-url" in getattr(action, "body", "")
-    opened = translate([configmap(data), ingress], TranslateOptions(configmap=OPTIONS.configmap,
-                                                                      unsafe_fail_open=True))
+    opened = translate(
+        [configmap(data), ingress], TranslateOptions(configmap=OPTIONS.configmap, unsafe_fail_open=True)
+    )
     assert opened.snapshot.virtual_hosts[0].routes[0].action.__class__.__name__ == "Forward"
     assert "served WITHOUT this protection" in " ".join(diagnostics(opened))
 
@@ -366,8 +462,11 @@ def test_check_lints_the_configmap_with_its_file(tmp_path: Path) -> None:
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: controller, namespace: ingress-nginx}\n"
         "data: {proxy-bdy-size: 8m, use-gzip: 'true'}\n"
     )
-    report = check(CheckSettings(paths=(str(path),), translation=TranslationSettings(
-        configmap="ingress-nginx/controller")))
+    report = check(
+        CheckSettings(
+            paths=(str(path),), translation=TranslationSettings(configmap="ingress-nginx/controller")
+        )
+    )
     lines = [str(f) for f in report.diagnostics]
     assert lines == [
         f"{path}: warning ConfigMap ingress-nginx/controller data[proxy-bdy-size]: unknown key (did you mean "
@@ -383,15 +482,23 @@ def test_check_lints_the_configmap_with_its_file(tmp_path: Path) -> None:
 def test_proxy_protocol_v1() -> None:
     header = v1_header("203.0.113.7", "10.0.0.1", 51234, 443)
     assert parse_proxy_header(header + b"GET / HTTP/1.1\r\n") == ProxyHeader(
-        len(header), "203.0.113.7", 51234, "10.0.0.1", 443)
+        len(header), "203.0.113.7", 51234, "10.0.0.1", 443
+    )
     six = v1_header("2001:db8::7", "2001:db8::1", 1, 80)
     assert parse_proxy_header(six).source == "2001:db8::7"
     assert parse_proxy_header(b"PROXY UNKNOWN\r\nGET") == ProxyHeader(15, None)
     for partial in (b"P", b"PROXY", b"PROXY TCP4 203.0.113.7 10.0"):
         assert parse_proxy_header(partial) is NEED_MORE
-    for bad in (b"GET / HTTP/1.1\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", b"PROXY TCP4 a b 1 2\r\n",
-                b"PROXY TCP4 ::1 ::1 1 2\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n", b"PRI * HTTP/2.0",
-                b"PROXY " + b"x" * 120, b"\x16\x03\x01"):
+    for bad in (
+        b"GET / HTTP/1.1\r\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+        b"PROXY TCP4 a b 1 2\r\n",
+        b"PROXY TCP4 ::1 ::1 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n",
+        b"PRI * HTTP/2.0",
+        b"PROXY " + b"x" * 120,
+        b"\x16\x03\x01",
+    ):
         with pytest.raises(BadProxyHeader):
             parse_proxy_header(bad)
 
@@ -399,7 +506,8 @@ def test_proxy_protocol_v1() -> None:
 def test_proxy_protocol_v2() -> None:
     header = v2_header("198.51.100.9", "10.0.0.1", 40000, 443, tlvs=b"\x04\x00\x01x")
     assert parse_proxy_header(header + b"\x16\x03\x01") == ProxyHeader(
-        len(header), "198.51.100.9", 40000, "10.0.0.1", 443)
+        len(header), "198.51.100.9", 40000, "10.0.0.1", 443
+    )
     assert parse_proxy_header(v2_header("2001:db8::9", "2001:db8::1", 1, 2)).source == "2001:db8::9"
     local = v2_header("", "", 0, 0, local=True)
     assert parse_proxy_header(local) == ProxyHeader(16, None)
@@ -427,31 +535,47 @@ def test_real_ip_is_the_first_untrusted_address_from_the_right() -> None:
     view = fwd.view([(b"x-forwarded-for", chain)], [], b"10.0.0.2", False, b"")
     assert (view.ip, view.xff, view.peer) == (b"203.0.113.5", b"203.0.113.5", b"10.0.0.2")
     # The peer is not trusted: what it claims is ignored.
-    view = fwd.view([(b"x-forwarded-for", chain), (b"x-forwarded-proto", b"https")], [], b"192.0.2.1", False, b"")
+    view = fwd.view(
+        [(b"x-forwarded-for", chain), (b"x-forwarded-proto", b"https")], [], b"192.0.2.1", False, b""
+    )
     assert (view.ip, view.https, view.proto) == (b"192.0.2.1", False, None)
     # All trusted: the leftmost; an unparsable entry: the peer; several header lines join.
     everything = forwarding(use_forwarded_headers=True)
     assert everything.real_ip(b"10.0.0.1, 10.0.0.2", b"10.0.0.3") == b"10.0.0.1"
     assert fwd.real_ip(b"203.0.113.5, nonsense, 10.0.0.9", b"10.0.0.2") == b"10.0.0.2"
-    view = fwd.view([(b"x-forwarded-for", b"203.0.113.5"), (b"x-forwarded-for", b"10.0.0.9")], [],
-                    b"10.0.0.2", False, b"")
+    view = fwd.view(
+        [(b"x-forwarded-for", b"203.0.113.5"), (b"x-forwarded-for", b"10.0.0.9")], [], b"10.0.0.2", False, b""
+    )
     assert view.ip == b"203.0.113.5"
 
 
 def test_forwarded_proto_host_port_and_full_forwarded_for() -> None:
     fwd = forwarding(use_forwarded_headers=True, compute_full_forwarded_for=True)
-    forwarded = [(b"x-forwarded-for", b"198.51.100.1"), (b"x-forwarded-proto", b"HTTPS"),
-                 (b"x-forwarded-host", b"shop.example.com, inner"), (b"x-forwarded-port", b"443")]
+    forwarded = [
+        (b"x-forwarded-for", b"198.51.100.1"),
+        (b"x-forwarded-proto", b"HTTPS"),
+        (b"x-forwarded-host", b"shop.example.com, inner"),
+        (b"x-forwarded-port", b"443"),
+    ]
     view = fwd.view(forwarded, [], b"10.0.0.2", False, b"")
-    assert view == (b"198.51.100.1", b"198.51.100.1, 10.0.0.2", True, b"https", b"443", b"shop.example.com",
-                    b"10.0.0.2")
+    assert view == (
+        b"198.51.100.1",
+        b"198.51.100.1, 10.0.0.2",
+        True,
+        b"https",
+        b"443",
+        b"shop.example.com",
+        b"10.0.0.2",
+    )
     # enable-real-ip: the address only, never proto/host/port.
     real = forwarding(enable_real_ip=True).view(forwarded, [], b"10.0.0.2", False, b"")
     assert (real.ip, real.https, real.proto, real.host) == (b"198.51.100.1", False, None, None)
     # Another header for the client address (CF-Connecting-IP), kept among the end-to-end headers.
     other = forwarding(use_forwarded_headers=True, forwarded_for_header="CF-Connecting-IP")
-    assert other.view(None, [(b"cf-connecting-ip", b"203.0.113.77")], b"10.0.0.2", False, b"").ip \
+    assert (
+        other.view(None, [(b"cf-connecting-ip", b"203.0.113.77")], b"10.0.0.2", False, b"").ip
         == b"203.0.113.77"
+    )
 
 
 def test_proxy_protocol_port_443_means_https() -> None:
@@ -462,16 +586,22 @@ def test_proxy_protocol_port_443_means_https() -> None:
 
 
 def test_front_blocks_by_address_agent_and_referer() -> None:
-    front = Front.compile(GlobalSettings(
-        block_cidrs=("203.0.113.0/24",), block_user_agents=("~*bot", "curl/7.0"),
-        block_referers=("~^https?://spam\\.",),
-    ))
+    front = Front.compile(
+        GlobalSettings(
+            block_cidrs=("203.0.113.0/24",),
+            block_user_agents=("~*bot", "curl/7.0"),
+            block_referers=("~^https?://spam\\.",),
+        )
+    )
     assert front is not None and front.forwarding is None
     info = scan_request([(b"host", b"a"), (b"user-agent", b"Mozilla/5.0")])
     assert front.apply(info, b"198.51.100.1", False, b"") == (b"198.51.100.1", False, None)
     assert front.apply(info, b"203.0.113.9", False, b"")[2] == "block-cidrs"
-    for agent, refused in ((b"GoogleBot/2.1", "block-user-agents"), (b"curl/7.0", "block-user-agents"),
-                           (b"curl/7.01", None)):
+    for agent, refused in (
+        (b"GoogleBot/2.1", "block-user-agents"),
+        (b"curl/7.0", "block-user-agents"),
+        (b"curl/7.01", None),
+    ):
         info = scan_request([(b"user-agent", agent)])
         assert front.apply(info, b"198.51.100.1", False, b"")[2] == refused
     info = scan_request([(b"referer", b"http://spam.example/")])
@@ -491,9 +621,17 @@ def test_header_names_as_nginx() -> None:
     headers = [(b"host", b"a"), (b"x_user", b"1"), (b"x-ok", b"2"), (b"x.dot", b"3"), (b"accept", b"4")]
     kept = {n for n, _ in scan_request(headers, DROP_INVALID_AND_UNDERSCORE).headers}
     assert kept == {b"x-ok", b"accept"}
-    assert {n for n, _ in scan_request(headers, DROP_INVALID_NAMES).headers} == {b"x-ok", b"accept", b"x_user"}
+    assert {n for n, _ in scan_request(headers, DROP_INVALID_NAMES).headers} == {
+        b"x-ok",
+        b"accept",
+        b"x_user",
+    }
     assert {n for n, _ in scan_request(headers, KEEP_ALL_NAMES).headers} == {
-        b"x-ok", b"accept", b"x_user", b"x.dot"}
+        b"x-ok",
+        b"accept",
+        b"x_user",
+        b"x.dot",
+    }
 
 
 def test_forwarded_headers_are_set_aside_and_sent_from_the_view() -> None:
@@ -503,8 +641,9 @@ def test_forwarded_headers_are_set_aside_and_sent_from_the_view() -> None:
     out: list[tuple[bytes, bytes]] = []
     add_forwarded(out, info, host=b"a.test", client_ip=b"9.9.9.9", proto=b"http", port=b"80")
     assert dict(out)[b"x-forwarded-for"] == b"9.9.9.9"
-    info.view = forwarding(use_forwarded_headers=True).view(info.forwarded, info.headers, b"10.0.0.1", False,
-                                                            b"")
+    info.view = forwarding(use_forwarded_headers=True).view(
+        info.forwarded, info.headers, b"10.0.0.1", False, b""
+    )
     out = []
     add_forwarded(out, info, host=b"a.test", client_ip=b"10.0.0.1", proto=b"http", port=b"80")
     assert (dict(out)[b"x-forwarded-for"], dict(out)[b"x-real-ip"]) == (b"1.2.3.4", b"1.2.3.4")
@@ -529,14 +668,18 @@ def test_access_log_format() -> None:
     record = AccessRecord()
     record.client_ip, record.method, record.target, record.status = "203.0.113.7", "GET", "/a?b=1", 200
     record.body_bytes, record.duration = 42, 0.0123
-    record.headers = [(b"user-agent", b'curl "8"'), (b"authorization", b"Basic YWxpY2U6c2VjcmV0"),
-                      (b"x-team", b"blue")]
+    record.headers = [
+        (b"user-agent", b'curl "8"'),
+        (b"authorization", b"Basic YWxpY2U6c2VjcmV0"),
+        (b"x-team", b"blue"),
+    ]
     record.service, record.ingress = "shop/web:http", "shop/web"
     record.upstream_addr, record.upstream_status, record.upstream_time = "10.0.0.5:8080", 200, 0.01
     record.request_id = "abc"
     line = compile_format(
         '$remote_addr - $remote_user "$request" $status $body_bytes_sent "$http_user_agent" $request_time '
-        "[$proxy_upstream_name] $upstream_addr $upstream_status $req_id $http_x_team $namespace/$ingress_name "
+        "[$proxy_upstream_name] $upstream_addr $upstream_status $req_id $http_x_team "
+        "$namespace/$ingress_name "
         "$service_name:$service_port $uri $args $nope"
     )(record)
     assert line == (
@@ -546,4 +689,6 @@ def test_access_log_format() -> None:
     json_line = compile_format('{"ua": "$http_user_agent"}', "json")(record)
     assert json_line == '{"ua": "curl \\"8\\""}'
     assert escape_default("é\n") == "\\xC3\\xA9\\x0A" and escape_json("a\tb") == "a\\u0009b"
-    assert request_length(b"GET", b"/", [(b"host", b"a")], 10) == len(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n") + 10
+    assert (
+        request_length(b"GET", b"/", [(b"host", b"a")], 10) == len(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n") + 10
+    )
