@@ -692,3 +692,68 @@ def test_access_log_format() -> None:
     assert (
         request_length(b"GET", b"/", [(b"host", b"a")], 10) == len(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n") + 10
     )
+
+
+def test_explain_shows_the_client_and_the_blocks() -> None:
+    from fastingress.explain import ExplainRequest, explain
+
+    ingress = {
+        "kind": "Ingress",
+        "metadata": {"name": "a", "namespace": "d"},
+        "spec": {
+            "ingressClassName": "fastingress",
+            "tls": [{"hosts": ["a.test"], "secretName": "x"}],
+            "rules": [
+                {
+                    "host": "a.test",
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": "s", "port": {"number": 80}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+    data = {"use-forwarded-headers": "true", "block-cidrs": "203.0.113.0/24", "http-redirect-code": "301"}
+    snapshot = translate([configmap(data), ingress], OPTIONS).snapshot
+    blocked = explain(
+        snapshot, ExplainRequest(url="http://a.test/", headers=(("X-Forwarded-For", "203.0.113.4"),))
+    )
+    assert (blocked.outcome, blocked.status) == ("refused", 403)
+    assert "block-cidrs refuses client 203.0.113.4" in blocked.reason
+    redirected = explain(snapshot, ExplainRequest(url="http://a.test/"))
+    assert (redirected.outcome, redirected.status) == ("redirect", 301)
+    offloaded = explain(
+        snapshot, ExplainRequest(url="http://a.test/", headers=(("X-Forwarded-Proto", "https"),))
+    )
+    assert offloaded.outcome == "forward"  # TLS ended at a trusted balancer: no redirect
+
+
+def test_worker_compiles_the_configmap_once_per_snapshot() -> None:
+    from fastingress.snapshot.schema import Snapshot
+    from workers.pool import Pool
+    from workers.routing import RouteTable
+    from workers.state import Worker
+
+    async def never(host: str, port: int, timeout: float) -> Any:
+        raise AssertionError("no connection expected")
+
+    worker = Worker(Pool(never), access_log=True)
+    assert worker.front is None and worker.log_format is None and worker.access_log is True
+    assert worker.answer_headers == ((b"server", b"fastingress"),)
+    settings = GlobalSettings(
+        access_log=False, log_format="$status", server_header="", add_headers=(("X-A", "1"), ("Bad", "\x00")),
+        keepalive_timeout=0, underscores_in_headers=True, block_cidrs=("192.0.2.0/24",),
+    )
+    worker.install(RouteTable(Snapshot(settings=settings)), 2)
+    assert worker.access_log is False  # the ConfigMap's disable-access-log wins over --access-log
+    assert worker.log_format is not None and worker.answer_headers == ((b"x-a", b"1"),)
+    assert worker.max_requests == 1 and worker.header_names == DROP_INVALID_NAMES
+    assert worker.front is not None and worker.front.forwarding is None
+    worker.install(RouteTable(Snapshot(settings=GlobalSettings(access_log=None))), 3)
+    assert worker.access_log is True and worker.front is None and worker.max_requests == 1000
