@@ -43,6 +43,7 @@ from fastingress.translate.model import Diagnostic
 from workers.clientip import Front
 from workers.heads import scan_request
 from workers.pathnorm import normalize_target
+from workers.policies.access import RangeCheck, explain_client
 from workers.routing import RouteTable, normalize_host, prefix_key, rewrite, route_pattern
 from workers.tlspolicy import ACME_PREFIX, redirect_location, wants_https
 
@@ -290,6 +291,35 @@ def _route_policies(policy: RoutePolicy, scheme: str, redirected: bool) -> list[
     return out
 
 
+def _access_policies(route: Route, vhost: VirtualHost | None, client_ip: str) -> list[Policy]:
+    """Client certificates, source ranges and basic/digest auth (``workers.policies.access``)."""
+    out: list[Policy] = []
+    policy = route.policy
+    if policy.client_auth and vhost is not None and vhost.client_auth is not None:
+        tls = vhost.client_auth
+        out.append(Policy("auth-tls", explain_client(tls).removeprefix("client certificates: "),
+                          "400 without a good client certificate" if tls.verify in ("on", "optional")
+                          else "headers only"))
+    ranges = policy.source_ranges
+    if ranges is not None:
+        value = "; ".join(part for part in (
+            "deny " + ", ".join(ranges.deny) if ranges.deny else "",
+            "allow " + ", ".join(ranges.allow) if ranges.allow else "",
+        ) if part)
+        if client_ip:
+            verdict = "allowed" if RangeCheck(ranges).allowed(client_ip) else "403"
+            effect = f"client {client_ip}: {verdict}"
+        else:
+            effect = "others get 403" if ranges.allow else "those get 403"
+        out.append(Policy("source ranges", value, effect))
+    auth = policy.basic_auth
+    if auth is not None:
+        count = len(auth.users) if auth.type == "basic" else len(auth.digest_users)
+        out.append(Policy(f"auth-type {auth.type}", f"realm {auth.realm!r}, {count} user(s) from Secret "
+                          f"{auth.secret}", "401 without valid credentials"))
+    return out
+
+
 def _upstream_policies(upstreams: Sequence[BackendView], table: RouteTable) -> list[Policy]:
     out: list[Policy] = []
     for view in upstreams[:1]:
@@ -413,6 +443,7 @@ def explain(
             )
     if route is not None:
         policies += _route_policies(route.policy, scheme, redirected=False)
+        policies += _access_policies(route, vhost, request.client_ip)
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)

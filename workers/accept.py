@@ -61,6 +61,7 @@ def listen_socket(bind: str, port: int, backlog: int = 1024) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         sock.bind((bind, port))
         sock.listen(backlog)
         sock.setblocking(False)
@@ -109,7 +110,6 @@ class Listener:
                 self.core.spawn(self._resume_later)
                 return
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.on_socket(conn, addr)
         self.core.call_soon(self._accept)  # more may wait; let the others run first
 
@@ -288,7 +288,7 @@ class TLSAccept(Timed):
             stream = SocketTLSStream(conn, sock, tls_version=version, selected_alpn="h2")
             server.core.spawn(partial(serve_h2, tls=tls), server.worker, stream, self.client_ip, b"")
             return
-        self.deadline = _INF
+        server.core.cancel_deadline(self)
         transport = TLSTransport(server.core, self.sock, conn)
         client = ClientConn(server.core, server.worker, server.pool, transport, self.client_ip, tls,
                             server.handoff, self.proxy_port)
@@ -298,7 +298,7 @@ class TLSAccept(Timed):
         server.core.call_soon(transport.kick)  # data may have come with the handshake
 
     def _detach(self) -> socket.socket:
-        self.deadline = _INF
+        self.server.core.cancel_deadline(self)
         self.server.core.remove(self.sock.fileno())
         return self.sock
 
@@ -307,7 +307,7 @@ class TLSAccept(Timed):
         self.abort()
 
     def abort(self) -> None:
-        self.deadline = _INF
+        self.server.core.cancel_deadline(self)
         self.server.core.remove(self.sock.fileno())
         with contextlib.suppress(OSError):
             self.sock.close()

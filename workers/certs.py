@@ -25,6 +25,12 @@ every new snapshot generation and returns the ``CertStore`` for it:
   does not change, since it owns the server's session cache and ticket keys (OpenSSL keeps
   the session context of the first Context): resumption survives snapshot changes.
 
+Client certificates (``VirtualHost.client_auth``, auth-tls-*): a host that asks for them gets
+a Context of its own (its certificate, or the default one, plus ``workers.clientcert``'s
+verification settings), cached by certificate and settings like the others; the SNI callback
+switches to it and sets the connection's verification (``clientcert.switch``).  Requests are
+judged by the host's policy (``workers.policies.access``), never by the handshake.
+
 Passthrough (``settings.ssl_passthrough``): ``CertStore.passthrough`` maps the names of
 virtual hosts with ``passthrough_upstream`` to that upstream; the server peeks the SNI of
 the ClientHello (``parse_client_hello_sni``) before any TLS happens and relays raw TCP.
@@ -43,7 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
-from fastingress.snapshot.schema import Certificate, GlobalSettings, Snapshot
+from fastingress.snapshot.schema import Certificate, ClientAuth, GlobalSettings, Snapshot
+from workers.clientcert import client_auth_key, configure_context, switch
 
 log = logging.getLogger("fastingress.worker")
 
@@ -230,12 +237,23 @@ def _add_name(
         exact.setdefault(name, ctx)
 
 
+def _set_name(
+    exact: dict[str, SSL.Context], wildcard: dict[str, SSL.Context], name: str, ctx: SSL.Context
+) -> None:
+    name = name.lower().rstrip(".")
+    if name.startswith("*."):
+        wildcard[name[2:]] = ctx
+    elif name:
+        exact[name] = ctx
+
+
 class CertCache:
     """Builds a ``CertStore`` per snapshot, reusing Contexts whose PEM did not change."""
 
     def __init__(self, *, h2_available: bool = True) -> None:
         self.h2_available = h2_available  # whether this worker can serve HTTP/2 (offer it in ALPN)
         self._contexts: dict[bytes, SSL.Context | None] = {}  # fingerprint -> Context (None: unusable)
+        self._client_contexts: dict[bytes, SSL.Context | None] = {}  # the same, with client certificates
         self._self_signed: tuple[str, str] | None = None
         self._base_key: bytes = b""
         self._base: SSL.Context | None = None
@@ -258,6 +276,27 @@ class CertCache:
                 log.error(  # noqa: TRY400 (one line, never a traceback: it could quote PEM)
                     "certificate %s: %s; not served (the default certificate is used instead)", name, exc
                 )
+                ctx = None
+        keep[key] = ctx
+        return ctx
+
+    def _client_context(
+        self, name: str, pem: tuple[str, str], http2: bool, auth: ClientAuth,
+        keep: dict[bytes, SSL.Context | None],
+    ) -> SSL.Context | None:
+        """A Context for ``pem`` that asks for client certificates as ``auth`` says."""
+        key = _fingerprint(*pem, http2) + client_auth_key(auth, name)
+        if key in keep:
+            return keep[key]
+        ctx = self._client_contexts.get(key)
+        if key not in self._client_contexts:
+            try:
+                ctx = make_context(*pem, http2=http2)
+                configure_context(ctx, auth, name)
+            except (CertificateUnusable, ValueError, SSL.Error, crypto.Error) as exc:
+                log.error(  # noqa: TRY400 (one line, never a traceback)
+                    "host %s: client certificate settings of %s unusable (%s); its requests are refused",
+                    name, auth.secret or "auth-tls-secret", type(exc).__name__)
                 ctx = None
         keep[key] = ctx
         return ctx
@@ -316,6 +355,17 @@ class CertCache:
             if ctx is not None:
                 for host in cert.hosts:
                     _add_name(exact, wildcard, host, ctx)
+        client_keep: dict[bytes, SSL.Context | None] = {}
+        for vhost in snapshot.virtual_hosts:  # hosts that ask for client certificates: their own Context
+            auth = vhost.client_auth
+            if auth is None or auth.verify == "off" or not vhost.hostname:
+                continue
+            chosen = certificates.get(vhost.tls_secret) if vhost.tls_secret in by_name else None
+            pem = (chosen.cert_pem, chosen.key_pem) if chosen is not None else default_pem
+            client_ctx = self._client_context(vhost.hostname, pem, http2, auth, client_keep)
+            if client_ctx is not None:
+                _set_name(exact, wildcard, vhost.hostname, client_ctx)
+        self._client_contexts = client_keep
         self._contexts = keep
         self.unusable = frozenset(unusable)
         store = CertStore(self._base, default, exact, wildcard, passthrough)
@@ -332,6 +382,7 @@ class CertCache:
         ctx = store.pick(name)
         if ctx is not store.base and ctx is not store.default:
             conn.set_context(ctx)
+            switch(conn, ctx)  # a host that asks for client certificates
 
 
 __all__ = [

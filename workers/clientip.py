@@ -21,21 +21,19 @@ it, so a request then pays nothing) and, per request, ``view(info, peer, tls, pr
 * X-Forwarded-For sent upstream: the client's address, or with ``compute-full-forwarded-for``
   what arrived followed by the peer.
 
-``Guard.compile(settings)`` holds ``block-cidrs`` / ``denylist-source-range``,
-``whitelist-source-range``, ``block-user-agents`` and ``block-referers``: ``check`` says 403
-before anything is routed (nginx's ``deny`` and ``if ($block_ua) { return 403; }``).
+``Guard.compile(settings)`` holds ``block-cidrs``, ``block-user-agents`` and ``block-referers``:
+``refuses`` says 403 before anything is routed (nginx's ``deny`` and ``if ($block_ua) { return
+403; }``).  (The ConfigMap's ``whitelist-``/``denylist-source-range`` are per-route defaults of
+the annotations: ``workers.policies.access``.)
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from fastingress.snapshot.schema import GlobalSettings
-
-if TYPE_CHECKING:
-    from workers.heads import RequestInfo
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE_MAX = 4096
@@ -215,20 +213,18 @@ class _Patterns:
 
 
 class Guard:
-    """block-cidrs, whitelist-source-range, block-user-agents, block-referers (403)."""
+    """block-cidrs, block-user-agents, block-referers (403)."""
 
-    __slots__ = ("agents", "allowed", "blocked", "referers")
+    __slots__ = ("agents", "blocked", "referers")
 
     def __init__(self, settings: GlobalSettings) -> None:
         self.blocked = AddressSet(_networks(settings.block_cidrs)) if settings.block_cidrs else None
-        self.allowed = AddressSet(_networks(settings.allow_cidrs)) if settings.allow_cidrs else None
         self.agents = _Patterns(settings.block_user_agents) if settings.block_user_agents else None
         self.referers = _Patterns(settings.block_referers) if settings.block_referers else None
 
     @classmethod
     def compile(cls, settings: GlobalSettings) -> Guard | None:
-        if not (settings.block_cidrs or settings.allow_cidrs or settings.block_user_agents
-                or settings.block_referers):
+        if not (settings.block_cidrs or settings.block_user_agents or settings.block_referers):
             return None
         return cls(settings)
 
@@ -236,8 +232,6 @@ class Guard:
         """Why the request is refused (403), or None."""
         if self.blocked is not None and client_ip in self.blocked:
             return "block-cidrs"
-        if self.allowed is not None and client_ip not in self.allowed:
-            return "whitelist-source-range"
         if self.agents is not None or self.referers is not None:
             agent = referer = b""
             for name, value in headers:
@@ -250,6 +244,14 @@ class Guard:
             if self.referers is not None and self.referers.match(referer):
                 return "block-referers"
         return None
+
+
+class Scanned(Protocol):
+    """What ``Front`` needs of a ``workers.heads.RequestInfo`` (``heads`` imports this module)."""
+
+    forwarded: list[tuple[bytes, bytes]] | None
+    headers: list[tuple[bytes, bytes]]
+    view: ClientView | None
 
 
 class Front:
@@ -270,7 +272,7 @@ class Front:
         return cls(forwarding, guard)
 
     def apply(
-        self, info: RequestInfo, peer: bytes, tls: bool, proxy_port: bytes
+        self, info: Scanned, peer: bytes, tls: bool, proxy_port: bytes
     ) -> tuple[bytes, bool, str | None]:
         """(the client's IP, whether it spoke HTTPS, why it is refused or None); sets ``info.view``."""
         ip, https = peer, tls

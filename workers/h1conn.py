@@ -58,6 +58,7 @@ from workers.linger import LINGERING_TIME, LINGERING_TIMEOUT
 from workers.llhttp import ServerCodec
 from workers.loop import Core
 from workers.policy import RequestCtx
+from workers.splice import Splicer
 
 if TYPE_CHECKING:
     from workers.h1pool import CorePool, UpstreamConn
@@ -137,6 +138,7 @@ class ClientConn(Forwarder):
         self.received = 0
         self.limit = 0
         self.linger_until = 0.0
+        self.splicer: Splicer | None = None
         worker.opened(self)
         core.set_deadline(self, core.now + worker.settings.client_header_timeout)
 
@@ -165,13 +167,17 @@ class ClientConn(Forwarder):
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.deadline = _INF
+        self.core.cancel_deadline(self)
+        if self.splicer is not None:
+            self.splicer.close()
+            self.splicer = None
         up = self.up
         if up is not None:
             self.up = None
             up.close()
         if self.in_request:
             self._finish(self.status or 499)
+        self.codec.release()  # (the parser refers back to the codec: no cycle for the GC)
         self.worker.closed(self)
 
     def writable(self) -> None:

@@ -28,13 +28,15 @@ from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
 from workers.policy import RequestCtx
+from workers.splice import SPLICE_MIN, SpliceFailed, Splicer
+from workers.splice import available as splice_available
 from workers.tlspolicy import add_hsts
+from workers.transport import Transport
 from workers.upstream_tls import client_tls
 
 if TYPE_CHECKING:
     from workers.h1pool import CorePool, UpstreamConn
     from workers.state import Worker
-    from workers.transport import Transport
 
 log = logging.getLogger("fastingress.worker")
 
@@ -76,6 +78,7 @@ class Forwarder(Timed):
         "retried",
         "reused",
         "served",
+        "splicer",
         "state",
         "status",
         "t0",
@@ -118,6 +121,7 @@ class Forwarder(Timed):
     limit: int
     status: int
     writing_paused: bool
+    splicer: Splicer | None
     deadline: float
 
     if TYPE_CHECKING:  # provided by ClientConn
@@ -329,11 +333,57 @@ class Forwarder(Timed):
             self._upstream_error(err)
             return
         self._to_client(out)
+        if self.resp_started and not self.req_open and self._may_splice(conn):
+            return
         if self.writing_paused and conn.transport is not None:
             conn.transport.pause_reading()
             self.core.set_deadline(self, self.core.now + self._upstream_send_timeout())
         if not self.req_open:
             self._arm_read(conn)
+
+    # ---- splicing large bodies (workers.splice) ----------------------------------------
+
+    def _may_splice(self, conn: UpstreamConn) -> bool:
+        """Hand the rest of a large Content-Length body to the kernel when nothing needs it."""
+        left = conn.codec.body_left
+        if (
+            left is None or left < SPLICE_MIN or self.codec.body_left != left
+            or type(self.transport) is not Transport or type(conn.transport) is not Transport
+            or self.transport.write_buffered or not splice_available()
+            or (self.ctx is not None and not self.ctx.splice_ok)
+        ):
+            return False
+        self.splicer = Splicer(self, conn, left)
+        self.splicer.start()
+        return True
+
+    def splice_waiting(self, *, client_blocked: bool) -> None:
+        """The splice waits: for the client (send timeout) or for the upstream (read timeout)."""
+        up = self.up
+        if client_blocked:
+            self.core.set_deadline(self, self.core.now + self._upstream_send_timeout())
+        else:
+            self.deadline = _INF
+            if up is not None:
+                self._arm_read(up)
+
+    def spliced(self, moved: int) -> None:
+        """The body went through the kernel: the codecs learn it, the exchange ends as usual."""
+        self.splicer = None
+        self.deadline = _INF
+        up = self.up
+        assert up is not None
+        self.codec.body_sent_elsewhere(moved)
+        up.codec.body_taken_elsewhere()
+        self.upstream_readable(up)
+
+    def splice_failed(self, exc: SpliceFailed) -> None:
+        self.splicer = None
+        up = self.up
+        if exc.upstream and up is not None:
+            self._upstream_error(UpstreamFailed(f"upstream {up.label}: {exc}"))
+        else:
+            self.transport.abort()
 
     def _response_head(self, ev: ResponseHead) -> bytes:
         worker = self.worker
@@ -415,6 +465,9 @@ class Forwarder(Timed):
         self._upstream_error(UpstreamTimeout(f"upstream {conn.label}: {what} timed out after {timeout:g}s"))
 
     def _upstream_error(self, exc: UpstreamFailed | UpstreamTimeout) -> None:
+        if self.splicer is not None:
+            self.splicer.close()
+            self.splicer = None
         self.worker.metrics.upstream_errors += 1
         self._log_upstream_error(exc)
         up = self.up

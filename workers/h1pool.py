@@ -71,8 +71,8 @@ class UpstreamConn(Timed):
     """One connection to an upstream endpoint (see the module docstring)."""
 
     __slots__ = (
-        "codec", "connect_timeout", "fresh", "key", "label", "owner", "pool", "requests", "sock", "state",
-        "tls", "transport", "writing_paused",
+        "codec", "connect_timeout", "fresh", "idle_since", "key", "label", "owner", "pool", "requests",
+        "sock", "state", "tls", "transport", "writing_paused",
     )
 
     def __init__(self, pool: CorePool, key: Address, tls: ClientTLS | None, label: str) -> None:
@@ -90,6 +90,7 @@ class UpstreamConn(Timed):
         self.fresh = True  # no response byte arrived in the current exchange yet
         self.writing_paused = False
         self.connect_timeout = 0.0
+        self.idle_since = 0.0
 
     # ---- connecting ------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class UpstreamConn(Timed):
 
     def _fail(self, exc: UpstreamFailed | UpstreamTimeout) -> None:
         self.state = CLOSED
-        self.deadline = _INF
+        self.pool.core.cancel_deadline(self)
         if self.sock is not None:
             self.pool.core.remove(self.sock.fileno())
             self.sock.close()
@@ -209,7 +210,8 @@ class UpstreamConn(Timed):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = CLOSED
-        self.deadline = _INF
+        self.pool.core.cancel_deadline(self)
+        self.codec.release()
         self.pool.forget(self)
         owner, self.owner = self.owner, None
         if owner is not None:
@@ -246,10 +248,38 @@ class UpstreamConn(Timed):
         self.state = CLOSED
 
 
+PURGE_DELAY = 1.0  # seconds an idle connection over the limit may stay (HAProxy's pool-purge-delay)
+
+
+class _Trimmer(Timed):
+    """Closes idle connections over ``upstream_keepalive_connections``, not at once but once
+    they stayed idle ``PURGE_DELAY``: a burst that releases many connections right before the
+    next requests take them again costs no reconnects (with more concurrent requests than the
+    limit, closing at once churns connections on every burst)."""
+
+    __slots__ = ("limit", "pool")
+
+    def __init__(self, pool: CorePool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.limit = 32
+
+    def arm(self, limit: int) -> None:
+        self.limit = limit
+        if self.deadline == _INF:
+            core = self.pool.core
+            core.set_deadline(self, core.now + PURGE_DELAY)
+
+    def on_timeout(self) -> None:
+        if self.pool.trim(self.limit):
+            core = self.pool.core
+            core.set_deadline(self, core.now + PURGE_DELAY)
+
+
 class CorePool:
     """Idle keep-alive connections per endpoint (see the module docstring)."""
 
-    __slots__ = ("_dial", "_idle", "_max_idle", "_retired", "_trim_pending", "core", "tls")
+    __slots__ = ("_dial", "_idle", "_retired", "_trimmer", "core", "tls")
 
     def __init__(self, core: Core, tls: TLSContexts, dial: Dial | None = None) -> None:
         self.core = core
@@ -257,8 +287,7 @@ class CorePool:
         self._dial = dial
         self._idle: dict[PoolKey, list[UpstreamConn]] = {}
         self._retired: frozenset[Address] = frozenset()
-        self._trim_pending = False
-        self._max_idle = 32
+        self._trimmer = _Trimmer(self)
 
     def dial(self, key: Address) -> Address:
         return key if self._dial is None else self._dial(key)
@@ -304,23 +333,26 @@ class CorePool:
         conn.transport.resume_reading()
         self.core.set_deadline(conn, self.core.now + settings.upstream_keepalive_timeout)
         idle.append(conn)
-        if len(idle) > settings.upstream_keepalive_connections and not self._trim_pending:
-            # Over the limit: the least recently used go, once this batch of events is done
-            # (within a batch, connections come back before the next requests take them).
-            self._trim_pending = True
-            self._max_idle = settings.upstream_keepalive_connections
-            self.core.call_soon(self._trim)
+        conn.idle_since = self.core.now
+        if len(idle) > settings.upstream_keepalive_connections:
+            self._trimmer.arm(settings.upstream_keepalive_connections)
 
-    def _trim(self) -> None:
-        self._trim_pending = False
-        limit = self._max_idle
+    def trim(self, limit: int) -> bool:
+        """Close the least recently used idle connections over ``limit`` per endpoint that have
+        been idle for ``PURGE_DELAY``; True while some endpoint is still over the limit."""
+        cutoff = self.core.now - PURGE_DELAY
+        over = False
         for idle in self._idle.values():
             excess = len(idle) - limit
-            if excess > 0:
-                old = idle[:excess]
-                del idle[:excess]
+            if excess <= 0:
+                continue
+            old = [c for c in idle[:excess] if c.idle_since <= cutoff]
+            if old:
+                del idle[:len(old)]
                 for conn in old:
                     conn.close()
+            over = over or len(idle) > limit
+        return over
 
     def forget(self, conn: UpstreamConn) -> None:
         """A closed connection leaves the idle list (if it was there)."""

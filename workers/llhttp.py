@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections import deque
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -167,6 +168,17 @@ class _Writer:
         return b""
 
     @property
+    def length_left(self) -> int | None:
+        """Body bytes still due under a Content-Length framing (None: another framing)."""
+        return self._left if self._mode == 1 else None
+
+    def sent_elsewhere(self, n: int) -> None:
+        """``n`` body bytes went out without ``data`` (spliced by the kernel)."""
+        if self._mode != 1 or n > self._left:
+            raise LocalProtocolError("spliced bytes do not fit the declared Content-Length")
+        self._left -= n
+
+    @property
     def done(self) -> bool:
         return self._mode == 5
 
@@ -182,6 +194,8 @@ class _Reader:
         "_chunked", "_events", "_headers", "_in_head", "_in_msg", "_keep_alive", "_length",
         "_parser", "_pending", "_trailers", "_until_close", "_url", "their_done",
     )
+
+    _parser: Any  # httptools.HttpRequestParser / HttpResponseParser (None once released)
 
     def __init__(self) -> None:
         self._events: deque[Event | _Error] = deque()
@@ -227,6 +241,12 @@ class _Reader:
     def on_message_complete(self) -> None:
         self._in_msg = False
         self._events.append(_END)
+
+    def release(self) -> None:
+        """The connection ended: drop the parser (it refers back to us through its callbacks,
+        a cycle only the garbage collector could free)."""
+        self._parser = None
+        self._events.clear()
 
     # --- feeding --------------------------------------------------------------------
     def feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
@@ -397,6 +417,15 @@ class ServerCodec(_Reader):
         return self._writer.end(trailers)
 
     @property
+    def body_left(self) -> int | None:
+        """Response body bytes still due under a Content-Length framing (None: another one)."""
+        return self._writer.length_left
+
+    def body_sent_elsewhere(self, n: int) -> None:
+        """``n`` response body bytes went to the client without ``data`` (spliced)."""
+        self._writer.sent_elsewhere(n)
+
+    @property
     def reusable(self) -> bool:
         return self._writer.done and self.their_done and self._keep_alive and self._switch_offset < 0
 
@@ -438,7 +467,9 @@ class ServerCodec(_Reader):
 class ClientCodec(_Reader):
     """The upstream-facing side (we are the client), on llhttp; see ``workers.http1.ClientCodec``."""
 
-    __slots__ = ("_head_fed", "_informational", "_method", "_status", "_trailing", "_writer", "switched")
+    __slots__ = (
+        "_body_seen", "_head_fed", "_informational", "_method", "_status", "_trailing", "_writer", "switched",
+    )
 
     trailers_need_chunked = True
 
@@ -451,12 +482,34 @@ class ClientCodec(_Reader):
         self._informational = False
         self._trailing = b""
         self._head_fed = 0
+        self._body_seen = 0
         self.switched = False
 
     def on_status(self, status: bytes) -> None:
         self._url += status
 
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        self._events.append(Body(body))
+
+    @property
+    def body_left(self) -> int | None:
+        """Bytes of a Content-Length response body not parsed yet (None: another framing, or
+        no body in progress)."""
+        if not self._in_msg or self._in_head or self._length is None or self._chunked:
+            return None
+        return self._length - self._body_seen
+
+    def body_taken_elsewhere(self) -> None:
+        """The rest of the body (``body_left`` bytes) went from the socket straight to the
+        client (spliced): the message is complete without the parser seeing those bytes, so
+        the next response gets a fresh parser (httptools cannot skip bytes)."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._in_msg = False
+        self._events.append(_END)
+
     def on_headers_complete(self) -> None:
+        self._body_seen = 0
         self._in_head = False
         self._pending = 0
         parser = self._parser

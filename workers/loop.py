@@ -18,7 +18,8 @@ does not run in tasks.  Instead:
 * timeouts are deadlines on objects (``Timed``) kept in one heap, checked after every
   wake-up; the wait is bounded by the earliest one.  Entries are lazy: moving a deadline
   later costs a float assignment (the old entry re-files itself when it comes up), only an
-  earlier one pushes a new entry;
+  earlier one pushes a new entry.  A finished object cancels its entry (``cancel_deadline``),
+  which drops the heap's reference to it at once; cancelled entries are compacted away;
 * ``call_soon`` runs a function after the current batch (e.g. a read resumed by flow
   control); ``spawn`` starts a trio task for what must wait (a DNS lookup, an HTTP/2 or
   Upgrade handoff) whose result comes back through a plain call.  Anything that other tasks
@@ -67,11 +68,11 @@ class Handler(Protocol):
 class Timed:
     """Something with a deadline (``inf``: none); ``on_timeout`` runs when it passes."""
 
-    __slots__ = ("deadline", "timer_at")
+    __slots__ = ("deadline", "timer_entry")
 
     def __init__(self) -> None:
         self.deadline = _INF
-        self.timer_at = _INF  # deadline of this object's live heap entry (inf: none)
+        self.timer_entry: list[Any] | None = None  # its live heap entry [at, seq, self]
 
     def on_timeout(self) -> None:
         raise NotImplementedError
@@ -84,7 +85,8 @@ class Core:
         self.epoll = select.epoll()
         self.fd = self.epoll.fileno()
         self.handlers: dict[int, Handler] = {}
-        self.heap: list[tuple[float, int, Timed]] = []
+        self.heap: list[list[Any]] = []  # [deadline, seq, Timed | None], a min-heap
+        self._live = 0  # heap entries whose object is set
         self._seq = itertools.count()
         self.now = trio.current_time()
         self.soon: deque[Callable[[], object]] = deque()
@@ -105,25 +107,56 @@ class Core:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(fd)
 
+    def forget(self, fd: int) -> None:
+        """Drop ``fd``'s handler before the fd is closed (which removes it from the set)."""
+        self.handlers.pop(fd, None)
+
     # ---- timers ------------------------------------------------------------------------
 
     def set_deadline(self, obj: Timed, deadline: float) -> None:
         obj.deadline = deadline
-        if deadline < obj.timer_at:
-            obj.timer_at = deadline
-            heapq.heappush(self.heap, (deadline, next(self._seq), obj))
+        entry = obj.timer_entry
+        if entry is None or deadline < entry[0]:
+            if deadline == _INF:
+                return
+            if entry is not None:
+                entry[2] = None  # superseded: it will be skipped when it comes up
+                self._live -= 1
+            self._push(obj, deadline)
             sleep = self._sleep
             if sleep is not None and deadline < sleep.deadline:
                 sleep.deadline = deadline
+
+    def cancel_deadline(self, obj: Timed) -> None:
+        """``obj`` is done: forget its deadline and let the heap drop its reference now (a
+        closed connection must not stay alive until its old deadline comes up)."""
+        obj.deadline = _INF
+        entry = obj.timer_entry
+        if entry is not None:
+            entry[2] = None
+            obj.timer_entry = None
+            self._live -= 1
+
+    def _push(self, obj: Timed, deadline: float) -> None:
+        entry: list[Any] = [deadline, next(self._seq), obj]
+        obj.timer_entry = entry
+        heap = self.heap
+        heapq.heappush(heap, entry)
+        self._live += 1
+        if len(heap) > 4096 and len(heap) > 4 * self._live:
+            # Mostly cancelled entries (connections come and go): drop them in one pass.
+            self.heap[:] = [e for e in heap if e[2] is not None]
+            heapq.heapify(self.heap)
 
     def _run_timers(self) -> None:
         heap = self.heap
         now = self.now
         while heap and heap[0][0] <= now:
-            at, _, obj = heapq.heappop(heap)
-            if obj.timer_at != at:
-                continue  # superseded by an earlier entry
-            obj.timer_at = _INF
+            _, _, obj = heapq.heappop(heap)
+            if obj is None:
+                continue  # cancelled or superseded
+            obj.timer_entry = None
+            self._live -= 1
             deadline = obj.deadline
             if deadline <= now:
                 obj.deadline = _INF
@@ -133,8 +166,7 @@ class Core:
                     log.exception("internal error in a timeout handler")
                     _abort_quietly(obj)
             elif deadline < _INF:
-                obj.timer_at = deadline
-                heapq.heappush(heap, (deadline, next(self._seq), obj))
+                self._push(obj, deadline)
 
     # ---- deferred work -----------------------------------------------------------------
 

@@ -63,8 +63,8 @@ class RequestCtx:
 
     __slots__ = (
         "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "method", "now", "path",
-        "query", "response_headers", "response_hooks", "route", "state", "target", "tls", "tls_peer",
-        "upstream_headers", "vhost",
+        "query", "response_headers", "response_hooks", "route", "splice_ok", "state", "target", "tls",
+        "tls_peer", "upstream_headers", "vhost",
     )
 
     def __init__(
@@ -100,6 +100,7 @@ class RequestCtx:
         self.response_hooks: tuple[ResponseHook, ...] = ()
         self.done_hooks: tuple[DoneHook, ...] = ()
         self.backend_name: str | None = None  # set by a backend hook (canary)
+        self.splice_ok = True  # False: a policy paces or reads the response body (no kernel splice)
         self.state: dict[str, object] = {}  # per-request scratch space of the hooks
         self._cookies: dict[str, str] | None = None
 

@@ -63,7 +63,7 @@ from fastingress.errors import (
 )
 from workers.accesslog import AccessRecord, request_length
 from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide
-from workers.h2upstream import forward_h2
+from workers.h2forward import forward_h2
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import Event, RequestHead, ServerCodec, Signal
 from workers.linger import linger

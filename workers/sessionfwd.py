@@ -113,6 +113,8 @@ class SessionBase:
     pump_error: BaseException | None
     ctx: RequestCtx | None
     linger: bool
+    method: bytes
+    target: bytes
     proxy_port: bytes
     head: RequestHead | None
     info: RequestInfo | None

@@ -31,7 +31,7 @@ import logging
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from OpenSSL import SSL
@@ -58,12 +58,33 @@ class StreamProtocol(Protocol):
     def writable(self) -> None: ...
 
 
+class _Gone:
+    """The protocol of a transport that ended (late callbacks go nowhere)."""
+
+    writing_paused = False
+
+    def data_received(self, data: memoryview | bytes) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def writable(self) -> None:
+        pass
+
+
+_GONE = _Gone()
+
+
 class Transport:
     """A plain TCP socket (see the module docstring)."""
 
     __slots__ = (
-        "_closing", "_lost", "_shut", "_wbuf", "_wlen", "core", "fd", "proto", "read_pending", "reading",
-        "sock",
+        "_closing", "_lost", "_shut", "_wbuf", "_wlen", "core", "fd", "proto", "raw", "read_pending",
+        "reading", "sock",
     )
 
     def __init__(self, core: Core, sock: socket.socket, proto: StreamProtocol | None = None) -> None:
@@ -78,6 +99,8 @@ class Transport:
         self._closing = False
         self._shut = False
         self._lost = False
+        # raw(events): readiness goes there instead (the kernel moves the bytes: a splice)
+        self.raw: Callable[[int], None] | None = None
 
     # ---- events ----------------------------------------------------------------------
 
@@ -86,6 +109,9 @@ class Transport:
         self.core.add(self.fd, self)
 
     def on_event(self, events: int) -> None:
+        if self.raw is not None:
+            self.raw(events)
+            return
         if events & EPOLLOUT and self._wbuf:
             self._flush()
         if events & INPUT_EVENTS and not self._lost:
@@ -271,7 +297,7 @@ class Transport:
             self.sock.shutdown(socket.SHUT_WR)
 
     def _close_socket(self) -> None:
-        self.core.remove(self.fd)
+        self.core.forget(self.fd)  # (closing the fd takes it out of the epoll set)
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -282,13 +308,16 @@ class Transport:
         self.reading = False
         if exc is not None:
             self._close_socket()
-        self.proto.connection_lost(exc)
+        proto = self.proto
+        self.proto = _GONE  # no cycle left: the pair is freed by reference counting, not the GC
+        proto.connection_lost(exc)
 
     def detach(self) -> socket.socket:
         """Leave the core: the socket (still open) goes to a trio task; no callback follows."""
         self.core.remove(self.fd)
         self._lost = True
         self.reading = False
+        self.proto = _GONE
         return self.sock
 
     @property

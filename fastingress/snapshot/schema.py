@@ -111,15 +111,45 @@ class NextUpstream(msgspec.Struct, frozen=True, gc=False):
 
 
 class SourceRanges(msgspec.Struct, frozen=True, gc=False):
-    """allowlist-/whitelist-source-range, denylist-source-range (area: access)."""
+    """allowlist-/whitelist-source-range, denylist-source-range (area: access).
+
+    CIDRs in their normal form (``10.0.0.0/8``, ``2001:db8::/32``; a bare address is a /32 or
+    /128), as nginx's ``deny ...; allow ...; deny all;``: a client in ``deny`` gets 403; then,
+    when ``allow`` is not empty, a client outside it gets 403 too."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
 
 
 class BasicAuth(msgspec.Struct, frozen=True, gc=False):
-    """auth-type basic|digest with its users from auth-secret (area: access)."""
+    """auth-type basic|digest with its users from auth-secret (area: access).
+
+    ``users``: (user, htpasswd hash) in file order (basic; the first line of a user wins);
+    ``digest_users``: (user, realm, HA1 = md5(user:realm:password)) (digest, htdigest lines).
+    Names and hashes are the Secret's bytes as latin-1 text.  Never logged."""
+
+    type: Literal["basic", "digest"] = "basic"
+    realm: str = ""  # auth-realm: WWW-Authenticate: Basic realm="..."
+    secret: str = ""  # auth-secret "namespace/name", for logs and explain
+    users: tuple[tuple[str, str], ...] = ()
+    digest_users: tuple[tuple[str, str, str], ...] = ()
 
 
 class ClientAuth(msgspec.Struct, frozen=True, gc=False):
-    """auth-tls-* of a virtual host: client certificates (area: access)."""
+    """auth-tls-* of a virtual host: client certificates (area: access).
+
+    The whole host asks for (and checks) client certificates, as nginx's server-level
+    ``ssl_verify_client``; its routes carry ``RoutePolicy.client_auth`` so that their requests
+    are checked against this."""
+
+    ca_pem: str = ""  # auth-tls-secret's ca.crt: the CAs client certificates must chain to
+    crl_pem: str = ""  # its ca.crl, if any (then every certificate of the chain is checked)
+    verify: Literal["on", "off", "optional", "optional_no_ca"] = "on"  # auth-tls-verify-client
+    depth: int = 1  # auth-tls-verify-depth
+    pass_certificate: bool = False  # auth-tls-pass-certificate-to-upstream: ssl-client-cert header
+    match_cn: str = ""  # auth-tls-match-cn: a regex searched in the subject DN ("CN=..."); "" = any
+    error_page: str = ""  # auth-tls-error-page: a redirect instead of 400
+    secret: str = ""  # "namespace/name" of auth-tls-secret, for logs and explain
 
 
 class ExternalAuth(msgspec.Struct, frozen=True, gc=False):
@@ -166,6 +196,8 @@ class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
     cors: Cors | None = None
     headers: HeaderRules | None = None
     errors: ErrorPages | None = None
+    # (schema 4, area access; appended while issue 9 fills the areas: the version stays 4)
+    client_auth: bool = False  # the VirtualHost's client_auth (auth-tls-*) applies to this route (access)
 
 
 class Route(msgspec.Struct, frozen=True, gc=False):
@@ -269,10 +301,9 @@ class GlobalSettings(msgspec.Struct, frozen=True, gc=False):
     log_format: str = ""  # log-format-upstream ("": fastingress's own line)
     log_escape: Literal["default", "json", "none"] = "default"  # log-format-escape-json/-none
     skip_access_log_urls: tuple[str, ...] = ()  # skip-access-log-urls: request URIs not logged
-    block_cidrs: tuple[str, ...] = ()  # block-cidrs and denylist-source-range: 403
+    block_cidrs: tuple[str, ...] = ()  # block-cidrs: 403
     block_user_agents: tuple[str, ...] = ()  # block-user-agents: exact, ~regex or ~*regex; 403
     block_referers: tuple[str, ...] = ()  # block-referers: likewise, on Referer; 403
-    allow_cidrs: tuple[str, ...] = ()  # whitelist-source-range: only these clients (else 403)
 
 
 class Snapshot(msgspec.Struct, frozen=True, gc=False):

@@ -44,6 +44,7 @@ from typing import Any, Literal, NamedTuple, cast
 import msgspec
 
 from fastingress.snapshot.schema import Protocol
+from fastingress.translate import policy_access as _access
 
 PREFIX = "nginx.ingress.kubernetes.io/"
 FASTINGRESS_PREFIX = "fastingress.io/"
@@ -98,6 +99,20 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     closed: tuple[tuple[str, str], ...] = ()
     canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
     x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
+    # -- access (issue 9; see policy_access): None means "not set" --------------------------
+    allowlist_source_range: tuple[str, ...] | None = None
+    whitelist_source_range: tuple[str, ...] | None = None  # the old name of allowlist-source-range
+    denylist_source_range: tuple[str, ...] | None = None
+    auth_type: str | None = None  # "basic" | "digest"
+    auth_secret: str | None = None  # "namespace/name" or "name"
+    auth_secret_type: str | None = None  # "auth-file" (default) | "auth-map"
+    auth_realm: str | None = None
+    auth_tls_secret: str | None = None
+    auth_tls_verify_client: str | None = None  # on (default), off, optional, optional_no_ca
+    auth_tls_verify_depth: int | None = None
+    auth_tls_error_page: str | None = None
+    auth_tls_pass_certificate: bool | None = None
+    auth_tls_match_cn: str | None = None
     # -- issue 9, area configmap ----------------------------------------------------------
     enable_global_auth: bool = True  # enable-global-auth: "false" exempts it from global-auth-url
 
@@ -261,17 +276,29 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
     "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
     "enable-global-auth": implemented("enable_global_auth", parse_bool),  # see translate.configmap
+    # -- access (issue 9, policy_access): a bad value fails the Ingress closed ----------------
+    "allowlist-source-range": implemented("allowlist_source_range", _access.parse_cidrs, guard=True),
+    "whitelist-source-range": implemented("whitelist_source_range", _access.parse_cidrs, guard=True),
+    "denylist-source-range": implemented("denylist_source_range", _access.parse_cidrs, guard=True),
+    "auth-type": implemented("auth_type", _access.parse_auth_type, guard=True),
+    "auth-secret": implemented("auth_secret", parse_secret_ref, guard=True),
+    "auth-secret-type": implemented("auth_secret_type", _access.parse_auth_secret_type, guard=True),
+    "auth-realm": implemented("auth_realm", _access.parse_realm, guard=True),
+    "auth-tls-secret": implemented("auth_tls_secret", parse_secret_ref, guard=True),
+    "auth-tls-verify-client": implemented("auth_tls_verify_client", _access.parse_verify_client, guard=True),
+    "auth-tls-verify-depth": implemented("auth_tls_verify_depth", _access.parse_verify_depth, guard=True),
+    "auth-tls-error-page": implemented("auth_tls_error_page", _access.parse_error_page, guard=True),
+    "auth-tls-pass-certificate-to-upstream": implemented(
+        "auth_tls_pass_certificate", parse_bool, guard=True
+    ),
+    "auth-tls-match-cn": implemented("auth_tls_match_cn", _access.parse_match_cn, guard=True),
     # -- access control, not implemented yet: fail closed (issue 9) -------------------------
     **_rows(
         """
-        auth-type auth-secret auth-secret-type auth-realm
         auth-url auth-method auth-signin auth-signin-redirect-param auth-response-headers
         auth-request-redirect auth-cache-key auth-cache-duration auth-proxy-set-headers
         auth-always-set-cookie auth-keepalive auth-keepalive-requests auth-keepalive-share-vars
         auth-keepalive-timeout
-        auth-tls-secret auth-tls-verify-client auth-tls-verify-depth auth-tls-error-page
-        auth-tls-pass-certificate-to-upstream auth-tls-match-cn
-        whitelist-source-range allowlist-source-range denylist-source-range
         """,
         CLOSED,
     ),

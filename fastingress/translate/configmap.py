@@ -49,12 +49,11 @@ from fastingress.snapshot.schema import GlobalSettings
 from fastingress.translate.access import as_map, get, get_map, get_str
 from fastingress.translate.annotations import (
     BadValue,
-    IngressAnnotations,
     access_directive,
     nearest,
     parse_size,
 )
-from fastingress.translate.model import ObjRef, Severity, Sink, TranslateOptions
+from fastingress.translate.model import AnnotationDefaults, ObjRef, Severity, Sink, TranslateOptions
 
 Status = Literal["implemented", "closed", "snippet", "unsupported", "inert", "removed"]
 
@@ -72,7 +71,6 @@ class _State:
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
         self.defaults: dict[str, Any] = {}
-        self.upstream: dict[str, Any] = {}
         self.closed: list[tuple[str, str]] = []
         self.blocks: dict[str, tuple[str, ...]] = {}  # block-cidrs / denylist-source-range
         self.no_log: dict[str, bool] = {}  # disable-access-log / disable-http-access-log
@@ -318,11 +316,8 @@ def _defaults(field: str) -> Setter:
     return setter
 
 
-def _upstream(field: str) -> Setter:
-    def setter(state: _State, value: Any) -> None:
-        state.upstream[field] = value
-
-    return setter
+def _upstream(field: str) -> Setter:  # (AnnotationDefaults holds them flat)
+    return _defaults(field)
 
 
 def _server_tokens(state: _State, value: bool) -> None:
@@ -528,11 +523,13 @@ _ROWS: dict[str, Row] = {
     ),
     "block-referers": implemented(parse_patterns, _settings("block_referers"), "", "403, before routing"),
     "denylist-source-range": implemented(
-        parse_cidrs, _block("denylist-source-range"), "",
-        "applies to every Ingress (an annotation adds to it, never lifts it)",
+        parse_cidrs, _defaults("denylist"), "",
+        "the default of the denylist-source-range annotation: an Ingress's own replaces it",
     ),
-    "whitelist-source-range": implemented(parse_cidrs, _settings("allow_cidrs"), "",
-                                          "applies to every Ingress (an annotation cannot widen it)"),
+    "whitelist-source-range": implemented(
+        parse_cidrs, _defaults("allowlist"), "",
+        "the default of allowlist-source-range: an Ingress's own annotation replaces it",
+    ),
     "allow-snippet-annotations": implemented(parse_bool, _allow_snippets, "false",
                                              "always false: snippets are never executed"),
     "annotations-risk-level": unsupported("High", "annotations are not graded by risk: every one is "
@@ -540,7 +537,7 @@ _ROWS: dict[str, Row] = {
     "annotation-value-word-blocklist": unsupported("", "annotation values are parsed, never pasted into a "
                                                    "configuration"),
     "allow-cross-namespace-resources": unsupported(
-        "false", "annotations may name Secrets in other namespaces"
+        "false", "a Secret of another namespace named by an access annotation fails closed", same=True
     ),
     "limit-req-status-code": unsupported("503", "rate limits answer 503", same=True),
     "limit-conn-status-code": unsupported("503", "connection limits answer 503", same=True),
@@ -834,11 +831,10 @@ class _Apply:
         return headers
 
 
-def _finish(state: _State, base: GlobalSettings) -> tuple[GlobalSettings, IngressAnnotations]:
+def _finish(state: _State, base: GlobalSettings) -> tuple[GlobalSettings, AnnotationDefaults]:
     settings = dict(state.settings)
-    blocks = [cidr for key in sorted(state.blocks) for cidr in state.blocks[key]]
-    if blocks:
-        settings["block_cidrs"] = tuple(dict.fromkeys(blocks))
+    if "block-cidrs" in state.blocks:
+        settings["block_cidrs"] = state.blocks["block-cidrs"]
     if state.no_log:
         settings["access_log"] = not any(state.no_log.values())
     if state.escape.get("none"):
@@ -846,12 +842,7 @@ def _finish(state: _State, base: GlobalSettings) -> tuple[GlobalSettings, Ingres
     elif state.escape.get("json"):
         settings["log_escape"] = "json"
     global_settings = msgspec.structs.replace(base, **settings)
-    defaults = IngressAnnotations(**state.defaults)
-    if state.upstream:
-        defaults = msgspec.structs.replace(
-            defaults, upstream=msgspec.structs.replace(defaults.upstream, **state.upstream)
-        )
-    return global_settings, defaults
+    return global_settings, AnnotationDefaults(**state.defaults)
 
 
 def parse_configmap_ref(value: str) -> tuple[str, str] | None:

@@ -29,23 +29,27 @@ import msgspec
 
 from fastingress.snapshot.schema import (
     Action,
+    BasicAuth,
     Certificate,
+    ClientAuth,
     Forward,
     GlobalSettings,
     Respond,
     Route,
     RoutePolicy,
     Snapshot,
+    SourceRanges,
     VirtualHost,
     WeightedBackend,
 )
-from fastingress.translate.annotations import PREFIX, UpstreamSettings
+from fastingress.translate.annotations import PREFIX, IngressAnnotations, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
 from fastingress.translate.configmap import ConfigMemory, configure
-from fastingress.translate.hosts import looks_like_regex
-from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
+from fastingress.translate.hosts import looks_like_regex, priority, route_key
+from fastingress.translate.ingress import IngressPlan, PathRule, initial_annotations, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
+from fastingress.translate.policy_access import Reason, basic_auth, client_auth, source_ranges
 from fastingress.translate.tls import load_certificate
 
 _TRANSLATOR = ObjRef("Unknown", "", "<translator>")
@@ -145,6 +149,19 @@ def _claim_fallback(merged: _Merged, host: str, plan: IngressPlan, sink: Sink) -
         )
 
 
+class _Access(msgspec.Struct, frozen=True):
+    """The access policies of one Ingress (``policy_access``), and why any is not honoured."""
+
+    source_ranges: SourceRanges | None = None
+    basic_auth: BasicAuth | None = None
+    client_auth: ClientAuth | None = None
+    closed: tuple[Reason, ...] = ()  # its own guards (auth-tls-* ones close its hosts too)
+    tls_closed: tuple[Reason, ...] = ()  # the auth-tls-* ones
+
+    def has_route_policies(self) -> bool:
+        return self.source_ranges is not None or self.basic_auth is not None
+
+
 class _Emitter:
     """Turns the merged claims into snapshot parts; every resolution is guarded."""
 
@@ -155,14 +172,29 @@ class _Emitter:
         self.builder = UpstreamBuilder(cluster, sink)
         self.certificates: dict[str, Certificate] = {}
         self.load_cert = load_certificate  # incremental.Translator swaps in a memoised loader
+        self._access: dict[ObjRef, _Access] = {}  # (the Secrets it reads are looked up in ``cluster``)
+
+    def access(self, plan: IngressPlan) -> _Access:
+        """``plan``'s access policies (source ranges, basic auth, client certificates), once."""
+        found = self._access.get(plan.ref)
+        if found is not None:
+            return found
+        annotations, ref, fail_open = plan.annotations, plan.ref, self.options.unsafe_fail_open
+        ranges = _default_ranges(source_ranges(annotations, ref, self.sink), annotations, self.options)
+        users, auth_closed = basic_auth(annotations, ref, self.cluster, self.sink, fail_open)
+        client, tls_closed = client_auth(annotations, ref, self.cluster, self.sink, fail_open)
+        found = self._access[plan.ref] = _Access(
+            ranges, users, client, auth_closed + tls_closed, tls_closed
+        )
+        return found
 
     def closed_reasons(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
         """(annotation key, why) for each access guard of ``plan`` that is not honoured;
-        empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  The place
-        to add checks that need the cluster (a guard's missing Secret, issue 9)."""
+        empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  Guards whose
+        Secret is missing or unusable count (``policy_access``)."""
         if self.options.unsafe_fail_open:
             return ()
-        closed = plan.annotations.closed
+        closed = plan.annotations.closed + self.access(plan).closed
         extra = self.options.global_closed  # the controller ConfigMap's (translate.configmap)
         if extra:
             if not plan.annotations.enable_global_auth:
@@ -170,11 +202,13 @@ class _Emitter:
             closed = (*closed, *extra)
         return closed
 
-    def action(self, backend: BackendRef, plan: IngressPlan) -> Action | None:
+    def action(
+        self, backend: BackendRef, plan: IngressPlan, host_closed: tuple[Reason, ...] = ()
+    ) -> Action | None:
         """Forward to ``backend`` with ``plan``'s settings, or the fail-closed 503."""
-        closed = self.closed_reasons(plan)
+        closed = self.closed_reasons(plan) + tuple(r for r in host_closed if r not in plan.annotations.closed)
         if closed:
-            return fail_closed(closed)
+            return fail_closed(tuple(dict.fromkeys(closed)))
         return self.forward(backend, plan.annotations.upstream, plan.ref)
 
     def forward(self, backend: BackendRef, settings: UpstreamSettings, owner: ObjRef) -> Action | None:
@@ -186,15 +220,18 @@ class _Emitter:
         return Forward((WeightedBackend(name, 100),))
 
     def route(
-        self, rule: PathRule, plan: IngressPlan, has_tls: bool = False, regex_host: bool = False
+        self, rule: PathRule, plan: IngressPlan, has_tls: bool = False, regex_host: bool = False,
+        host: _HostAccess | None = None,
     ) -> Route | None:
         regex = self.regex(rule, plan, regex_host)
         if regex is False:
             return None
-        action = self.action(rule.backend, plan)
+        host = host or _HostAccess()
+        action = self.action(rule.backend, plan, host.closed)
         if action is None:
             return None
         annotations = plan.annotations
+        access = self.access(plan)
         max_body = annotations.max_body_size
         policy = RoutePolicy(
             max_body_size=self.options.settings.max_body_size if max_body is None else max_body,
@@ -202,6 +239,9 @@ class _Emitter:
             force_ssl_redirect=annotations.force_ssl_redirect,
             rewrite_target=annotations.rewrite_target,
             x_forwarded_prefix=annotations.x_forwarded_prefix,
+            source_ranges=access.source_ranges,
+            basic_auth=access.basic_auth,
+            client_auth=host.client is not None,
         )
         return Route(
             path=rule.path,
@@ -275,28 +315,75 @@ class _Emitter:
             return None
         return chosen.action.backends[0].upstream
 
+    def host_access(self, host: str, plans: list[IngressPlan]) -> _HostAccess:
+        """The client-certificate settings of a host (nginx: server level): those of its oldest
+        Ingress that sets auth-tls-*; if any Ingress of the host sets them unusably, the whole
+        host fails closed (ingress-nginx answers 403 for the whole server then)."""
+        chosen: tuple[ClientAuth, IngressPlan] | None = None
+        closed: list[Reason] = []
+        for plan in sorted({p.ref: p for p in plans}.values(), key=lambda p: p.age):
+            access = self.access(plan)
+            closed.extend(r for r in access.tls_closed if r not in closed)
+            if access.client_auth is None:
+                continue
+            if chosen is None:
+                chosen = (access.client_auth, plan)
+            elif access.client_auth != chosen[0]:
+                self.sink.warning(
+                    plan.ref, f"metadata.annotations[{PREFIX}auth-tls-secret]",
+                    f"host {host!r} already gets its client-certificate settings from Ingress "
+                    f"{chosen[1].ref.key}; ignored for this host (the oldest Ingress wins)",
+                )
+        if self.options.unsafe_fail_open:
+            closed = []
+        return _HostAccess(chosen[0] if chosen is not None else None, tuple(closed))
+
     def virtual_host(self, host: str, merged: _Merged) -> VirtualHost:
         has_tls = host in merged.tls
         rules = list(merged.routes.get(host, {}).values())
         regex_host = any(
             plan.annotations.use_regex or plan.annotations.rewrite_target is not None for _, plan in rules
         )
-        claims = [(rule, plan, self.route(rule, plan, has_tls, regex_host)) for rule, plan in rules]
+        plan = merged.fallbacks.get(host)
+        access = self.host_access(host, [p for _, p in rules] + ([plan] if plan is not None else []))
+        fallback_rule = self.fallback_rule(host, merged, access)
+        if fallback_rule is not None:
+            rules.append(fallback_rule)
+        claims = [(rule, p, self.route(rule, p, has_tls, regex_host, access)) for rule, p in rules]
         routes = [route for _, _, route in claims]
         ordered = sorted(
             (r for r in routes if r is not None), key=lambda r: (-r.priority, r.path, r.path_type)
         )
         fallback: Action | None = None
-        plan = merged.fallbacks.get(host)
-        if plan is not None and plan.default_backend is not None:
-            fallback = self.action(plan.default_backend, plan)
+        if plan is not None and plan.default_backend is not None and fallback_rule is None:
+            fallback = self.action(plan.default_backend, plan, access.closed)
         return VirtualHost(
             hostname=host,
             routes=tuple(ordered),
             fallback=fallback,
             tls_secret=self.tls_secret(merged.tls.get(host)),
             passthrough_upstream=self.passthrough(host, claims),
+            client_auth=access.client,
         )
+
+    def fallback_rule(
+        self, host: str, merged: _Merged, access: _HostAccess
+    ) -> tuple[PathRule, IngressPlan] | None:
+        """A host fallback (an Ingress's defaultBackend) that access policies apply to is served
+        as a ``/`` Prefix rule of its Ingress (a fallback is an action, and policies belong to
+        routes): the same requests reach it, now with the policies.  None when there is no
+        such fallback, or the host has a ``/`` rule already (the fallback is then unreachable)."""
+        plan = merged.fallbacks.get(host)
+        if plan is None or plan.default_backend is None:
+            return None
+        if access.client is None and not self.access(plan).has_route_policies():
+            return None
+        key = route_key("/", "Prefix")
+        if (key, "Prefix") in merged.routes.get(host, {}):
+            return None
+        rule = PathRule(host, "/", "Prefix", key, priority("/", "Prefix"), plan.default_backend,
+                        "spec.defaultBackend")
+        return rule, plan
 
     def settings(self) -> GlobalSettings:
         """The options' settings; --default-ssl-certificate's Secret is loaded (or dropped)."""
@@ -324,8 +411,32 @@ class _Emitter:
             return self._option_default(self.options.default_backend_service)
         for plan in plans:
             if plan.default_backend is not None and not plan.annotations.canary:
+                unsupported = self._default_guards(plan)
+                if unsupported:
+                    return fail_closed(unsupported)
                 return self.action(plan.default_backend, plan)
         return None
+
+    def _default_guards(self, plan: IngressPlan) -> tuple[Reason, ...]:
+        """The default action (hosts no rule names) is no route, so it cannot carry source
+        ranges or basic auth: with either, it fails closed (unless --unsafe-fail-open)."""
+        access = self.access(plan)
+        keys = []
+        if access.source_ranges is not None:
+            keys.append("allowlist-source-range" if access.source_ranges.allow else "denylist-source-range")
+        if access.basic_auth is not None:
+            keys.append("auth-type")
+        if not keys:
+            return ()
+        fail_open = self.options.unsafe_fail_open
+        tail = ("served WITHOUT them because of --unsafe-fail-open" if fail_open
+                else "those requests answer 503 (fail closed)")
+        self.sink.error(plan.ref, "spec.defaultBackend",
+                        f"serves hosts no rule names, where {', '.join(keys)} cannot apply yet; {tail}")
+        if fail_open:
+            return ()
+        return tuple((PREFIX + key, "is not supported on a defaultBackend for hosts no rule names")
+                     for key in keys)
 
     def _option_default(self, value: str) -> Action | None:
         parts = value.split("/")
@@ -345,9 +456,39 @@ class _Emitter:
             )
         port = ports[0][1] if ports else 0
         return self.forward(
-            BackendRef(namespace, name, port, ""), self.options.annotation_defaults.upstream,
+            BackendRef(namespace, name, port, ""), _default_upstream(self.options),
             ObjRef("Service", namespace, name),
         )
+
+
+class _HostAccess(msgspec.Struct, frozen=True):
+    """The client-certificate settings of one host, and why the host fails closed (if so)."""
+
+    client: ClientAuth | None = None
+    closed: tuple[Reason, ...] = ()
+
+
+def _default_upstream(options: TranslateOptions) -> UpstreamSettings:
+    """The upstream settings of Ingress-less backends: the controller ConfigMap's timeouts."""
+    initial = initial_annotations(options.annotation_defaults)
+    return initial.upstream if initial is not None else UpstreamSettings()
+
+
+def _default_ranges(
+    ranges: SourceRanges | None, annotations: IngressAnnotations, options: TranslateOptions
+) -> SourceRanges | None:
+    """The controller ConfigMap's whitelist-/denylist-source-range where the Ingress sets none
+    of its own (ingress-nginx: the annotation replaces the ConfigMap's, each list on its own)."""
+    defaults = options.annotation_defaults
+    if not defaults.allowlist and not defaults.denylist:
+        return ranges
+    allow = ranges.allow if ranges is not None else ()
+    deny = ranges.deny if ranges is not None else ()
+    if annotations.allowlist_source_range is None and annotations.whitelist_source_range is None:
+        allow = defaults.allowlist
+    if annotations.denylist_source_range is None:
+        deny = defaults.denylist
+    return SourceRanges(allow=allow, deny=deny) if allow or deny else None
 
 
 _MAX_BODY = 1000

@@ -24,11 +24,11 @@ from fastingress.translate.access import (
     str_map,
     timestamp_key,
 )
-from fastingress.translate.annotations import PREFIX, IngressAnnotations, parse_annotations
+from fastingress.translate.annotations import PREFIX, IngressAnnotations, UpstreamSettings, parse_annotations
 from fastingress.translate.backends import BackendRef
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.hosts import check_path, normalize_host, priority, route_key
-from fastingress.translate.model import ObjRef, Severity, Sink, TranslateOptions
+from fastingress.translate.model import AnnotationDefaults, ObjRef, Severity, Sink, TranslateOptions
 
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
@@ -306,11 +306,29 @@ def _wildcard_covered(entries: list[TlsEntry], rule_hosts: list[str]) -> list[Tl
 _SEVERITIES: dict[str, Severity] = {"error": "error", "warning": "warning", "info": "info"}
 
 
+def initial_annotations(defaults: AnnotationDefaults | None) -> IngressAnnotations | None:
+    """What an Ingress without annotations gets: the controller ConfigMap's defaults."""
+    if defaults is None or defaults == _NO_DEFAULTS:
+        return None
+    upstream = UpstreamSettings(
+        connect_timeout=defaults.connect_timeout, read_timeout=defaults.read_timeout,
+        send_timeout=defaults.send_timeout,
+    )
+    return IngressAnnotations(
+        upstream=upstream, ssl_redirect=defaults.ssl_redirect, force_ssl_redirect=defaults.force_ssl_redirect
+    )
+
+
+_NO_DEFAULTS = AnnotationDefaults()
+
+
 def _annotations(
-    metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool, defaults: IngressAnnotations | None = None
+    metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool, defaults: AnnotationDefaults | None = None
 ) -> IngressAnnotations:
     annotations = str_map(get(metadata, "annotations"))
-    parsed, findings = parse_annotations(annotations, fail_open=fail_open, defaults=defaults)
+    parsed, findings = parse_annotations(
+        annotations, fail_open=fail_open, defaults=initial_annotations(defaults)
+    )
     for finding in findings:
         sink.add(
             _SEVERITIES.get(finding.severity, "info"),
@@ -334,7 +352,7 @@ def parse_ingress(
     sink: Sink,
     *,
     fail_open: bool = False,
-    defaults: IngressAnnotations | None = None,
+    defaults: AnnotationDefaults | None = None,
 ) -> IngressPlan | None:
     """The Ingress as a plan; ``fail_open`` (--unsafe-fail-open) only changes what the
     diagnostics about unhonoured access annotations say; ``defaults``: the annotation values

@@ -7,12 +7,24 @@ from typing import Literal
 import msgspec
 
 from fastingress.snapshot.schema import GlobalSettings, Snapshot
-from fastingress.translate.annotations import IngressAnnotations
 
 Severity = Literal["error", "warning", "info"]
 
 # Kinds that have no namespace (their Diagnostic.namespace is "").
 CLUSTER_SCOPED_KINDS = frozenset({"IngressClass", "File"})
+
+
+class AnnotationDefaults(msgspec.Struct, frozen=True):
+    """The controller ConfigMap's defaults of annotations; an Ingress's own annotation wins
+    (``translate.configmap``).  The defaults here are the annotations' own."""
+
+    ssl_redirect: bool = True  # ssl-redirect
+    force_ssl_redirect: bool = False  # force-ssl-redirect
+    connect_timeout: float = 5.0  # proxy-connect-timeout
+    read_timeout: float = 60.0  # proxy-read-timeout
+    send_timeout: float = 60.0  # proxy-send-timeout
+    allowlist: tuple[str, ...] = ()  # whitelist-source-range (of allowlist-source-range)
+    denylist: tuple[str, ...] = ()  # denylist-source-range
 
 
 class TranslateOptions(msgspec.Struct, frozen=True):
@@ -27,7 +39,7 @@ class TranslateOptions(msgspec.Struct, frozen=True):
     # -- the controller ConfigMap (issue 9) -------------------------------------------------
     configmap: str | None = None  # --configmap "namespace/name": read by translate() itself
     # What the ConfigMap made of the options (``translate.configmap.configure`` sets these):
-    annotation_defaults: IngressAnnotations = IngressAnnotations()  # ssl-redirect, proxy-*-timeout...
+    annotation_defaults: AnnotationDefaults = AnnotationDefaults()  # ssl-redirect, proxy-*-timeout...
     global_closed: tuple[tuple[str, str], ...] = ()  # (key, why): access guards not honoured: 503
 
 

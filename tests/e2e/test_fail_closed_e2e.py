@@ -39,12 +39,14 @@ HTPASSWD = "foo:$apr1$OFG3Xybp$ckL0FHDAkoXYIlH9.cysT0"  # user foo, password bar
 class Guard:
     host: str
     annotations: dict[str, str]
+    unusable: bool = False  # implemented, but its Secret is missing: fails closed all the same
 
 
 def guards(auth_port: int) -> list[Guard]:
     return [
         Guard("basic.test", {PREFIX + "auth-type": "basic", PREFIX + "auth-secret": "basic-auth"}),
-        Guard("basic-nosecret.test", {PREFIX + "auth-type": "basic", PREFIX + "auth-secret": "missing"}),
+        Guard("basic-nosecret.test", {PREFIX + "auth-type": "basic", PREFIX + "auth-secret": "missing"},
+              unusable=True),
         # the auth service would refuse everyone: it must not matter whether it is asked
         Guard("authurl.test", {PREFIX + "auth-url": f"http://127.0.0.1:{auth_port}/__status/401"}),
         Guard("allow.test", {PREFIX + "whitelist-source-range": "10.0.0.0/8"}),  # 127.0.0.1 is outside
@@ -57,9 +59,12 @@ def guards(auth_port: int) -> list[Guard]:
 
 
 def expected_statuses(guard: Guard) -> set[int]:
-    """503 while a key is not implemented (fail closed); 401/403 once it is."""
-    closed = any(REGISTRY[k.split("/", 1)[1]].status == "closed" for k in guard.annotations)
-    return {503} if closed else {401, 403}
+    """503 while a key is not implemented or its Secret is missing (fail closed); once it is
+    honoured, 401/403 (400 for client certificates: nginx's "No required SSL certificate")."""
+    closed = guard.unusable or any(REGISTRY[k.split("/", 1)[1]].status == "closed" for k in guard.annotations)
+    if closed:
+        return {503}
+    return {400, 403} if guard.host == "mtls.test" else {401, 403}
 
 
 @dataclass
@@ -153,7 +158,7 @@ def test_no_unauthenticated_request_reaches_the_upstream(setup: Setup) -> None:
             assert r.status_code in expected_statuses(guard) | {308}
         # another Ingress of the same host is served; the guarded path of it is not
         assert client.get("/", headers={"Host": "shop.test"}).json()["server"] == "open"
-        assert client.get("/admin/x", headers={"Host": "shop.test"}).status_code == 503
+        assert client.get("/admin/x", headers={"Host": "shop.test"}).status_code == 401
         assert client.get("/administrator", headers={"Host": "shop.test"}).json()["server"] == "open"
         typo = client.get("/", headers={"Host": "typo.test"})
         assert typo.status_code == 503 and "auth-ulr" in typo.text
@@ -170,10 +175,10 @@ async def test_head_to_a_closed_route_gets_503(setup: Setup) -> None:
         client = H2Client(stream)
         response = None
         with trio.move_on_after(3):
-            response = await client.request(b"/", method=b"HEAD", authority=b"basic.test")
+            response = await client.request(b"/", method=b"HEAD", authority=b"basic-nosecret.test")
     assert response is not None and response.status == 503 and response.body == b""
     r = await trio.to_thread.run_sync(
-        lambda: httpx.head(f"{setup.fi.base}/", headers={"Host": "basic.test"}, timeout=5)
+        lambda: httpx.head(f"{setup.fi.base}/", headers={"Host": "basic-nosecret.test"}, timeout=5)
     )
     assert r.status_code == 503 and r.content == b""
     assert setup.guarded.requests == []
@@ -209,6 +214,8 @@ def test_client_certificate_auth_over_https(setup: Setup) -> None:
             assert r.status in expected_statuses(guard), (r.status, r.body)
             if r.status == 503:
                 assert b"auth-tls-secret" in r.body
+            else:
+                assert b"No required SSL certificate was sent" in r.body
     stranger = trustme.CA().issue_cert("mallory")  # a client certificate from a CA nobody trusts
     ctx = client_context(setup.server_ca)
     stranger.configure_cert(ctx)
@@ -236,10 +243,13 @@ def test_explain_against_the_running_instance(setup: Setup) -> None:
     text = _explain("--admin", admin, "http://shop.test/admin/users?page=2")
     assert text.returncode == 0, text.stderr
     out = text.stdout
-    assert "outcome: respond 503" in out
+    assert "outcome: forward" in out  # basic auth is honoured: the policy says what it asks
     rule = "rule: Ingress default/shop-admin  host shop.test  path /admin (Prefix)  -> default/admin:80"
     assert rule in out
-    assert f"fail-closed      {PREFIX}auth-secret is not supported" in out
+    assert "auth-type basic   realm '', 1 user(s) from Secret default/basic-auth" in out
+    closed = _explain("--admin", admin, "http://basic-nosecret.test/").stdout
+    assert "outcome: respond 503" in closed
+    assert f"{PREFIX}auth-secret names Secret default/missing, which is not found" in closed
     assert "Ingress default/open  host shop.test  path / (Prefix)" in out
     assert "matches too, but the longer rule '/admin' wins" in out
     as_json = _explain("--admin", admin, "-o", "json", "-H", "Host: open.test", "--client-ip", "10.0.0.7",
@@ -263,10 +273,14 @@ def test_unsafe_fail_open_serves_the_same_routes_open(tmp_path: Path) -> None:
     with EchoServer("guarded") as guarded, EchoServer("open") as open_, EchoServer("auth") as auth:
         path, found = _manifests(tmp_path, guarded, open_, auth.port, trustme.CA(), trustme.CA())
         with run_fastingress(tmp_path, manifests=[path], workers=1, extra=("--unsafe-fail-open",)) as fi:
+            opened = [g for g in found if g.host != "mtls.test" and expected_statuses(g) == {503}]
             for guard in found:
                 if guard.host == "mtls.test":
                     continue
                 r = httpx.get(f"{fi.base}/x", headers={"Host": guard.host}, timeout=5)
-                assert r.status_code == 200 and r.json()["server"] == "guarded", guard.host
+                if guard in opened:  # what would fail closed is served open
+                    assert r.status_code == 200 and r.json()["server"] == "guarded", guard.host
+                else:  # what is honoured still is
+                    assert r.status_code in expected_statuses(guard), guard.host
             assert "served WITHOUT this protection because of --unsafe-fail-open" in fi.log()
-    assert len(guarded.requests) == len(found) - 1
+    assert opened and len(guarded.requests) == len(opened)

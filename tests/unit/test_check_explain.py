@@ -147,10 +147,8 @@ def test_check_the_golden_fail_closed_case(capsys: pytest.CaptureFixture[str]) -
     assert code == 1
     report = json.loads(out)
     closed = {d["name"] for d in report["diagnostics"] if "(fail closed)" in d["message"]}
-    assert closed == {
-        "allowlist", "basic-auth", "basic-auth-no-secret", "client-cert", "denylist", "external-auth",
-        "snippet-deny", "typo",
-    }
+    # basic auth and source ranges are honoured (issue 9); a guard whose Secret is missing is not
+    assert closed == {"basic-auth-no-secret", "client-cert", "external-auth", "snippet-deny", "typo"}
 
 
 # --- explain --------------------------------------------------------------------------------
@@ -221,12 +219,21 @@ def test_explain_the_seed_case_redirect_rewrite_and_upstream() -> None:
 def test_explain_fail_closed_hosts_and_bad_requests() -> None:
     objects, _ = load_manifests([str(GOLDEN / "fail-closed.yaml")])
     result = translate(objects)
-    e = explain(result.snapshot, ExplainRequest("http://shop.example.com/internal/x"),
+    e = explain(result.snapshot, ExplainRequest("http://shop.example.com/ops/x"),
                 diagnostics=result.diagnostics)
     assert (e.outcome, e.status) == ("respond", 503)
     (closed,) = [p for p in e.policies if p.name == "fail-closed"]
-    assert closed.value == f"{PREFIX}whitelist-source-range is not supported"
-    assert any(d.startswith("error Ingress shop/allowlist") for d in e.diagnostics)
+    assert closed.value == f"{PREFIX}auth-secret names Secret shop/missing, which is not found"
+    assert any(d.startswith("error Ingress shop/basic-auth-no-secret") for d in e.diagnostics)
+    # an access policy that is honoured is shown, judged for the client address given
+    for ip, verdict in (("10.1.2.3", "allowed"), ("203.0.113.9", "403")):
+        allowed = explain(result.snapshot, ExplainRequest("http://shop.example.com/internal/x", client_ip=ip))
+        (ranges,) = [p for p in allowed.policies if p.name == "source ranges"]
+        assert ranges.value == "allow 10.0.0.0/8, 192.168.0.0/16"
+        assert ranges.effect == f"client {ip}: {verdict}"
+    admin = explain(result.snapshot, ExplainRequest("http://shop.example.com/admin"))
+    (auth,) = [p for p in admin.policies if p.name == "auth-type basic"]
+    assert auth.value == "realm 'Authentication Required', 1 user(s) from Secret shop/basic-auth"
     near = explain(result.snapshot, ExplainRequest("http://shop.exampel.com/"))
     assert near.virtual_host is None and near.status == 503  # the global default: a closed defaultBackend
     assert near.hosts[0] == "shop.example.com: a virtual host with a similar name"

@@ -310,3 +310,41 @@ def test_a_tls_secret_that_appears_is_read() -> None:
     _assert_same(translator, [ingress], "Secret missing")
     _assert_same(translator, [ingress, secret], "Secret added")
     assert any("dockerconfigjson" in d.message for d in translator.translate([ingress, secret]).diagnostics)
+
+
+def test_access_secrets_that_change_appear_or_go_are_read_again() -> None:
+    """auth-secret and auth-tls-secret: a host is emitted again when a Secret its access
+    policies read changes (new users), appears (the route opens to its users) or goes (503)."""
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    path = {"path": "/", "pathType": "Prefix", "backend": backend}
+    annotations = {"nginx.ingress.kubernetes.io/auth-type": "basic",
+                   "nginx.ingress.kubernetes.io/auth-secret": "users"}
+    ingress: Obj = {"kind": "Ingress", "metadata": {"name": "web", "namespace": "default",
+                                                    "annotations": annotations},
+                    "spec": {"rules": [{"host": "a.test", "http": {"paths": [path]}}]}}
+    mtls: Obj = {"kind": "Ingress", "metadata": {"name": "mtls", "namespace": "default", "annotations": {
+        "nginx.ingress.kubernetes.io/auth-tls-secret": "ca"}},
+        "spec": {"rules": [{"host": "b.test", "http": {"paths": [path]}}]}}
+
+    def users(text: str) -> Obj:
+        return {"kind": "Secret", "metadata": {"name": "users", "namespace": "default"},
+                "stringData": {"auth": text}}
+
+    ca_pem = trustme.CA().cert_pem.bytes().decode()
+    ca: Obj = {"kind": "Secret", "metadata": {"name": "ca", "namespace": "default"},
+               "stringData": {"ca.crt": ca_pem}}
+    translator = Translator()
+    steps = [
+        ([ingress, mtls], "Secrets missing"),
+        ([ingress, mtls, users("alice:{PLAIN}a"), ca], "Secrets added"),
+        ([ingress, mtls, users("alice:{PLAIN}a\nbob:{PLAIN}b"), ca], "a user added"),
+        ([ingress, mtls, users("bob:{PLAIN}b"), ca], "a user removed"),
+        ([ingress, mtls, ca], "Secret removed"),
+    ]
+    for objects, what in steps:
+        _assert_same(translator, objects, what)
+    result = translator.translate([ingress, mtls, users("carol:{PLAIN}c"), ca])
+    (a_host, b_host) = result.snapshot.virtual_hosts
+    auth = a_host.routes[0].policy.basic_auth
+    assert auth is not None and auth.users == (("carol", "{PLAIN}c"),)
+    assert b_host.client_auth is not None and b_host.client_auth.ca_pem == ca_pem

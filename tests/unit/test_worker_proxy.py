@@ -27,6 +27,7 @@ from tests.support.worker_harness import (
     Reply,
     make_snapshot,
 )
+from workers import splice
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -917,4 +918,73 @@ async def test_content_length_and_chunked_is_refused() -> None:
         assert resp.status == 400
         assert resp.header(b"connection") == b"close"
         assert up.requests == [] and h.connects == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_large_bodies_both_ways_and_keep_alive_after(
+    harness_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large Content-Length answer (the core splices it in the kernel: workers/splice.py), then
+    more requests on both kept-alive connections; a chunked one is copied as before."""
+    spliced: list[int] = []
+    start = splice.Splicer.start
+
+    def counting_start(self: splice.Splicer) -> None:
+        spliced.append(self.moved)
+        start(self)
+
+    monkeypatch.setattr(splice.Splicer, "start", counting_start)
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    pieces = [big[i:i + 70000] for i in range(0, len(big), 70000)]
+
+    def reply(rec: Recorded) -> Reply:
+        if rec.target == b"/big":
+            return Reply(headers=[(b"content-length", str(len(big)).encode())], chunks=pieces)
+        if rec.target == b"/chunked":
+            return Reply(chunks=pieces)
+        return Reply(headers=[(b"content-length", b"5")])
+
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream(reply)
+        h = Harness(nursery, make_snapshot(), up)
+        client = h.client()
+        for target in (b"/big", b"/small", b"/big", b"/chunked", b"/small"):
+            resp = await client.request(target=target)
+            assert resp.status == 200
+            assert resp.body == (b"hello" if target == b"/small" else big), target
+        assert len(h.connects) == 1  # one upstream connection carried all five
+        # the core spliced both Content-Length bodies (only the chunked one went through Python)
+        assert len(spliced) == (2 if harness_mode == "core" else 0)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.modes("core")
+async def test_an_upstream_that_dies_mid_splice_cuts_the_client() -> None:
+    big = b"x" * (2 * 1024 * 1024)
+
+    async def dying(stream: trio.abc.Stream, address: tuple[str, int]) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                conn.receive_data(bytes(await stream.receive_some(65536)))
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+        head = conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"%d" % len(big))]))
+        await stream.send_all((head or b"") + big[: len(big) // 2])  # then the upstream dies
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, make_snapshot(), dying)
+        client = h.client()
+        await client.send_head(b"GET", b"/", [])
+        await client.send_body()
+        got = b""
+        with trio.fail_after(10):
+            while data := await client.stream.receive_some(65536):
+                got += data
+        assert got.startswith(b"HTTP/1.1 200 ")
+        assert len(got) < len(big)  # cut short: the client sees an incomplete body, not a hang
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.worker.metrics.upstream_errors == 1
         nursery.cancel_scope.cancel()
