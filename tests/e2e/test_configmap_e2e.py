@@ -318,6 +318,26 @@ def test_blocks_see_the_real_client(shared: Shared) -> None:
     assert len(shared.up.requests) == 4  # the 200s; the 403s never reached the upstream
 
 
+def test_source_ranges_see_the_real_client(shared: Shared) -> None:
+    """The per-route access policies (allowlist/denylist-source-range) judge the client the PROXY
+    protocol header names; the ConfigMap's whitelist-source-range is the annotations' default."""
+    guarded = m.ingress("guarded", [("guarded.test", "/", "Prefix", "app")],
+                        annotations={"nginx.ingress.kubernetes.io/denylist-source-range": "203.0.113.66"})
+    fi = shared.configure({"use-proxy-protocol": "true", "whitelist-source-range": "203.0.113.0/24"}, guarded)
+
+    def status(client: str, host: str) -> int:
+        with socket.create_connection(("127.0.0.1", fi.http_port), timeout=10) as sock:
+            sock.sendall(v1_header(client, "10.0.0.1", 1234, 80))
+            response, _ = exchange(sock, h11.Connection(h11.CLIENT), host)
+        return response.status_code
+
+    assert status("203.0.113.7", "guarded.test") == 200
+    assert status("203.0.113.66", "guarded.test") == 403  # its own denylist
+    assert status("203.0.113.7", "app.test") == 200
+    assert status("198.51.100.1", "app.test") == 403  # outside the ConfigMap's allowlist
+    assert len(shared.up.requests) == 2
+
+
 # -- header names, keep-alive requests ---------------------------------------------------------------
 
 
