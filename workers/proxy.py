@@ -197,10 +197,16 @@ class Session(SessionBase):
                 return
             log.info(
                 "%s %s %s %d %.6f %s %s%s",
-                self.client_ip.decode(), self.method.decode("latin-1"),
+                self._client_text(), self.method.decode("latin-1"),
                 self.target.decode("latin-1"), status, duration, host, service,
                 " " + self.tls if self.tls else "",
             )
+
+    def _client_text(self) -> str:
+        """The request's client for the log: through a trusted proxy, the one it names."""
+        info = self.info
+        view = info.view if info is not None else None
+        return (view.ip if view is not None else self.client_ip).decode("latin-1")
 
     def _log_line(self, status: int, duration: float) -> None:
         """One line in the ConfigMap's log-format-upstream (``workers.accesslog``)."""
@@ -208,7 +214,7 @@ class Session(SessionBase):
         info = self.info
         view = info.view if info is not None else None
         head = self.head
-        record.client_ip = (view.ip if view is not None else self.client_ip).decode("latin-1")
+        record.client_ip = self._client_text()
         record.peer = self.client_ip.decode("latin-1")
         record.proxy_addr = record.peer if self.proxy_port else ""
         record.method = self.method.decode("latin-1")
