@@ -41,6 +41,7 @@ from fastingress.snapshot.schema import (
 )
 from fastingress.translate.model import Diagnostic
 from workers.clientip import Front
+from workers.decide import explain_policies
 from workers.heads import scan_request
 from workers.pathnorm import normalize_target
 from workers.policies.access import RangeCheck, explain_client
@@ -320,6 +321,22 @@ def _access_policies(route: Route, vhost: VirtualHost | None, client_ip: str) ->
     return out
 
 
+# The policies _access_policies explains (with the verdict for --client-ip): not listed twice.
+_ACCESS_LINES = ("source ranges", "basic auth", "digest auth", "client certificates")
+
+
+def _compiled_policies(table: RouteTable, route: Route) -> list[Policy]:
+    """The route's policies as the workers compile them (``workers.policy``), one line each
+    (``name: what it does``), in the order they run."""
+    out: list[Policy] = []
+    for line in explain_policies(table.policies(route)):
+        name, _, value = line.partition(": ")
+        if name in _ACCESS_LINES:
+            continue
+        out.append(Policy(name, value) if value else Policy(line, ""))
+    return out
+
+
 def _upstream_policies(upstreams: Sequence[BackendView], table: RouteTable) -> list[Policy]:
     out: list[Policy] = []
     for view in upstreams[:1]:
@@ -444,6 +461,7 @@ def explain(
     if route is not None:
         policies += _route_policies(route.policy, scheme, redirected=False)
         policies += _access_policies(route, vhost, request.client_ip)
+        policies += _compiled_policies(table, route)
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)

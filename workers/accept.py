@@ -36,6 +36,7 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 
 from workers.certs import CertCache
+from workers.decide import Decided
 from workers.h1conn import ClientConn
 from workers.h1pool import CorePool
 from workers.http1 import RequestHead
@@ -382,14 +383,18 @@ class CoreServer:
             assert isinstance(arg, bytes)
             self.core.spawn(partial(serve_h2, tls=conn.tls), self.worker, stream, ip, arg)
         else:
-            assert isinstance(arg, RequestHead)
-            self.core.spawn(_serve_session, self.worker, stream, ip, conn, arg)
+            assert isinstance(arg, tuple)
+            head, decided = arg
+            assert isinstance(head, RequestHead)
+            self.core.spawn(_serve_session, self.worker, stream, ip, conn, head, decided)
 
 
-async def _serve_session(worker: Worker, stream: trio.abc.Stream, ip: str, conn: ClientConn,
-                         head: RequestHead) -> None:
+async def _serve_session(  # noqa: PLR0917
+    worker: Worker, stream: trio.abc.Stream, ip: str, conn: ClientConn, head: RequestHead,
+    decided: Decided | None,
+) -> None:
     await serve_client(worker, stream, ip, tls=conn.tls, codec=conn.codec, head=head,  # type: ignore[arg-type]
-                       t0=conn.t0 or time.perf_counter(), proxy_port=conn.proxy_port)
+                       t0=conn.t0 or time.perf_counter(), decided=decided, proxy_port=conn.proxy_port)
 
 
 __all__ = ["CoreServer", "Listener", "ProxyAccept", "TLSAccept", "listen_socket"]

@@ -78,6 +78,16 @@ class Pending(NamedTuple):
 Decision = Answer | Proxy | Handoff | Pending
 
 
+class Decided(NamedTuple):
+    """A decision the event-driven core made before handing the connection to a Session (an
+    Upgrade tunnel, an HTTP/2 upstream): the Session carries it out instead of deciding again,
+    so the route's policies run once per request (one auth subrequest, one rate-limit count)."""
+
+    decision: Handoff
+    info: RequestInfo
+    labels: tuple[str, str, str]
+
+
 def absolute_authority(target: bytes) -> bytes | None:
     """The authority of an absolute-form target (``http://a.test:8080/x`` → ``a.test:8080``)."""
     lower = target[:8].lower()
@@ -136,7 +146,7 @@ def decide(
         return _act(table, balancer, match.action, route, path, query, info, None)
     ctx = RequestCtx(
         method=method, target=target, path=path, query=query, host=info.host, headers=info.headers,
-        client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer,
+        client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer, info=info,
     )
     ctx.response_hooks = compiled.response
     ctx.done_hooks = compiled.done
@@ -262,6 +272,7 @@ def explain_policies(compiled: Compiled | None) -> Sequence[str]:
 
 
 __all__ = [
-    "NO_LABELS", "Answer", "Decision", "Handoff", "Pending", "Proxy", "VirtualHost", "absolute_authority",
+    "NO_LABELS", "Answer", "Decided", "Decision", "Handoff", "Pending", "Proxy", "VirtualHost",
+    "absolute_authority",
     "decide", "explain_policies", "pick_endpoint",
 ]

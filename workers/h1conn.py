@@ -50,7 +50,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.accesslog import AccessRecord, request_length
-from workers.decide import NO_LABELS, Answer, Decision, Pending, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Decided, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import RequestHead, Signal
@@ -79,7 +79,8 @@ _CLOSED = Signal.CLOSED
 
 
 # handoff(kind, conn, arg): give the connection to a trio task; kind "session" (arg: the
-# request head, served by a Session with this codec) or "h2" (arg: the bytes read so far).
+# request head and the Decided to carry out, or None; served by a Session with this codec)
+# or "h2" (arg: the bytes read so far).
 HandoffFn = Callable[[str, "ClientConn", object], None]
 
 
@@ -310,7 +311,7 @@ class ClientConn(Forwarder):
             self.ctx = decision.proxy.ctx
             self._resolve(decision.proxy, head, info)
         else:
-            self._hand_over(head)
+            self._hand_over(head, Decided(decision, info, (self.labels[0], self.labels[1], self.labels[2])))
 
     async def _wait_for_policy(self, pending: Pending, head: RequestHead, info: RequestInfo) -> None:
         """A policy waits (an auth subrequest): in a task; the request resumes in the core."""
@@ -479,7 +480,7 @@ class ClientConn(Forwarder):
 
     # ---- handing over to tasks ----------------------------------------------------
 
-    def _hand_over(self, head: RequestHead) -> None:
+    def _hand_over(self, head: RequestHead, decided: Decided | None = None) -> None:
         """Serve the rest of this connection in a Session task (Upgrade, HTTP/2 upstream)."""
         if self.transport.write_buffered:
             # Our last answer is still queued: not before it is out (rare; pipelining only).
@@ -490,7 +491,7 @@ class ClientConn(Forwarder):
         self.in_request = False
         self.worker.closed(self)
         assert self.handoff is not None
-        self.handoff("session", self, head)
+        self.handoff("session", self, (head, decided))
 
     def _handoff_h2(self, initial: bytes) -> None:
         self.state = CLOSED

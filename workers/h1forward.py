@@ -207,7 +207,7 @@ class Forwarder(Timed):
         conn.requests += 1
         ucodec = conn.codec
         target = self.proxy.target if self.proxy else head.target
-        data = ucodec.request_head(head.method, target, info.headers)
+        data = ucodec.request_head(head.method, target, info.headers, trusted=True)
         if not self.req_open:
             conn.write(data + ucodec.end())
             self._arm_read(conn)

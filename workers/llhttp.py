@@ -4,384 +4,141 @@ Theory of operation
 -------------------
 ``workers.http1`` defines the codec interface the proxy talks to (``ServerCodec`` for the
 client side, ``ClientCodec`` for the upstream side) and implements it on h11, the reference.
-This module implements the same interface on llhttp, Node's C parser, which is many times
-faster; the I/O core uses it on the hot path, and ``--http1-codec h11`` selects the reference.
+This module implements the same interface with llhttp, Node's C parser, parsing the heads;
+the I/O core uses it on the hot path, and ``--http1-codec h11`` selects the reference.
 
-httptools drives llhttp with callbacks (``on_url``, ``on_header``, ``on_headers_complete``,
-``on_body``, ``on_message_complete``); they append events (``RequestHead``/``ResponseHead``,
-``Body``, ``Signal.END``) to a queue that ``next_event`` pops, so a caller sees exactly what
-it sees from the h11 codec.  httptools parses everything it is fed, pipelined messages too,
-but nothing asks for more bytes while a message is pending (``PAUSED``), so the queue holds at
-most one read beyond the current message.
+Message boundaries are ours, not llhttp's: ``workers.h1read`` frames the bodies, holds back
+pipelined bytes until the next cycle and feeds llhttp nothing but heads (see there why).
+Writing frames as h11 does (``workers.h1write``) and, unless the caller says the fields are
+trusted (parsed, or passed ``valid_value``), checks them as h11 does.
 
-Strictness: llhttp's lenient flags stay off, and on top of llhttp this codec refuses what h11
-refuses, so that whatever the two codecs would read differently is answered with 400 here
-(``tests/unit/test_codec_differential.py`` checks that over Hypothesis input and a corpus of
-smuggling and desync cases):
+Strictness: whatever h11 reads differently is refused, so that the two codecs agree or the
+request is answered with 4xx/5xx (``tests/unit/test_codec_differential.py`` checks this over
+Hypothesis input and a corpus of smuggling and desync cases).  llhttp's lenient flags stay
+off, and on top of llhttp:
 
-* exactly one ``Host`` in HTTP/1.1 (h11), HTTP/1.0 and 1.1 only (505 otherwise);
-* ``Transfer-Encoding`` must be exactly ``chunked`` (501 otherwise, as h11), never with
-  ``Content-Length`` (llhttp and nginx: 400), ``Content-Length`` digits only and one value;
-* header values are stripped of surrounding blanks and may not hold control characters;
-* a request head larger than ``max_header_bytes`` is 431 (llhttp has no limit of its own).
+* start lines as h11 reads them (single spaces, a visible-ASCII target, ``HTTP/x.y``; a reason
+  phrase without control characters); no empty line before a message (llhttp skips them);
+* HTTP/1.0 and 1.1 only (505); exactly one ``Host`` in HTTP/1.1, at most one in 1.0 (h11);
+* ``Transfer-Encoding`` exactly ``chunked``, once (501, as h11 and nginx), never with
+  ``Content-Length`` (400, as llhttp and nginx; h11 would read the body as chunked);
+  ``Content-Length`` digits only, once (llhttp refuses duplicates; h11 merges equal ones);
+* header values stripped of surrounding blanks, without control characters;
+* CONNECT is refused with 405 (as nginx: we are not a forward proxy);
+* a request head larger than ``max_header_bytes`` is 431, whether it arrives whole or in
+  pieces; a response head over 16 KiB (h11's default) is a bad response (502).
 
-A parse error is queued behind the events that came before it, so a complete request that
-precedes garbage in the same read is still served, as with h11.
-
-Writing (``response_head``/``data``/``end`` and ``request_head``) frames messages the way h11
-does: Content-Length when given, else chunked to HTTP/1.1 peers and close-delimited to HTTP/1.0
-ones; no body for HEAD, 1xx, 204 and 304; ``Connection: close`` when the connection will not be
-reused.  Generated responses get their reason phrase (``503 Service Unavailable``) when none is
-given.
+Connection reuse and protocol switches follow h11: ``Connection: close`` or HTTP/1.0 ends
+reuse; a request with ``Upgrade`` may be switched with a 101 once it is read, or answered
+normally (then the next request is read).  Unlike h11, the upstream side does not reuse a
+connection on which bytes arrived beyond the answer (h11 would read them as the next answer).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from http import HTTPStatus
-from typing import Any
+import re
 
 import httptools
 
-from fastingress.errors import BadRequest, HeadersTooLarge, UpstreamFailed
+from fastingress.errors import BadRequest, HeadersTooLarge, PeerError, UpstreamFailed
+from workers.h1read import HEAD, HTTP_VERSIONS, LENGTH, SWITCHED, TOKEN, UNTIL_CLOSE, Error, Reader
+from workers.h1write import LocalProtocolError, Writer, check_fields, frame_head, reason_phrase, with_close
 from workers.http1 import Body, Event, Headers, RequestHead, ResponseHead, Signal
 
-_NEED_DATA = Signal.NEED_DATA
-_PAUSED = Signal.PAUSED
 _END = Signal.END
-_CLOSED = Signal.CLOSED
-
-_CHUNKED = b"chunked"
+_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+# what may begin a start line that is not whole yet (so that garbage is refused at once)
+_REQUEST_PREFIX = re.compile(
+    rb"[-!#$%&'*+.^_`|~0-9A-Za-z]*"
+    rb"(?: [\x21-\x7e]*(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.[0-9]?)?)?)?)?)?)?)?)?)?\r?"
+)
+_STATUS_PREFIX = re.compile(
+    rb"(?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9](?: (?:[0-9]{0,2}|[0-9]{3}(?: [\t \x21-\x7e\x80-\xff]*)?))?)?"
+    rb")?)?)?)?)?)?)?\r?"
+)
+_METHOD = re.compile(TOKEN)
 _NO_BODY_STATUS = frozenset({204, 304})
-_CTL = frozenset(range(0, 0x20)) - {0x09} | {0x7F}
-_CTL_TABLE = bytes(range(256))
-_HTTP_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+MAX_RESPONSE_HEAD = 16 * 1024
 
 
-class LocalProtocolError(Exception):
-    """We (not the peer) tried to send something the framing forbids (e.g. more body than
-    the Content-Length we declared)."""
-
-
-def reason_phrase(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
-
-
-def _has_ctl(value: bytes) -> bool:
-    """Whether ``value`` holds a control character other than HTAB (h11 refuses them)."""
-    return len(value.translate(_CTL_TABLE, _CTL_BYTES)) != len(value)
-
-
-_CTL_BYTES = bytes(sorted(_CTL))
-
-
-class _Error:
-    """A queued parse error: raised by ``next_event`` once the events before it are consumed."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-
-def _frame_head(first_line: bytes, headers: Headers) -> bytes:
-    parts = [first_line]
-    for name, value in headers:
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-class _Writer:
-    """Framing of the messages we send (one per cycle)."""
-
-    __slots__ = ("_left", "_mode")
-
-    def __init__(self) -> None:
-        self._mode = 0  # 0 none started, 1 length, 2 chunked, 3 until close, 4 no body, 5 done
-        self._left = 0
-
-    def begin(
-        self, headers: Headers, no_body: bool, chunk_ok: bool
-    ) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """Decide the framing; returns the headers to send and whether the end is the close."""
-        out: list[tuple[bytes, bytes]] = []
-        length: int | None = None
-        chunked = False
-        for name, value in headers:
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-                continue  # re-added below when we frame chunked
-            out.append((name, value))
-        if no_body:
-            self._mode = 4
-            return out, False
-        if length is not None and not chunked:
-            self._mode = 1
-            self._left = length
-            return out, False
-        if chunk_ok:
-            if length is not None:
-                out = [(n, v) for n, v in out if n != b"content-length"]
-            out.append((b"transfer-encoding", _CHUNKED))
-            self._mode = 2
-            return out, False
-        if length is not None:
-            out = [(n, v) for n, v in out if n != b"content-length"]
-        self._mode = 3
-        return out, True
-
-    def data(self, data: bytes) -> bytes:
-        mode = self._mode
-        if not data:
-            return b""
-        if mode == 1:
-            left = self._left - len(data)
-            if left < 0:
-                raise LocalProtocolError("too much data for declared Content-Length")
-            self._left = left
-            return data
-        if mode == 2:
-            return b"%x\r\n%b\r\n" % (len(data), data)
-        if mode == 3:
-            return data
-        if mode == 4:
-            return b""
-        raise LocalProtocolError("no message body may be sent now")
-
-    def end(self, trailers: Headers) -> bytes:
-        mode = self._mode
-        self._mode = 5
-        if mode == 2:
-            if trailers:
-                return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
-            return b"0\r\n\r\n"
-        if mode == 1 and self._left:
-            self._mode = 1
-            raise LocalProtocolError("Too little data for declared Content-Length")
-        if mode in (0, 5):
-            self._mode = mode
-            raise LocalProtocolError("no message to end")
-        return b""
-
-    @property
-    def length_left(self) -> int | None:
-        """Body bytes still due under a Content-Length framing (None: another framing)."""
-        return self._left if self._mode == 1 else None
-
-    def sent_elsewhere(self, n: int) -> None:
-        """``n`` body bytes went out without ``data`` (spliced by the kernel)."""
-        if self._mode != 1 or n > self._left:
-            raise LocalProtocolError("spliced bytes do not fit the declared Content-Length")
-        self._left -= n
-
-    @property
-    def done(self) -> bool:
-        return self._mode == 5
-
-    @property
-    def started(self) -> bool:
-        return self._mode != 0
-
-
-class _Reader:
-    """The receiving half both codecs share: an llhttp parser feeding an event queue."""
-
-    __slots__ = (
-        "_chunked", "_events", "_headers", "_in_head", "_in_msg", "_keep_alive", "_length",
-        "_parser", "_pending", "_trailers", "_until_close", "_url", "their_done",
-    )
-
-    _parser: Any  # httptools.HttpRequestParser / HttpResponseParser (None once released)
-
-    def __init__(self) -> None:
-        self._events: deque[Event | _Error] = deque()
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._trailers: list[tuple[bytes, bytes]] | None = None
-        self._url = b""
-        self._in_head = False
-        self._in_msg = False
-        self._pending = 0  # bytes fed while a head was incomplete
-        self._length: int | None = None
-        self._chunked = False
-        self._until_close = False
-        self._keep_alive = True
-        self.their_done = False
-
-    # --- httptools callbacks --------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._in_head = self._in_msg = True
-        self._url = b""
-        self._headers = []
-        self._trailers = None
-        self._length = None
-        self._chunked = False
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        value = value.strip(b" \t")
-        if _has_ctl(value):
-            raise BadRequest(f"invalid character in header {name.decode('latin-1')!r}")
-        if self._in_head:
-            self._headers.append((name, value))
-        else:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self._events.append(Body(body))
-
-    def on_message_complete(self) -> None:
-        self._in_msg = False
-        self._events.append(_END)
-
-    def release(self) -> None:
-        """The connection ended: drop the parser (it refers back to us through its callbacks,
-        a cycle only the garbage collector could free)."""
-        self._parser = None
-        self._events.clear()
-
-    # --- feeding --------------------------------------------------------------------
-    def feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
-             data: bytes | bytearray | memoryview, limit: int) -> int:
-        """Feed ``data``; returns the offset where a protocol switch started (-1: none)."""
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            return int(exc.args[0])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self._events.append(_Error(cause if isinstance(cause, Exception) else BadRequest(str(exc))))
-        except httptools.HttpParserError as exc:
-            self._events.append(_Error(BadRequest(f"malformed message: {exc}")))
-        if self._in_head:
-            self._pending += len(data)
-            if limit and self._pending > limit:
-                self._events.append(_Error(HeadersTooLarge(f"head larger than {limit} bytes")))
-        else:
-            self._pending = 0
-        return -1
-
-
-def _framing(headers: list[tuple[bytes, bytes]], status_hint_te: int) -> tuple[int | None, bool]:
-    """(Content-Length, chunked) of a received head, refusing what h11 refuses."""
-    length: int | None = None
-    chunked = False
-    te_seen = False
-    for name, value in headers:
-        if name == b"content-length":
-            if not value.isdigit():
-                raise BadRequest("bad Content-Length")
-            n = int(value)
-            if length is not None and n != length:
-                raise BadRequest("conflicting Content-Length headers")
-            length = n
-        elif name == b"transfer-encoding":
-            if te_seen or value.lower() != _CHUNKED:
-                raise BadRequest("only Transfer-Encoding: chunked is supported", status_hint=status_hint_te)
-            te_seen = chunked = True
-    if chunked and length is not None:
-        raise BadRequest("both Content-Length and Transfer-Encoding")
-    return length, chunked
-
-
-class ServerCodec(_Reader):
+class ServerCodec(Reader):
     """The client-facing side (we are the server), on llhttp; see ``workers.http1.ServerCodec``."""
 
-    __slots__ = (
-        "_cycle_fed", "_expect", "_head_method", "_max_head", "_status_sent", "_switch_offset",
-        "_trailing", "_version", "_writer", "switched",
-    )
+    __slots__ = ("_expect", "_keep_alive", "_method", "_version", "_writer", "switched")
 
     trailers_need_chunked = True
 
     def __init__(self, max_header_bytes: int) -> None:
-        super().__init__()
-        self._parser = httptools.HttpRequestParser(self)
-        self._max_head = max_header_bytes
-        self._writer = _Writer()
-        self._head_method = b""
-        self._version = b"1.1"
+        super().__init__(max_header_bytes)
+        self._writer = Writer()
+        self._method = b""
+        self._version: bytes | None = None  # of the last request read
+        self._keep_alive = False
         self._expect = False
-        self._trailing = b""
-        self._switch_offset = -1
-        self._cycle_fed = 0
-        self._status_sent = 0
         self.switched = False
 
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        return httptools.HttpRequestParser(self)
+
+    def _error(self, message: str, status: int = 400) -> PeerError:
+        if status == 431:
+            return HeadersTooLarge(f"request {message}")
+        return BadRequest(f"malformed request: {message}", status_hint=status)
+
+    _line_prefix = _REQUEST_PREFIX
+    _line_re = _REQUEST_LINE
+    _version_group = 3
+
+    def _bad_start(self) -> PeerError:
+        return self._error("malformed request line")
+
+    def _check_start_line(self, line: bytes, begin: int, end: int) -> PeerError | None:
+        start = self._start = _REQUEST_LINE.fullmatch(line, begin, end)
+        if start is None:
+            return self._bad_start()
+        version = start.group(3)
+        if version not in HTTP_VERSIONS:
+            return self._error(f"HTTP/{version.decode()} is not supported", 505)
+        return None
+
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._pending = 0
-        parser = self._parser
-        version = _HTTP_VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise BadRequest(f"HTTP/{parser.get_http_version()} is not supported", status_hint=505)
-        headers = self._headers
-        hosts = 0
-        expect = False
-        size = len(self._url) + 16
-        for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name == b"host":
-                hosts += 1
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect = True
-        if size > self._max_head:
-            raise HeadersTooLarge(f"request head too large: {size} bytes")
+        start = self._start
+        assert start is not None
+        method, target, version = start.groups()
+        if method == b"CONNECT":
+            raise self._error("CONNECT is not supported", 405)
+        hosts, close, expect, upgrade = self._scan(501)
         if hosts > 1 or (hosts == 0 and version == b"1.1"):
-            raise BadRequest("a request needs exactly one Host header")
-        length, chunked = _framing(headers, 501)
-        method = parser.get_method()
-        self._length = length
-        self._chunked = chunked
+            raise self._error("a request needs exactly one Host header")
+        self._pending = RequestHead(method, target, self._headers, version)
+        self._method = method
         self._version = version
-        self._keep_alive = parser.should_keep_alive() and version == b"1.1"
-        self._expect = expect and version == b"1.1" and (chunked or bool(length))
-        self._head_method = method
-        self._events.append(RequestHead(method, self._url, headers, version))
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes from the client; ``b""`` means it closed its side."""
-        if not data:
-            if self._in_msg:
-                self._events.append(_Error(BadRequest("connection closed mid-request")))
-            self._events.append(_CLOSED)
-            return
-        self._cycle_fed += len(data)
-        if self.switched or self._switch_offset >= 0:
-            self._trailing += bytes(data)
-            return
-        offset = self.feed(self._parser, data, self._max_head)
-        if offset >= 0:
-            self._switch_offset = offset
-            self._trailing = bytes(data[offset:])
-
-    @property
-    def nothing_buffered(self) -> bool:
-        return self._cycle_fed == 0
+        self._keep_alive = not close and version == b"1.1"
+        self._expect = expect and version == b"1.1"
+        self._proposal = upgrade
 
     def next_event(self) -> Event:
         events = self._events
-        if self.their_done:  # (as h11: PAUSED only once bytes of a next message wait)
-            return _PAUSED if events or self._in_msg or self._switch_offset >= 0 else _NEED_DATA
         if not events:
-            return _PAUSED if self._switch_offset >= 0 else _NEED_DATA
+            if self._failure is not None:
+                raise self._failure
+            return self._idle_event()
         ev = events.popleft()
-        if type(ev) is _Error:
-            events.clear()
-            raise ev.exc
-        if ev is _END:
-            self.their_done = True
-        elif type(ev) is Body:
+        kind = type(ev)
+        if kind is Body:
             self._expect = False
+        elif ev is _END:
+            self._expect = False
+            self.their_done = True
+        elif kind is Error:
+            self._raise(ev)  # type: ignore[arg-type]
         return ev  # type: ignore[return-value]
+
+    @property
+    def nothing_buffered(self) -> bool:
+        """No byte was fed in this cycle yet, so ``next_event`` would only say NEED_DATA."""
+        return not self._events and self._state == HEAD and not self._head_len and not self._eof
 
     # --- responses ------------------------------------------------------------------
     def response_head(
@@ -389,26 +146,35 @@ class ServerCodec(_Reader):
     ) -> bytes:
         if self._writer.started:
             raise LocalProtocolError("a response was already started")
+        if not trusted:
+            check_fields(headers, reason)
         self._expect = False
-        no_body = self._head_method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
-        chunk_ok = self._version == b"1.1"
-        out, until_close = self._writer.begin(headers, no_body, chunk_ok)
-        if until_close or not self._keep_alive:
+        self._proposal = False  # (declined, if there was one)
+        version = self._version
+        out, until_close = self._writer.begin(
+            headers,
+            no_body=status < 200 or status in _NO_BODY_STATUS,
+            chunk_ok=version == b"1.1",
+            head=self._method == b"HEAD",
+        )
+        if until_close or not self._keep_alive or version is None:
             self._keep_alive = False
-            if not any(n == b"connection" and v.lower() == b"close" for n, v in out):
-                out.append((b"connection", b"close"))
-        elif any(n == b"connection" and b"close" in v.lower() for n, v in out):
+            out = with_close(out)
+        elif self._writer.close:
             self._keep_alive = False
-        self._status_sent = status
-        return _frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), out)
+        return frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), out)
 
     def informational(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> bytes:
+        if self._writer.started:
+            raise LocalProtocolError("a response was already started")
+        check_fields(headers, reason)
         self._expect = False
         if status == 101:
-            if self._switch_offset < 0:
+            if not (self._proposal and self.their_done):
                 raise LocalProtocolError("101 without an upgrade request")
             self.switched = True
-        return _frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), headers)
+            self._state = SWITCHED
+        return frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), headers)
 
     def data(self, data: bytes) -> bytes:
         return self._writer.data(data)
@@ -427,15 +193,7 @@ class ServerCodec(_Reader):
 
     @property
     def reusable(self) -> bool:
-        return self._writer.done and self.their_done and self._keep_alive and self._switch_offset < 0
-
-    @property
-    def their_message_done(self) -> bool:
-        return self.their_done
-
-    @property
-    def trailing_data(self) -> bytes:
-        return self._trailing
+        return self._writer.done and self.their_done and self._keep_alive and not self.switched
 
     @property
     def waiting_for_100_continue(self) -> bool:
@@ -452,175 +210,126 @@ class ServerCodec(_Reader):
 
     @property
     def http_version(self) -> bytes:
-        return self._version
+        return self._version or b"1.0"
 
     def start_next_cycle(self) -> None:
         if not self.reusable:
             raise LocalProtocolError("not in a reusable state")
-        self._writer = _Writer()
-        self.their_done = False
+        self._writer = Writer()
         self._expect = False
-        self._status_sent = 0
-        self._cycle_fed = 1 if self._events or self._in_head else 0
+        self._method = b""
+        self._restart()
 
 
-class ClientCodec(_Reader):
+class ClientCodec(Reader):
     """The upstream-facing side (we are the client), on llhttp; see ``workers.http1.ClientCodec``."""
 
-    __slots__ = (
-        "_body_seen", "_head_fed", "_informational", "_method", "_status", "_trailing", "_writer", "switched",
-    )
+    __slots__ = ("_keep_alive", "_method", "_req_close", "_resp_close", "_writer", "switched")
 
     trailers_need_chunked = True
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._parser = httptools.HttpResponseParser(self)
-        self._writer = _Writer()
+    def __init__(self, max_header_bytes: int = MAX_RESPONSE_HEAD) -> None:
+        super().__init__(max_header_bytes)
+        self._writer = Writer()
         self._method = b""
-        self._status = 0
-        self._informational = False
-        self._trailing = b""
-        self._head_fed = 0
-        self._body_seen = 0
+        self._keep_alive = False
+        self._req_close = False
+        self._resp_close = False
         self.switched = False
 
-    def on_status(self, status: bytes) -> None:
-        self._url += status
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self)
 
-    def on_body(self, body: bytes) -> None:
-        self._body_seen += len(body)
-        self._events.append(Body(body))
+    def _error(self, message: str, status: int = 502) -> PeerError:
+        return UpstreamFailed(f"bad response from upstream: {message}")
 
-    @property
-    def body_left(self) -> int | None:
-        """Bytes of a Content-Length response body not parsed yet (None: another framing, or
-        no body in progress)."""
-        if not self._in_msg or self._in_head or self._length is None or self._chunked:
-            return None
-        return self._length - self._body_seen
+    _line_prefix = _STATUS_PREFIX
+    _line_re = _STATUS_LINE
+    _version_group = 1
 
-    def body_taken_elsewhere(self) -> None:
-        """The rest of the body (``body_left`` bytes) went from the socket straight to the
-        client (spliced): the message is complete without the parser seeing those bytes, so
-        the next response gets a fresh parser (httptools cannot skip bytes)."""
-        self._parser = httptools.HttpResponseParser(self)
-        self._in_msg = False
-        self._events.append(_END)
+    def _bad_start(self) -> PeerError:
+        return self._error("malformed status line")
+
+    def _check_start_line(self, line: bytes, begin: int, end: int) -> PeerError | None:
+        start = self._start = _STATUS_LINE.fullmatch(line, begin, end)
+        if start is None:
+            return self._bad_start()
+        version = start.group(1)
+        if version not in HTTP_VERSIONS:
+            return self._error(f"HTTP/{version.decode()}")
+        return None
 
     def on_headers_complete(self) -> None:
-        self._body_seen = 0
-        self._in_head = False
-        self._pending = 0
-        parser = self._parser
-        status = parser.get_status_code()
-        headers = self._headers
-        version = _HTTP_VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise UpstreamFailed(f"bad response from upstream: HTTP/{parser.get_http_version()}")
-        try:
-            length, chunked = _framing(headers, 502)
-        except BadRequest as exc:
-            raise UpstreamFailed(f"bad response from upstream: {exc}") from None
-        self._status = status
-        self._informational = 100 <= status < 200 and status != 101
-        no_body = self._method == b"HEAD" or status in _NO_BODY_STATUS or status < 200
-        self._length = length
-        self._chunked = chunked
-        self._until_close = not no_body and length is None and not chunked
-        self._keep_alive = parser.should_keep_alive() and not self._until_close
-        self._events.append(ResponseHead(status, headers, self._url, version))
-        if self._method == b"HEAD" and status >= 200:
-            # llhttp would wait for a body; a HEAD answer has none (httptools cannot say so).
-            self._events.append(_END)
-            raise _HeadDone
+        start = self._start
+        assert start is not None
+        version, status, reason = start.groups()
+        code = int(status)
+        if code < 100:
+            raise self._error(f"status {code}")
+        self._resp_close = self._scan(502)[1]
+        self._pending = ResponseHead(code, self._headers, reason or b"", version)
 
-    def on_message_complete(self) -> None:
-        self._in_msg = False
-        if self._informational:
-            self._informational = False
-            return  # h11 has no end-of-message for an interim answer
-        self._events.append(_END)
+    def _begin_body(self, head: RequestHead | ResponseHead) -> None:
+        assert type(head) is ResponseHead
+        status = head.status
+        if status < 200 or (self._method == b"CONNECT" and status < 300):
+            if status == 101 or status >= 200:
+                if not self._proposal:
+                    self._events.pop()
+                    self._fail(self._error("a protocol switch nobody asked for"))
+                    return
+                self.switched = True
+                self._state = SWITCHED
+                return
+            self._reset_head()  # an interim answer: the real one follows
+            return
+        self._proposal = False
+        close = self._req_close or self._resp_close or head.http_version != b"1.1"
+        if self._method == b"HEAD" or status in _NO_BODY_STATUS:
+            self._end_message()
+        elif self._chunked or self._length is not None:
+            super()._begin_body(head)
+        else:
+            self._state = UNTIL_CLOSE
+            close = True
+        self._keep_alive = not close
+
+    def _on_eof(self) -> None:
+        if self._state == HEAD and not self._head_len and self._writer.started:
+            self._fail(self._error("the upstream closed the connection without answering"))
+        else:
+            super()._on_eof()
 
     def request_head(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, trusted: bool = False
     ) -> bytes:
+        if not trusted:
+            check_fields(headers, target=target)
+            if not _METHOD.fullmatch(method):
+                raise LocalProtocolError(f"invalid method {method!r}")
         self._method = method
-        has_length = False
-        chunked = False
-        for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            elif name == b"transfer-encoding" and value.lower() == _CHUNKED:
-                chunked = True
-        out, _ = self._writer.begin(headers, not (has_length or chunked), True)
-        return _frame_head(method + b" " + target + b" HTTP/1.1\r\n", out)
+        writer = self._writer
+        out, _ = writer.begin(headers, no_body=False, chunk_ok=True, request=True)
+        self._proposal = writer.upgrade or method == b"CONNECT"
+        self._req_close = writer.close
+        return frame_head(method + b" " + target + b" HTTP/1.1\r\n", out)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            if self._in_msg:
-                if self._until_close and not self._in_head:
-                    self._in_msg = False
-                    self._events.append(_END)
-                else:
-                    self._events.append(_Error(UpstreamFailed("upstream closed the connection mid-response")))
-            self._events.append(_CLOSED)
-            self._keep_alive = False
-            return
-        self._head_fed += len(data)
-        if self.switched:
-            self._trailing += bytes(data)
-            return
-        try:
-            offset = self.feed(self._parser, data, 0)
-        except _HeadDone:  # (raised through httptools as a callback error; see feed)
-            offset = -1
-        if offset >= 0:
-            self.switched = True
-            self._trailing = bytes(data[offset:])
-
-    def feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
-             data: bytes | bytearray | memoryview, limit: int) -> int:
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            return int(exc.args[0])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _HeadDone):
-                self._after_head(data)
-            elif isinstance(cause, UpstreamFailed):
-                self._events.append(_Error(cause))
-            else:
-                self._events.append(_Error(UpstreamFailed(f"bad response from upstream: {cause or exc}")))
-        except httptools.HttpParserError as exc:
-            self._events.append(_Error(UpstreamFailed(f"bad response from upstream: {exc}")))
-        return -1
-
-    def _after_head(self, data: bytes | bytearray | memoryview) -> None:
-        """A HEAD answer ended at its head: a new parser reads the next response; bytes beyond
-        the head (a body the upstream should not have sent) make the connection unusable."""
-        self._parser = httptools.HttpResponseParser(self)
-        self._in_msg = False
-        self._keep_alive = self._keep_alive and bytes(data).endswith(b"\r\n\r\n")
+    def next_event(self) -> Event:
+        events = self._events
+        if not events:
+            if self._failure is not None:
+                raise self._failure
+            return self._idle_event()
+        ev = events.popleft()
+        if ev is _END:
+            self.their_done = True
+        elif type(ev) is Error:
+            self._raise(ev)
+        return ev  # type: ignore[return-value]
 
     @property
     def nothing_buffered(self) -> bool:
-        return not self._events and self._head_fed == 0
-
-    def next_event(self) -> Event:
-        if self.their_done:
-            return _PAUSED
-        events = self._events
-        if not events:
-            return _PAUSED if self.switched else _NEED_DATA
-        ev = events.popleft()
-        if type(ev) is _Error:
-            events.clear()
-            raise ev.exc
-        if ev is _END:
-            self.their_done = True
-        return ev  # type: ignore[return-value]
+        return not self._events and self._state == HEAD and not self._head_len and not self._eof
 
     def data(self, data: bytes) -> bytes:
         return self._writer.data(data)
@@ -630,26 +339,36 @@ class ClientCodec(_Reader):
 
     @property
     def reusable(self) -> bool:
-        return self._writer.done and self.their_done and self._keep_alive and not self.switched
+        """As h11, and also not when the upstream sent bytes beyond its answer (h11 would read
+        them as the next answer) or closed."""
+        return (
+            self._writer.done and self.their_done and self._keep_alive and not self.switched
+            and not self._rest and not self._eof
+        )
 
     @property
-    def their_message_done(self) -> bool:
-        return self.their_done
+    def body_left(self) -> int | None:
+        """Bytes of a Content-Length response body not received yet (None: another framing,
+        or no body in progress)."""
+        return self._left if self._state == LENGTH else None
 
-    @property
-    def trailing_data(self) -> bytes:
-        return self._trailing
+    def body_taken_elsewhere(self) -> None:
+        """The rest of the body (``body_left`` bytes) went from the socket straight to the
+        client (spliced): the message is complete without the parser seeing those bytes, so
+        the next response gets a fresh parser."""
+        if self._state != LENGTH:
+            raise LocalProtocolError("no Content-Length body in progress")
+        self._left = 0
+        self._reuse = False
+        self._end_message()
 
     def start_next_cycle(self) -> None:
         if not self.reusable:
             raise LocalProtocolError("not in a reusable state")
-        self._writer = _Writer()
+        self._writer = Writer()
         self.their_done = False
-        self._head_fed = 1 if self._events else 0
+        self._state = HEAD
+        self._reset_head()  # (nothing is buffered and no EOF came: see ``reusable``)
 
 
-class _HeadDone(Exception):
-    """Raised from ``on_headers_complete`` to end a HEAD answer at its head."""
-
-
-__all__ = ["ClientCodec", "LocalProtocolError", "ServerCodec", "reason_phrase"]
+__all__ = ["MAX_RESPONSE_HEAD", "ClientCodec", "LocalProtocolError", "ServerCodec", "reason_phrase"]

@@ -34,7 +34,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, NamedTuple
 
 from fastingress.snapshot.schema import Forward, Route, Snapshot, Upstream, VirtualHost
-from workers.heads import TEXT
+from workers.heads import TEXT, RequestInfo
 
 if TYPE_CHECKING:
     from workers.balance import Address
@@ -62,8 +62,8 @@ class RequestCtx:
     """One request as policies see it (see the module docstring)."""
 
     __slots__ = (
-        "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "method", "now", "path",
-        "query", "response_headers", "response_hooks", "route", "splice_ok", "state", "target", "tls",
+        "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "info", "method", "now",
+        "path", "query", "response_headers", "response_hooks", "route", "splice_ok", "state", "target", "tls",
         "tls_peer", "upstream_headers", "vhost",
     )
 
@@ -82,6 +82,7 @@ class RequestCtx:
         vhost: VirtualHost | None,
         now: float,
         tls_peer: object = None,
+        info: RequestInfo | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -95,6 +96,7 @@ class RequestCtx:
         self.vhost = vhost
         self.now = now  # the worker's clock (trio.current_time), for limits and caches
         self.tls_peer = tls_peer  # the client's TLS connection (client certificates), or None
+        self.info = info  # the request's framing facts (X-Request-ID: ``info.new_request_id()``)
         self.upstream_headers: list[tuple[bytes, bytes]] = []  # added to the upstream request
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to the response
         self.response_hooks: tuple[ResponseHook, ...] = ()

@@ -62,7 +62,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.accesslog import AccessRecord, request_length
-from workers.decide import NO_LABELS, Answer, Handoff, Pending, Proxy, decide
+from workers.decide import NO_LABELS, Answer, Decided, Decision, Handoff, Pending, Proxy, decide
 from workers.h2forward import forward_h2
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import Event, RequestHead, ServerCodec, Signal
@@ -153,9 +153,12 @@ class Session(SessionBase):
 
     # ---- the cycle loop --------------------------------------------------------------
 
-    async def run(self, head: RequestHead | None = None, *, t0: float = 0.0) -> None:
+    async def run(
+        self, head: RequestHead | None = None, *, t0: float = 0.0, decided: Decided | None = None
+    ) -> None:
         """Serve cycles until the connection ends; ``head``: the first request's head, already
-        read (a handoff from the event-driven core), ``t0`` when it arrived."""
+        read (a handoff from the event-driven core), ``t0`` when it arrived, ``decided`` what the
+        core decided for it (its policies ran there)."""
         first = True
         while True:
             # One scope serves every cycle until its deadline fires (a fired scope stays
@@ -163,8 +166,8 @@ class Session(SessionBase):
             with trio.CancelScope() as scope:
                 self.scope = scope
                 while True:
-                    keep = await self._cycle(first, head, t0)
-                    head = None
+                    keep = await self._cycle(first, head, t0, decided)
+                    head = decided = None
                     self.finish_request(499)
                     if not keep or self.worker.draining:
                         return
@@ -247,7 +250,9 @@ class Session(SessionBase):
         assert worker.log_format is not None
         access_log.info(worker.log_format(record))
 
-    async def _cycle(self, first: bool, head: RequestHead | None = None, t0: float = 0.0) -> bool:
+    async def _cycle(
+        self, first: bool, head: RequestHead | None = None, t0: float = 0.0, decided: Decided | None = None
+    ) -> bool:
         if head is None:
             head = await self._read_head(first)
             if head is None:
@@ -266,7 +271,7 @@ class Session(SessionBase):
         self.up_addr = None
         self.up_status = 0
         try:
-            return await self._handle(head)
+            return await self._handle(head, decided)
         except FastIngressError as exc:
             return await self._fail(exc)
 
@@ -381,29 +386,34 @@ class Session(SessionBase):
 
     # ---- routing ---------------------------------------------------------------------
 
-    async def _handle(self, head: RequestHead) -> bool:
+    async def _handle(self, head: RequestHead, decided: Decided | None = None) -> bool:
         worker = self.worker
         table = worker.table
-        info = self.info = scan_request(head.headers, worker.header_names)
-        if not info.has_body:
-            self.codec.next_event()  # the (empty) end of the request message
-        ip, https, refused = self.client_ip, bool(self.tls), None
-        front = worker.front
-        if front is not None:  # the ConfigMap's forwarded headers, PROXY protocol, blocks
-            ip, https, refused = front.apply(info, ip, https, self.proxy_port)
-            if refused is not None:
-                return await self._send_error(403)
         balancer = worker.balancer
-        labels = list(NO_LABELS)
-        try:
-            decision = decide(table, balancer, head.method, head.target, info, tls=https,
-                              https_port=worker.https_port, labels=labels, client_ip=ip.decode(),
-                              now=_now(), tls_peer=self.tls_peer)
-            while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
-                self.ctx = decision.ctx
-                decision = decision.resume(await decision.defer.run())
-        finally:
-            self.labels = (labels[0], labels[1], labels[2])
+        decision: Decision
+        if decided is not None:  # the core decided (and ran the route's policies) already
+            decision, info, self.labels = decided
+            self.info = info
+        else:
+            info = self.info = scan_request(head.headers, worker.header_names)
+            if not info.has_body:
+                self.codec.next_event()  # the (empty) end of the request message
+            ip, https, refused = self.client_ip, bool(self.tls), None
+            front = worker.front
+            if front is not None:  # the ConfigMap's forwarded headers, PROXY protocol, blocks
+                ip, https, refused = front.apply(info, ip, https, self.proxy_port)
+                if refused is not None:
+                    return await self._send_error(403)
+            labels = list(NO_LABELS)
+            try:
+                decision = decide(table, balancer, head.method, head.target, info, tls=https,
+                                  https_port=worker.https_port, labels=labels, client_ip=ip.decode(),
+                                  now=_now(), tls_peer=self.tls_peer)
+                while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
+                    self.ctx = decision.ctx
+                    decision = decision.resume(await decision.defer.run())
+            finally:
+                self.labels = (labels[0], labels[1], labels[2])
         if isinstance(decision, Answer):
             self.ctx = decision.ctx
             return await self._send_simple(decision.status, decision.body, decision.content_type,

@@ -14,6 +14,7 @@ import logging
 
 import trio
 
+from workers.decide import Decided
 from workers.http1 import RequestHead, ServerCodec
 from workers.http2 import serve_h2
 from workers.proxy import H2Preface, Session
@@ -31,13 +32,15 @@ async def serve_client(
     codec: ServerCodec | None = None,
     head: RequestHead | None = None,
     t0: float = 0.0,
+    decided: Decided | None = None,
     proxy_port: bytes = b"",
 ) -> None:
     """Serve one client connection until it closes, times out or the worker drains.
 
     ``tls`` is "" for plain HTTP, else what the access log records of the TLS session
     (``TLSv1.3/http/1.1``); the request is then HTTPS (X-Forwarded-Proto, HSTS, no ssl-redirect).
-    ``codec`` and ``head``: a connection handed over after its first request head was read.
+    ``codec`` and ``head``: a connection handed over after its first request head was read
+    (``decided``: what the core decided for it, carried out without deciding again).
     ``proxy_port``: the port the client used on the balancer, from its PROXY protocol header.
     """
     if tls and getattr(stream, "selected_alpn", None) == "h2":  # (offered only with settings.http2)
@@ -47,7 +50,7 @@ async def serve_client(
     worker.opened(session)
     preface = b""
     try:
-        await session.run(head, t0=t0)
+        await session.run(head, t0=t0, decided=decided)
     except H2Preface as exc:
         preface = exc.data
     except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -78,15 +78,23 @@ ENDPOINT_SLICE = Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslice
 # Every type: Opaque ones are named by annotations.  The controller keeps only the Secrets
 # Ingresses reference (fastingress.k8s.secrets); the rest are dropped as they are decoded.
 SECRET = Resource("Secret", "v1", "secrets")
+# Only those Ingresses name (auth-proxy-set-headers) are kept, like Secrets.
+CONFIGMAP = Resource("ConfigMap", "v1", "configmaps")
 LEASE = Resource("Lease", "coordination.k8s.io/v1", "leases")
 EVENT = Resource("Event", "v1", "events")
 
-WATCHED: tuple[Resource, ...] = (INGRESS_CLASS, INGRESS, SERVICE, ENDPOINT_SLICE, SECRET)
+WATCHED: tuple[Resource, ...] = (INGRESS_CLASS, INGRESS, SERVICE, ENDPOINT_SLICE, SECRET, CONFIGMAP)
+
+
+# The controller ConfigMap (--configmap) and those it names: each watched alone, and labelled
+# apart from the ConfigMaps Ingresses name (CONFIGMAP, filtered by reference), which the
+# controller's store replaces whole on each of their lists.
+CONTROLLER_CONFIGMAP = "ControllerConfigMap"
 
 
 def configmap_resource(name: str) -> Resource:
     """ConfigMaps, restricted to the one named ``name`` (listed and watched in its namespace)."""
-    return Resource("ConfigMap", "v1", "configmaps", field_selector=f"metadata.name={name}")
+    return Resource(CONTROLLER_CONFIGMAP, "v1", "configmaps", field_selector=f"metadata.name={name}")
 
 
 @dataclass(frozen=True, slots=True)

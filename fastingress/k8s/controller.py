@@ -5,8 +5,8 @@ Theory of operation
 ``ControllerSource`` implements ``fastingress.supervisor.source.ConfigSource``:
 
 * ``initial()`` starts one ``Informer`` thread per watched kind (IngressClass, Ingress,
-  Service, EndpointSlice, and Secrets once the Ingresses are listed: only the Secrets they
-  reference are kept, see ``k8s/secrets.py``) and applies their messages to the ``Store``
+  Service, EndpointSlice, and Secrets and ConfigMaps once the Ingresses are listed: only the
+  ones they reference are kept, see ``k8s/secrets.py``) and applies their messages to the ``Store``
   until EVERY kind has completed its first list; only then is the first snapshot built, so
   the workers' generation 1 is the full state, never a partial one.  With ``--configmap``,
   the controller ConfigMap is watched too, alone (a field selector on its name, in its
@@ -49,6 +49,8 @@ import trio
 
 from fastingress.errors import ConfigError
 from fastingress.k8s.client import (
+    CONFIGMAP,
+    CONTROLLER_CONFIGMAP,
     EVENT,
     INGRESS,
     SECRET,
@@ -63,7 +65,7 @@ from fastingress.k8s.events import EventLimiter, event_body
 from fastingress.k8s.informer import Changed, Informer, Listed, Lost, Message
 from fastingress.k8s.leader import LeaderElector
 from fastingress.k8s.peers import CONTACT_PATH, Peer, ask, peers
-from fastingress.k8s.secrets import Ref, SecretRefs, secret_ref
+from fastingress.k8s.secrets import Ref, SecretRefs, ingress_configmap_refs, secret_ref
 from fastingress.k8s.status import current_addresses, desired_addresses, owned_ingresses, with_status
 from fastingress.k8s.store import Store, key_of
 from fastingress.settings import ControllerSettings
@@ -215,10 +217,15 @@ class ControllerSource:
         self._events_wake = trio.Event()
         default_certificate = secret_ref(settings.translation.default_ssl_certificate)
         self.secret_refs = SecretRefs([default_certificate] if default_certificate else [])
-        self._secret_informer: Informer | None = None
-        self._to_fetch: set[Ref] = set()  # referenced Secrets the watch dropped before: GET them
+        self.configmap_refs = SecretRefs(refs_of=ingress_configmap_refs)
+        # Kinds held only as far as Ingresses reference them, listed once the Ingresses are.
+        self.referenced: dict[str, tuple[Resource, SecretRefs]] = {
+            "Secret": (SECRET, self.secret_refs), "ConfigMap": (CONFIGMAP, self.configmap_refs),
+        }
+        self._late: dict[str, Informer] = {}
+        self._to_fetch: set[tuple[str, Ref]] = set()  # referenced objects the watch dropped before
         self._fetch_wake = trio.Event()
-        self.secrets_fetched = 0
+        self.secrets_fetched = 0  # (Secrets and ConfigMaps)
         self.peer_in_contact: Peer | None = None  # in an API outage: a replica that still has it
         self.status_cleared = 0
         # --configmap: the controller ConfigMap's informer and those of the ConfigMaps it names
@@ -251,6 +258,7 @@ class ControllerSource:
         self._send, self._recv = trio.open_memory_channel[Message](CHANNEL_SIZE)
         token = self._token = trio.lowlevel.current_trio_token()
         for resource in WATCHED:
+            referenced = self.referenced.get(resource.kind)
             informer = Informer(
                 self.client,
                 resource,
@@ -258,14 +266,14 @@ class ControllerSource:
                 self._send,
                 token,
                 watch_timeout=self.settings.watch_timeout,
-                keep=self._kept_secrets if resource is SECRET else None,
+                keep=functools.partial(_snapshot_of, referenced[1]) if referenced is not None else None,
             )
             self.informers.append(informer)
-            if resource is SECRET:
-                self._secret_informer = informer
-        # Secrets are listed once the Ingresses are, filtered by what those reference.
+            if referenced is not None:
+                self._late[resource.kind] = informer
+        # Secrets and ConfigMaps are listed once the Ingresses are, filtered by what those reference.
         for informer in self.informers:
-            if informer is not self._secret_informer:
+            if informer not in self._late.values():
                 informer.start()
         if self.configmap is not None:
             self._watch_configmap(self.configmap)
@@ -275,9 +283,10 @@ class ControllerSource:
                 self.configmap_informers
             ):
                 self._handle(await self._recv.receive())
-                secrets = self._secret_informer
-                if "Ingress" in self.synced and secrets is not None and not secrets.started:
-                    secrets.start()
+                if "Ingress" in self.synced:
+                    for late in self._late.values():
+                        if not late.started:
+                            late.start()
             await self._fetch_secrets()
         except BaseException:
             self.stop_informers()
@@ -401,6 +410,8 @@ class ControllerSource:
                 "secrets_referenced": len(self.secret_refs.snapshot),
                 "secrets_held": sum(1 for _ in self.store.of_kind("Secret")),
                 "secrets_fetched": self.secrets_fetched,
+                "configmaps_referenced": len(self.configmap_refs.snapshot),
+                "configmaps_held": sum(1 for _ in self.store.of_kind("ConfigMap")),
                 "builds": self.builds,
                 "last_build_seconds": round(self.last_build_seconds, 6),
                 "last_snapshot_bytes": self.last_snapshot_bytes,
@@ -458,39 +469,41 @@ class ControllerSource:
         """Watch the ConfigMaps the controller ConfigMap names now, and only those."""
         if self.configmap is None or self._send is None:
             return False
-        main = self.store.get("ConfigMap", *self.configmap)
+        main = self.store.get(CONTROLLER_CONFIGMAP, *self.configmap)
         wanted = {self.configmap} | set(referenced_configmaps(main, self.configmap[0]))
         changed = False
         for ref in [r for r in self.configmap_informers if r not in wanted]:
             self.configmap_informers.pop(ref).stop()
             self.configmaps_listed.discard(ref)
             gone = {"metadata": {"namespace": ref[0], "name": ref[1]}}
-            changed = self.store.apply("ConfigMap", "DELETED", gone) or changed
+            changed = self.store.apply(CONTROLLER_CONFIGMAP, "DELETED", gone) or changed
         for ref in sorted(wanted - set(self.configmap_informers)):
             log.info("watching ConfigMap %s/%s (named by ConfigMap %s/%s)", *ref, *self.configmap)
             self._watch_configmap(ref)
         return changed
 
     def _configmap_listed(self, message: Listed) -> bool:
-        """The list of one ConfigMap informer: that object is there, or it is not (``basis``)."""
+        """The list of one ConfigMap informer: that object is there, or it is not (``basis``).
+        They are held under their own store kind: the ConfigMaps Ingresses name (their own
+        informer, filtered by reference) are replaced whole by each of its lists."""
         changed = False
-        present = {key[1:]: obj for obj in message.items if (key := key_of("ConfigMap", obj)) is not None}
+        present = {
+            key[1:]: obj for obj in message.items if (key := key_of(CONTROLLER_CONFIGMAP, obj)) is not None
+        }
         for ref in message.basis or ():
             if ref not in self.configmap_informers:
                 continue  # an informer stopped meanwhile
             self.configmaps_listed.add(ref)
             obj = present.get(ref)
             if obj is not None:
-                changed = self.store.apply("ConfigMap", "ADDED", obj) or changed
+                obj["kind"] = "ConfigMap"  # (translation reads it as one; the store files it apart)
+                changed = self.store.apply(CONTROLLER_CONFIGMAP, "ADDED", obj) or changed
             else:
                 gone = {"metadata": {"namespace": ref[0], "name": ref[1]}}
-                changed = self.store.apply("ConfigMap", "DELETED", gone) or changed
+                changed = self.store.apply(CONTROLLER_CONFIGMAP, "DELETED", gone) or changed
         if self.configmap is not None and self.configmap in self.configmaps_listed:
-            self.synced.add("ConfigMap")
+            self.synced.add(CONTROLLER_CONFIGMAP)
         return changed
-
-    def _kept_secrets(self) -> frozenset[Ref]:
-        return self.secret_refs.snapshot
 
     def _handle(self, message: Message) -> bool:
         """Apply one informer message; True if translation may see a change."""
@@ -498,38 +511,41 @@ class ControllerSource:
             self.down_since.setdefault(message.kind, time.monotonic())
             self.last_error = message.reason
             return False
-        added: set[Ref] = set()
-        removed: set[Ref] = set()
-        if message.kind == "ConfigMap":
+        follow: dict[str, tuple[set[Ref], set[Ref]]] = {}  # kind -> (added, removed) references
+        if message.kind == CONTROLLER_CONFIGMAP:  # --configmap and those it names (not kept by refs)
             if isinstance(message, Listed):
-                if self.down_since.pop("ConfigMap", None) is not None:
-                    log.info("ConfigMap: in contact with the API again")
+                if self.down_since.pop(CONTROLLER_CONFIGMAP, None) is not None:
+                    log.info("controller ConfigMap: in contact with the API again")
                 changed = self._configmap_listed(message)
             else:
-                key = key_of("ConfigMap", message.object)
+                key = key_of(CONTROLLER_CONFIGMAP, message.object)
                 if key is None or key[1:] not in self.configmap_informers:
                     return False  # from an informer stopped meanwhile
-                changed = self.store.apply("ConfigMap", message.type, message.object)
+                message.object["kind"] = "ConfigMap"
+                changed = self.store.apply(CONTROLLER_CONFIGMAP, message.type, message.object)
             changed = self._follow_configmaps() or changed
         elif isinstance(message, Listed):
             if self.down_since.pop(message.kind, None) is not None:
                 log.info("%s: in contact with the API again (relisted %d)", message.kind, len(message.items))
             self.synced.add(message.kind)
             if message.kind == "Ingress":
-                added, removed = self.secret_refs.replace(
-                    (key, obj) for obj in message.items if (key := key_of("Ingress", obj)) is not None
-                )
+                ingresses = [(k, obj) for obj in message.items if (k := key_of("Ingress", obj)) is not None]
+                for kind, (_, refs) in self.referenced.items():
+                    follow[kind] = refs.replace(ingresses)
             changed = self.store.replace(message.kind, message.items)
-            if message.basis is not None:  # referenced since this list was filtered
-                added |= self.secret_refs.snapshot - message.basis
+            referenced = self.referenced.get(message.kind)
+            if message.basis is not None and referenced is not None:  # named since the list was filtered
+                follow[message.kind] = (set(referenced[1].snapshot - message.basis), set())
         else:
             if message.kind == "Ingress":
                 key = key_of("Ingress", message.object)
                 if key is not None:
                     gone = message.type == "DELETED"
-                    added, removed = self.secret_refs.set_ingress(key, None if gone else message.object)
+                    for kind, (_, refs) in self.referenced.items():
+                        follow[kind] = refs.set_ingress(key, None if gone else message.object)
             changed = self.store.apply(message.kind, message.type, message.object)
-        changed = self._follow_secret_refs(added, removed) or changed
+        for kind, (added, removed) in follow.items():
+            changed = self._follow_secret_refs(added, removed, kind) or changed
         if changed:
             self.debouncer.poke(trio.current_time())
             self._wake.set()
@@ -537,37 +553,39 @@ class ControllerSource:
                 self._status_wake.set()
         return changed
 
-    def _follow_secret_refs(self, added: set[Ref], removed: set[Ref]) -> bool:
-        """Forget Secrets no longer referenced; queue newly referenced ones we do not hold."""
+    def _follow_secret_refs(self, added: set[Ref], removed: set[Ref], kind: str = "Secret") -> bool:
+        """Forget Secrets (ConfigMaps) no longer referenced; queue newly referenced ones we do not hold."""
         changed = False
         for namespace, name in removed:
             gone = {"metadata": {"namespace": namespace, "name": name}}
-            changed = self.store.apply("Secret", "DELETED", gone) or changed
-        if "Secret" in self.synced:  # before the first Secret list, that list brings them
+            changed = self.store.apply(kind, "DELETED", gone) or changed
+        if kind in self.synced:  # before the first list of the kind, that list brings them
             for ref in added:
-                if self.store.get("Secret", *ref) is None:
-                    self._to_fetch.add(ref)
+                if self.store.get(kind, *ref) is None:
+                    self._to_fetch.add((kind, ref))
             if self._to_fetch:
                 self._fetch_wake.set()
         return changed
 
     async def _fetch_secrets(self) -> None:
-        """GET the queued Secrets (their watch events were dropped while nobody named them)."""
+        """GET the queued Secrets and ConfigMaps (their watch events were dropped while nobody
+        named them)."""
         while self._to_fetch:
-            ref = self._to_fetch.pop()
-            if ref not in self.secret_refs or self.store.get("Secret", *ref) is not None:
+            kind, ref = self._to_fetch.pop()
+            resource, refs = self.referenced[kind]
+            if ref not in refs or self.store.get(kind, *ref) is not None:
                 continue
             try:
-                secret = await self._api("GET", SECRET.item(*ref))
+                found = await self._api("GET", resource.item(*ref))
             except ApiError as exc:
                 if exc.status != 404:  # a relist after the outage brings it
-                    log.debug("fetching Secret %s/%s: %s", ref[0], ref[1], exc)
+                    log.debug("fetching %s %s/%s: %s", kind, ref[0], ref[1], exc)
                 continue
-            secret.setdefault("kind", "Secret")
-            secret.setdefault("apiVersion", SECRET.api_version)
-            if ref in self.secret_refs and self.store.get("Secret", *ref) is None:  # no newer event
+            found.setdefault("kind", kind)
+            found.setdefault("apiVersion", resource.api_version)
+            if ref in refs and self.store.get(kind, *ref) is None:  # no newer event
                 self.secrets_fetched += 1
-                self._handle(Changed("Secret", "ADDED", secret))
+                self._handle(Changed(kind, "ADDED", found))
 
     async def _fetch_loop(self) -> None:
         while True:
@@ -717,6 +735,8 @@ class ControllerSource:
     async def post_events(self) -> None:
         for diagnostic in self.events.select(self._diagnostics, trio.current_time()):
             involved = self.store.get(diagnostic.kind, diagnostic.namespace, diagnostic.name)
+            if involved is None and diagnostic.kind == "ConfigMap":  # the controller ConfigMap
+                involved = self.store.get(CONTROLLER_CONFIGMAP, diagnostic.namespace, diagnostic.name)
             body = event_body(
                 diagnostic, involved, reporter=self.identity, now=datetime.datetime.now(datetime.UTC)
             )
@@ -744,3 +764,8 @@ async def run_controller(settings: ControllerSettings) -> int:
         raise ConfigError("the Kubernetes configuration names no API server")
     client.page_size = settings.list_page_size
     return await run_supervisor(settings, ControllerSource(settings, client))
+
+
+def _snapshot_of(refs: SecretRefs) -> frozenset[Ref]:
+    """What an informer of referenced objects keeps (read from its thread: an immutable set)."""
+    return refs.snapshot

@@ -1,4 +1,4 @@
-"""Which Secrets the controller needs: the ones Ingresses reference, and only those.
+"""Which Secrets (and ConfigMaps) the controller needs: the ones Ingresses reference, and only those.
 
 Theory of operation
 -------------------
@@ -18,12 +18,17 @@ the few Secrets that other controllers' Ingresses name.  Each change reports the
 it added (the controller fetches those it does not hold yet: the watch dropped them while
 they were unreferenced) and removed (it forgets those).  ``snapshot`` is an immutable set
 rebuilt only when the set of references changes; the informer thread reads it.
+
+ConfigMaps are held the same way (``SecretRefs(refs_of=ingress_configmap_refs)``): a cluster
+has one in every namespace at least (``kube-root-ca.crt``), and Ingresses name a few
+(``auth-proxy-set-headers``).  Annotations are read under both prefixes, ``fastingress.io/``
+as well as ``nginx.ingress.kubernetes.io/``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Obj = Mapping[str, Any]
@@ -31,7 +36,9 @@ Ref = tuple[str, str]  # namespace, name
 Key = tuple[str, str, str]  # kind, namespace, name (as the Store keys objects)
 
 ANNOTATION_PREFIX = "nginx.ingress.kubernetes.io/"
+ANNOTATION_PREFIXES = (ANNOTATION_PREFIX, "fastingress.io/")
 SECRET_ANNOTATIONS = ("proxy-ssl-secret", "auth-secret", "auth-tls-secret")
+CONFIGMAP_ANNOTATIONS = ("auth-proxy-set-headers",)
 
 
 def _secret_ref(value: object, namespace: str) -> Ref | None:
@@ -46,12 +53,34 @@ def _secret_ref(value: object, namespace: str) -> Ref | None:
     return (space, name)
 
 
-def ingress_secret_refs(ingress: Obj) -> frozenset[Ref]:
-    """The Secrets one Ingress names: ``spec.tls[].secretName`` and the Secret annotations."""
+def _meta(ingress: Obj) -> tuple[Mapping[str, Any], str]:
     meta = ingress.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
     namespace = meta.get("namespace")
-    namespace = namespace if isinstance(namespace, str) and namespace else "default"
+    return meta, namespace if isinstance(namespace, str) and namespace else "default"
+
+
+def _annotation_refs(meta: Mapping[str, Any], namespace: str, names: Iterable[str]) -> set[Ref]:
+    refs: set[Ref] = set()
+    annotations = meta.get("annotations")
+    if isinstance(annotations, Mapping):
+        for short in names:
+            for prefix in ANNOTATION_PREFIXES:
+                ref = _secret_ref(annotations.get(prefix + short), namespace)
+                if ref is not None:
+                    refs.add(ref)
+    return refs
+
+
+def ingress_configmap_refs(ingress: Obj) -> frozenset[Ref]:
+    """The ConfigMaps one Ingress names in annotations (``auth-proxy-set-headers``)."""
+    meta, namespace = _meta(ingress)
+    return frozenset(_annotation_refs(meta, namespace, CONFIGMAP_ANNOTATIONS))
+
+
+def ingress_secret_refs(ingress: Obj) -> frozenset[Ref]:
+    """The Secrets one Ingress names: ``spec.tls[].secretName`` and the Secret annotations."""
+    meta, namespace = _meta(ingress)
     refs: set[Ref] = set()
     spec = ingress.get("spec")
     tls = spec.get("tls") if isinstance(spec, Mapping) else None
@@ -59,12 +88,7 @@ def ingress_secret_refs(ingress: Obj) -> frozenset[Ref]:
         name = entry.get("secretName") if isinstance(entry, Mapping) else None
         if isinstance(name, str) and name and "/" not in name:
             refs.add((namespace, name))
-    annotations = meta.get("annotations")
-    if isinstance(annotations, Mapping):
-        for short in SECRET_ANNOTATIONS:
-            ref = _secret_ref(annotations.get(ANNOTATION_PREFIX + short), namespace)
-            if ref is not None:
-                refs.add(ref)
+    refs |= _annotation_refs(meta, namespace, SECRET_ANNOTATIONS)
     return frozenset(refs)
 
 
@@ -74,9 +98,12 @@ def secret_ref(value: str | None) -> Ref | None:
 
 
 class SecretRefs:
-    """Reference counts of Secrets over all Ingresses (see the module docstring)."""
+    """Reference counts of Secrets (or, with ``refs_of``, ConfigMaps) over all Ingresses."""
 
-    def __init__(self, fixed: Iterable[Ref] = ()) -> None:
+    def __init__(
+        self, fixed: Iterable[Ref] = (), refs_of: Callable[[Obj], frozenset[Ref]] = ingress_secret_refs
+    ) -> None:
+        self._refs_of = refs_of
         self._fixed = frozenset(fixed)
         self._by_ingress: dict[Key, frozenset[Ref]] = {}
         self._count: Counter[Ref] = Counter()
@@ -87,7 +114,7 @@ class SecretRefs:
 
     def set_ingress(self, key: Key, ingress: Obj | None) -> tuple[set[Ref], set[Ref]]:
         """An Ingress added, changed (``ingress``) or deleted (None): (added, removed) refs."""
-        new = ingress_secret_refs(ingress) if ingress is not None else frozenset()
+        new = self._refs_of(ingress) if ingress is not None else frozenset()
         old = self._by_ingress.pop(key, frozenset())
         if new:
             self._by_ingress[key] = new
@@ -120,4 +147,7 @@ class SecretRefs:
         return set(self.snapshot - before), set(before - self.snapshot)
 
 
-__all__ = ["SECRET_ANNOTATIONS", "SecretRefs", "ingress_secret_refs", "secret_ref"]
+__all__ = [
+    "CONFIGMAP_ANNOTATIONS", "SECRET_ANNOTATIONS", "SecretRefs", "ingress_configmap_refs",
+    "ingress_secret_refs", "secret_ref",
+]

@@ -152,8 +152,44 @@ class ClientAuth(msgspec.Struct, frozen=True, gc=False):
     secret: str = ""  # "namespace/name" of auth-tls-secret, for logs and explain
 
 
+class AuthHeader(msgspec.Struct, frozen=True, gc=False):
+    """One header the auth subrequest sets (auth-proxy-set-headers): name and value template."""
+
+    name: str  # lower-case
+    value: tuple[str, ...] = ()  # a Template (see ExternalAuth)
+
+
+class CacheValid(msgspec.Struct, frozen=True, gc=False):
+    """One ``proxy_cache_valid`` rule of auth-cache-duration: these statuses, this long."""
+
+    statuses: tuple[int, ...] = ()  # () means any status ("any")
+    seconds: float = 300.0
+
+
 class ExternalAuth(msgspec.Struct, frozen=True, gc=False):
-    """auth-url and its companions (area: external auth)."""
+    """auth-url and its companions (area: external auth): nginx's ``auth_request`` subrequest.
+
+    A *template* is a value with nginx variables, parsed once in translation: a tuple of
+    strings alternating literal text (even indices) and variable names (odd indices), e.g.
+    ``https://$host/oauth2/auth`` is ``("https://", "host", "/oauth2/auth")``.  The names are
+    ones the workers know (``fastingress.snapshot.nginxvars``).
+    """
+
+    url: tuple[str, ...] = ()  # template of the absolute http(s) auth URL
+    method: str = ""  # auth-method; "" is GET, as nginx sends subrequests
+    signin: tuple[str, ...] = ()  # template of the 302 Location for a 401 (with its rd= param); () none
+    response_headers: tuple[str, ...] = ()  # lower-case names copied from a 2xx auth answer upstream
+    request_redirect: tuple[str, ...] = ("", "request_uri", "")  # X-Auth-Request-Redirect template
+    proxy_set_headers: tuple[AuthHeader, ...] = ()  # auth-proxy-set-headers (from a ConfigMap)
+    cache_key: tuple[str, ...] = ()  # auth-cache-key template; () means no caching
+    cache_valid: tuple[CacheValid, ...] = ()  # auth-cache-duration, first match wins
+    cache_zone: str = ""  # what the cache key is prefixed with: host, path and path type of the route
+    keepalive: int = 32  # idle connections kept per auth origin and worker (0: one per subrequest)
+    keepalive_requests: int = 1000
+    keepalive_timeout: float = 60.0
+    always_set_cookie: bool = False  # Set-Cookie of the auth answer on every response, not only 2xx/3xx
+    connect_timeout: float = 60.0  # nginx's defaults in the auth location (proxy_connect_timeout)
+    read_timeout: float = 60.0  # (proxy_read_timeout)
 
 
 class Limits(msgspec.Struct, frozen=True, gc=False):

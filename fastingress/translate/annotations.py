@@ -45,6 +45,7 @@ import msgspec
 
 from fastingress.snapshot.schema import Protocol
 from fastingress.translate import policy_access as _access
+from fastingress.translate import policy_extauth as extauth
 
 PREFIX = "nginx.ingress.kubernetes.io/"
 FASTINGRESS_PREFIX = "fastingress.io/"
@@ -113,6 +114,7 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     auth_tls_error_page: str | None = None
     auth_tls_pass_certificate: bool | None = None
     auth_tls_match_cn: str | None = None
+    extauth: extauth.ExtAuthAnnotations = extauth.ExtAuthAnnotations()  # auth-url and companions
     # -- issue 9, area configmap ----------------------------------------------------------
     enable_global_auth: bool = True  # enable-global-auth: "false" exempts it from global-auth-url
 
@@ -292,16 +294,29 @@ _ROWS: dict[str, Key] = {
         "auth_tls_pass_certificate", parse_bool, guard=True
     ),
     "auth-tls-match-cn": implemented("auth_tls_match_cn", _access.parse_match_cn, guard=True),
-    # -- access control, not implemented yet: fail closed (issue 9) -------------------------
-    **_rows(
-        """
-        auth-url auth-method auth-signin auth-signin-redirect-param auth-response-headers
-        auth-request-redirect auth-cache-key auth-cache-duration auth-proxy-set-headers
-        auth-always-set-cookie auth-keepalive auth-keepalive-requests auth-keepalive-share-vars
-        auth-keepalive-timeout
-        """,
-        CLOSED,
+    # -- external auth (translate/policy_extauth.py) ------------------------------------------
+    "auth-url": implemented("extauth.url", extauth.parse_auth_url, guard=True),
+    "auth-method": implemented("extauth.method", extauth.parse_auth_method, guard=True),
+    "auth-signin": implemented("extauth.signin", extauth.parse_auth_signin, guard=True),
+    "auth-signin-redirect-param": implemented(
+        "extauth.signin_redirect_param", extauth.parse_redirect_param, guard=True
     ),
+    "auth-response-headers": implemented(
+        "extauth.response_headers", extauth.parse_response_headers, guard=True
+    ),
+    "auth-request-redirect": implemented(
+        "extauth.request_redirect", extauth.parse_request_redirect, guard=True
+    ),
+    "auth-cache-key": implemented("extauth.cache_key", extauth.parse_cache_key, guard=True),
+    "auth-cache-duration": implemented("extauth.cache_duration", extauth.parse_cache_duration, guard=True),
+    "auth-proxy-set-headers": implemented(
+        "extauth.proxy_set_headers", extauth.parse_configmap_ref, guard=True
+    ),
+    "auth-always-set-cookie": implemented("extauth.always_set_cookie", extauth.parse_go_bool, guard=True),
+    "auth-keepalive": implemented("extauth.keepalive", extauth.parse_int),
+    "auth-keepalive-requests": implemented("extauth.keepalive_requests", extauth.parse_int),
+    "auth-keepalive-timeout": implemented("extauth.keepalive_timeout", extauth.parse_int_seconds),
+    "auth-keepalive-share-vars": INERT,  # nginx variables shared with a Lua subrequest: no such thing here
     # -- canary (issue 9): the canary Ingress is not served; the main one keeps the traffic --
     **_rows(
         """
@@ -434,9 +449,11 @@ class AnnotationFinding(msgspec.Struct, frozen=True):
 
 
 def _set(result: IngressAnnotations, path: str, value: Any) -> IngressAnnotations:
-    if path.startswith("upstream."):
-        upstream = msgspec.structs.replace(result.upstream, **{path.removeprefix("upstream."): value})
-        return msgspec.structs.replace(result, upstream=upstream)
+    """``result`` with ``path`` ("field", or "nested.field" of a nested Struct) set to ``value``."""
+    outer, dot, inner = path.partition(".")
+    if dot:
+        nested = msgspec.structs.replace(getattr(result, outer), **{inner: value})
+        return msgspec.structs.replace(result, **{outer: nested})
     return msgspec.structs.replace(result, **{path: value})
 
 
@@ -541,7 +558,7 @@ class _Parse:
         try:
             value = row.parser(text)
         except ValueError as exc:
-            suggestion = exc.suggestion if isinstance(exc, BadValue) else ""
+            suggestion = str(getattr(exc, "suggestion", ""))  # BadValue (or an area's own error)
             if row.guard:
                 self.close(key, "has an invalid value", f"bad value {_shown(text)}: {exc}", suggestion)
             else:

@@ -29,9 +29,11 @@ import msgspec
 
 from fastingress.snapshot.schema import (
     Action,
+    AuthHeader,
     BasicAuth,
     Certificate,
     ClientAuth,
+    ExternalAuth,
     Forward,
     GlobalSettings,
     Respond,
@@ -42,6 +44,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
     WeightedBackend,
 )
+from fastingress.translate import policy_extauth
 from fastingress.translate.annotations import PREFIX, IngressAnnotations, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
@@ -191,16 +194,51 @@ class _Emitter:
     def closed_reasons(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
         """(annotation key, why) for each access guard of ``plan`` that is not honoured;
         empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  Guards whose
-        Secret is missing or unusable count (``policy_access``)."""
+        Secret or ConfigMap is missing or unusable count (``policy_access``, ``policy_extauth``)."""
+        extauth = self.extauth_closed(plan)
         if self.options.unsafe_fail_open:
             return ()
-        closed = plan.annotations.closed + self.access(plan).closed
+        closed = plan.annotations.closed + self.access(plan).closed + extauth
         extra = self.options.global_closed  # the controller ConfigMap's (translate.configmap)
         if extra:
             if not plan.annotations.enable_global_auth:
                 extra = tuple(reason for reason in extra if not reason[0].endswith(" global-auth-url"))
             closed = (*closed, *extra)
         return closed
+
+    def extauth_closed(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
+        """External auth whose auth-proxy-set-headers ConfigMap is missing or invalid (an
+        error diagnostic says so, in the words of ``annotations._Parse.close``)."""
+        extauth = plan.annotations.extauth
+        if extauth.proxy_set_headers is None:
+            return ()
+        key = f"{PREFIX}auth-proxy-set-headers"
+        reasons = policy_extauth.closed_reasons(extauth, plan.ref.namespace, self.cluster.configmaps, key)
+        for _, why in reasons:
+            if self.options.unsafe_fail_open:
+                tail = "served WITHOUT this protection because of --unsafe-fail-open"
+            else:
+                tail = "every path of this Ingress answers 503 (fail closed)"
+            self.sink.error(plan.ref, f"metadata.annotations[{key}]", f"{why}; {tail}")
+        return reasons
+
+    def external_auth(self, rule: PathRule, plan: IngressPlan) -> ExternalAuth | None:
+        """The route's external auth (auth-url), with its ConfigMap's headers."""
+        extauth = plan.annotations.extauth
+        if extauth.url is None:
+            return None
+        headers: tuple[AuthHeader, ...] = ()
+        if extauth.proxy_set_headers is not None:
+            namespace, name = policy_extauth.configmap_key(extauth.proxy_set_headers, plan.ref.namespace)
+            configmap = self.cluster.configmaps.get((namespace, name))
+            if configmap is not None:
+                headers, _ = policy_extauth.proxy_set_headers(configmap)
+                for key in policy_extauth.framing_headers(configmap):
+                    self.sink.warning(
+                        ObjRef("ConfigMap", namespace, name), f"data[{key}]",
+                        "the auth subrequest frames itself: this header is not sent (auth-proxy-set-headers)",
+                    )
+        return policy_extauth.external_auth(extauth, rule.host, rule.path, rule.path_type, headers)
 
     def action(
         self, backend: BackendRef, plan: IngressPlan, host_closed: tuple[Reason, ...] = ()
@@ -242,6 +280,7 @@ class _Emitter:
             source_ranges=access.source_ranges,
             basic_auth=access.basic_auth,
             client_auth=host.client is not None,
+            external_auth=None if isinstance(action, Respond) else self.external_auth(rule, plan),
         )
         return Route(
             path=rule.path,

@@ -37,7 +37,10 @@ reorders, duplicates) indexes every object again, each one's addressing still me
 An upstream's resolution may read only its Service, that Service's EndpointSlices and
 Secrets (``backends.UpstreamBuilder``); if it ever reads more, step 5 must learn about it.
 Secrets are looked up through ``get``, ``in`` or ``[]``; iterating them is recorded as
-reading them all (any Secret change then redoes that host or resolution).
+reading them all (any Secret change then redoes that host or resolution).  ConfigMaps
+(``auth-proxy-set-headers``) are recorded the same way, in the same set of keys: a changed
+ConfigMap redoes the hosts that looked up that namespace/name (a Secret of the same name
+too, which is merely redundant work).
 
 Contract: input objects are values.  A memo recognises an unchanged object by identity
 (``is``), so a caller that changes an object must pass a new mapping instead of editing
@@ -139,9 +142,9 @@ class _SecretLookups(Mapping[SecretKey, Obj]):
     """``cluster.secrets`` as seen by one host's emission or one resolution: records which
     Secrets were looked up (present or not), so that a changed Secret redoes only them."""
 
-    def __init__(self, secrets: Mapping[SecretKey, Obj]) -> None:
+    def __init__(self, secrets: Mapping[SecretKey, Obj], read: set[SecretKey] | None = None) -> None:
         self._secrets = secrets
-        self.read: set[SecretKey] = set()
+        self.read: set[SecretKey] = set() if read is None else read
 
     def __getitem__(self, key: SecretKey) -> Obj:
         self.read.add(key)
@@ -173,6 +176,7 @@ def _recording(cluster: Cluster) -> tuple[Cluster, _SecretLookups]:
         cluster.ingresses, cluster.classes, cluster.services, cluster.slices
     )
     view.secrets = lookups  # type: ignore[assignment]  # read-only use: get / in / []
+    view.configmaps = _SecretLookups(cluster.configmaps, lookups.read)  # type: ignore[assignment]
     return view, lookups
 
 
@@ -292,7 +296,7 @@ class Translator:
         self.options = options if options is not None else TranslateOptions()
         self._options = self.options  # with the controller ConfigMap applied (``_configured``)
         self.memory = ConfigMemory()  # the ConfigMap's last good values (see translate())
-        self._configmaps: dict[tuple[str, str], Obj] | None = None  # what ``options`` was made from
+        self._configured_from: dict[tuple[str, str], Obj] | None = None  # what ``_options`` was made of
         self._configmap_diags: Diags = ()
         self._lock = threading.Lock()
         self._reset()
@@ -313,6 +317,7 @@ class Translator:
         self._services: dict[ServiceKey, Obj] = {}
         self._slices: dict[ServiceKey, list[tuple[ObjRef, Obj]]] = {}
         self._secrets: dict[tuple[str, str], Obj] = {}
+        self._configmaps: dict[tuple[str, str], Obj] = {}
         self._classes: dict[str, Obj] = {}
         self._classes_token: object = object()
         self._plans: list[IngressPlan] | None = None
@@ -397,14 +402,14 @@ class Translator:
     def _configured(self, cluster: Cluster) -> TranslateOptions:
         """The options with the controller ConfigMap applied; redone only when a ConfigMap
         changed (the memory of last good values is updated then, and only then)."""
-        if cluster.configmaps is self._configmaps or (
-            self._configmaps is not None and _same_items(self._configmaps, cluster.configmaps) == set()
-        ):
-            self._configmaps = cluster.configmaps
+        before = self._configured_from
+        now = cluster.configmaps
+        if now is before or (before is not None and not _same_items(before, now)):
+            self._configured_from = cluster.configmaps
             return self._options
         sub = Sink()
         options = configure(cluster.configmaps, self.options, sub, self.memory)
-        self._configmaps = cluster.configmaps
+        self._configured_from = cluster.configmaps
         self._configmap_diags = sub.sorted()
         return options
 
@@ -534,7 +539,8 @@ class Translator:
             elif ref.kind == "EndpointSlice":
                 labels = (_slice_service(old_obj), _slice_service(new_obj))
                 services.update((ref.namespace, service) for service in labels if service)
-        self._fast = (services, {(ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "Secret"})
+        looked_up = {(r.namespace, r.name) for r, _, _ in updates if r.kind in ("Secret", "ConfigMap")}
+        self._fast = (services, looked_up)
         return cluster
 
     def _apply(self, previous: Cluster, updates: list[tuple[ObjRef, Obj, Obj]]) -> Cluster:
@@ -543,6 +549,7 @@ class Translator:
         cluster.classes = previous.classes
         cluster.services = previous.services
         cluster.secrets = previous.secrets
+        cluster.configmaps = previous.configmaps
         cluster.slices = previous.slices
         cluster.configmaps = previous.configmaps
         for ref, old, new in updates:
@@ -578,11 +585,13 @@ class Translator:
             changed.update(k for k, v in new_slices.items() if not _same_slices(old_slices.get(k), v))
             changed.update(k for k in old_slices if k not in new_slices)
             secrets = _same_items(self._secrets, cluster.secrets)
+            secrets |= _same_items(self._configmaps, cluster.configmaps)  # (see the module docstring)
         if cluster.classes is not self._classes and _same_items(self._classes, cluster.classes):
             self._classes_token = object()
         self._services = cluster.services
         self._slices = cluster.slices
         self._secrets = cluster.secrets
+        self._configmaps = cluster.configmaps
         self._classes = cluster.classes
         self._endpoints.drop(changed)
         for service in changed:

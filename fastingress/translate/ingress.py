@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from fastingress.snapshot.schema import PathType
+from fastingress.translate import policy_extauth
 from fastingress.translate.access import (
     as_int,
     as_map,
@@ -24,7 +25,13 @@ from fastingress.translate.access import (
     str_map,
     timestamp_key,
 )
-from fastingress.translate.annotations import PREFIX, IngressAnnotations, UpstreamSettings, parse_annotations
+from fastingress.translate.annotations import (
+    PREFIX,
+    PREFIXES,
+    IngressAnnotations,
+    UpstreamSettings,
+    parse_annotations,
+)
 from fastingress.translate.backends import BackendRef
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.hosts import check_path, normalize_host, priority, route_key
@@ -337,6 +344,9 @@ def _annotations(
             finding.message,
             finding.suggestion,
         )
+    ours = {k.rpartition("/")[2]: k for k in sorted(annotations, reverse=True) if k.startswith(PREFIXES)}
+    for severity, key, message in policy_extauth.findings(parsed.extauth, ours):
+        sink.add(_SEVERITIES.get(severity, "info"), ref, f"metadata.annotations[{key}]", message)
     if (
         get(metadata, "annotations") is not None
         and not annotations

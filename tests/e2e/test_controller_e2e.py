@@ -213,11 +213,11 @@ def test_fail_closed_and_did_you_mean_reach_events_status_and_log(
     _web(api, s0.port)  # a.test: open, same Service
     typo, guard = "nginx.ingress.kubernetes.io/rewrite-targt", "nginx.ingress.kubernetes.io/auth-url"
     api.apply(m.ingress("guarded", [("g.test", "/", "Prefix", "svc0")], class_name="fastingress",
-                        annotations={typo: "/", guard: "https://auth.example/check"}))
+                        annotations={typo: "/", guard: "ftp://auth.example/check"}))  # not http(s)
     with run_controller(tmp_path, api, workers=1, extra=FAST_ELECTION) as fi:
         r = fi.get("g.test", "/secret")
         assert r.status_code == 503
-        assert f"refused: {guard} is not supported" in r.text
+        assert f"refused: {guard} has an invalid value" in r.text
         assert fi.server_of("a.test") == "s0"
         assert [q["path"] for q in s0.requests] == ["/"]  # only the open host's request
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from fastingress.snapshot.schema import Forward, Respond
@@ -14,7 +15,6 @@ from fastingress.translate.annotations import (
     PREFIX,
     REGISTRY,
     IngressAnnotations,
-    UpstreamSettings,
     access_directive,
     parse_annotations,
 )
@@ -29,7 +29,12 @@ SNIPPETS = (
 
 
 def test_registry_rows_are_consistent() -> None:
-    nested = ("upstream." + f for f in UpstreamSettings.__struct_fields__)
+    nested = [
+        f"{outer}.{f}"
+        for outer in IngressAnnotations.__struct_fields__
+        if isinstance(getattr(IngressAnnotations(), outer), msgspec.Struct)
+        for f in getattr(IngressAnnotations(), outer).__struct_fields__
+    ]
     fields = {*IngressAnnotations.__struct_fields__, *nested}
     for name, row in REGISTRY.items():
         assert name == name.strip().lower() and "/" not in name, name
@@ -137,7 +142,7 @@ def test_snippets_are_never_executed_and_access_rules_in_them_fail_closed() -> N
 
 
 def test_fail_open_only_changes_the_words() -> None:
-    parsed, (finding,) = parse_annotations({PREFIX + "auth-url": "http://a"}, fail_open=True)
+    parsed, (finding,) = parse_annotations({PREFIX + "auth-url": "ftp://a"}, fail_open=True)
     assert parsed.closed and "--unsafe-fail-open" in finding.message
 
 
@@ -171,7 +176,7 @@ def test_closed_routes_answer_503_and_other_ingresses_are_served() -> None:
     objects = [
         SERVICE,
         _ingress("open", "/", {}),
-        _ingress("guarded", "/admin", {PREFIX + "auth-url": "http://auth"},
+        _ingress("guarded", "/admin", {PREFIX + "auth-url": "auth.example/check"},  # not an absolute URL
                  defaultBackend={"service": {"name": "web", "port": {"number": 80}}}),
     ]
     result = translate(objects)
@@ -180,7 +185,7 @@ def test_closed_routes_answer_503_and_other_ingresses_are_served() -> None:
     closed = actions["/admin"]
     assert isinstance(closed, Respond) and closed.status == 503
     assert closed.body == (
-        "503 Service Unavailable\nrefused: nginx.ingress.kubernetes.io/auth-url is not supported; "
+        "503 Service Unavailable\nrefused: nginx.ingress.kubernetes.io/auth-url has an invalid value; "
         "this route is closed (fail closed)\n"
     )
     assert result.snapshot.virtual_hosts[0].fallback == closed  # its defaultBackend too

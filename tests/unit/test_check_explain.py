@@ -53,7 +53,7 @@ kind: Ingress
 metadata:
   name: legacy
   namespace: shop
-  annotations: {nginx.ingress.kubernetes.io/auth-url: "http://auth"}
+  annotations: {nginx.ingress.kubernetes.io/auth-url: "ftp://auth"}
 spec:
   ingressClassName: nginx
   rules:
@@ -125,7 +125,7 @@ def test_check_errors_fail_and_other_classes_are_named(
     assert code == 0  # the auth-url Ingress is of class nginx: not ours, not checked ...
     assert "1 Ingresses belong to another class and were not checked (--ingress-class NAME" in out
     code, out, _ = _run(capsys, "check", "--ingress-class", "nginx", str(tree))
-    assert code == 1  # ... until it is: an access annotation we do not honour is an error
+    assert code == 1  # ... until it is: an access annotation we cannot honour is an error
     assert f"error Ingress shop/legacy metadata.annotations[{PREFIX}auth-url]" in out
     assert "503 (fail closed)" in out
 

@@ -98,7 +98,7 @@ EXPECTED_CLUSTER_GRANTS = (
             ("networking.k8s.io", "ingressclasses"),
             ("", "services"),
             ("", "secrets"),
-            ("", "configmaps"),
+            ("", "configmaps"),  # auth-proxy-set-headers (only the referenced ones are kept)
             ("discovery.k8s.io", "endpointslices"),
         )
         for verb in ("get", "list", "watch")

@@ -237,7 +237,7 @@ def test_annotation_diagnostics_become_events_that_say_what_was_meant() -> None:
         "kind": "Ingress",
         "metadata": {"name": "web", "namespace": "ns", "annotations": {
             "nginx.ingress.kubernetes.io/rewrite-targt": "/",
-            "nginx.ingress.kubernetes.io/auth-url": "http://auth",
+            "nginx.ingress.kubernetes.io/auth-url": "ftp://auth",  # a bad value of an access key
         }},
         "spec": {"rules": [{"host": "a.test"}]},
     }

@@ -13,7 +13,7 @@ import trio
 
 from fastingress.k8s.client import INGRESS, SECRET, SERVICE, KubeClient
 from fastingress.k8s.controller import ControllerSource
-from fastingress.k8s.secrets import SecretRefs, ingress_secret_refs
+from fastingress.k8s.secrets import SecretRefs, ingress_configmap_refs, ingress_secret_refs
 from fastingress.settings import ControllerSettings, TranslationSettings
 from tests.support import manifests as m
 from tests.support.apiserver import ApiServer
@@ -141,6 +141,77 @@ async def test_only_referenced_secrets_are_held_and_references_are_followed(
             await until(lambda: "default/later" not in held(source), "an unreferenced Secret forgotten")
             assert held(source) == ["certs/ca", "default/a-tls", "default/c-tls"]
             nursery.cancel_scope.cancel()
+    finally:
+        source.stop_informers()
+
+
+def configmap(name: str, namespace: str = "default", **data: str) -> str:
+    body = ", ".join(f'"{k}": "{v}"' for k, v in data.items())
+    meta = f"{{name: {name}, namespace: {namespace}}}"
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {meta}\ndata: {{{body}}}\n"
+
+
+def held_configmaps(source: ControllerSource) -> list[str]:
+    found = source.store.of_kind("ConfigMap")
+    return sorted(f"{c['metadata']['namespace']}/{c['metadata']['name']}" for c in found)
+
+
+def test_configmap_refs_of_an_ingress() -> None:
+    ingress = {"metadata": {"namespace": "shop", "annotations": {
+        "nginx.ingress.kubernetes.io/auth-proxy-set-headers": "auth-headers",
+        "fastingress.io/auth-proxy-set-headers": "other/headers",
+        "fastingress.io/auth-secret": "basic",  # a Secret under our own prefix: followed too
+    }}}
+    assert ingress_configmap_refs(ingress) == {("shop", "auth-headers"), ("other", "headers")}
+    assert ingress_secret_refs(ingress) == {("shop", "basic")}
+
+
+async def test_only_referenced_configmaps_are_held_and_followed(api: ApiServer, client: KubeClient) -> None:
+    """auth-proxy-set-headers: the ConfigMap an Ingress names is listed, fetched when named
+    later, updated by watch, and forgotten when no longer named; others never held."""
+    api.apply(m.ingress_class("fastingress", "fastingress.io/ingress-controller"))
+    api.apply(m.service("svc"))
+    api.apply(configmap("kube-root-ca.crt", **{"ca.crt": "x"}))
+    api.apply(configmap("auth-headers", **{"X-Custom": "1"}))
+    api.apply(configmap("later", **{"X-Later": "1"}))
+    named = {"nginx.ingress.kubernetes.io/auth-url": "http://auth/",
+             "nginx.ingress.kubernetes.io/auth-proxy-set-headers": "auth-headers"}
+    api.apply(web("a", "a.test", annotations=named))
+    settings = _settings(translation=TranslationSettings(watch_without_class=False))
+    source = ControllerSource(settings, client)
+    await source.initial()
+    try:
+        assert held_configmaps(source) == ["default/auth-headers"]
+        assert source.status()["controller"]["configmaps_held"] == 1
+
+        async def trigger(reason: str) -> None:
+            await source.reload()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source._consume)
+            nursery.start_soon(source._fetch_loop)
+            nursery.start_soon(source._rebuild, trigger)
+            await trio.to_thread.run_sync(lambda: api.wait_for(lambda: api.watch_count("ConfigMap") == 1))
+            later = {**named, "nginx.ingress.kubernetes.io/auth-proxy-set-headers": "later"}
+            api.apply(web("b", "b.test", annotations=later))
+            await until(lambda: "default/later" in held_configmaps(source), "a newly named ConfigMap")
+            api.apply(configmap("auth-headers", **{"X-Custom": "2"}))
+            api.apply(configmap("kube-root-ca.crt", **{"ca.crt": "y"}))
+
+            def updated() -> bool:
+                found = source.store.get("ConfigMap", "default", "auth-headers") or {}
+                return found.get("data") == {"X-Custom": "2"}
+
+            await until(updated, "the watch event of a held ConfigMap")
+            assert "default/kube-root-ca.crt" not in held_configmaps(source)
+            api.delete("Ingress", "default", "b")
+            await until(lambda: "default/later" not in held_configmaps(source), "a ConfigMap forgotten")
+            nursery.cancel_scope.cancel()
+        snapshot = (await source.reload()).snapshot
+        (vhost,) = [v for v in snapshot.virtual_hosts if v.hostname == "a.test"]
+        auth = vhost.routes[0].policy.external_auth
+        assert auth is not None
+        assert [(h.name, h.value) for h in auth.proxy_set_headers] == [("x-custom", ("2",))]
     finally:
         source.stop_informers()
 

@@ -7,12 +7,13 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import access, forwarded
+from workers.policies import access, extauth, forwarded
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
     access.compile,  # first: the client certificate is judged before any other REWRITE hook (nginx)
     forwarded.compile,
+    extauth.compile,
 )
 
 __all__ = ["COMPILERS"]
