@@ -14,6 +14,10 @@ class FastIngressError(Exception):
     """Base class of every error fastingress raises on purpose."""
 
     status_hint: int = 500
+    # The request's policies (``workers.policy.RequestCtx``) when raised while deciding a route
+    # that has some: the data path answers with the route's response hooks (CORS headers on a
+    # 503) and ends the request with its done hooks.
+    ctx: object = None
 
     def __init__(self, message: str = "", *, status_hint: int | None = None) -> None:
         super().__init__(message)

@@ -7,7 +7,10 @@ The decision is the workers' own, on the same Snapshot: ``workers.pathnorm.norma
 normalises the request-target, ``workers.routing.RouteTable.match`` picks the virtual host and
 route, ``workers.routing.rewrite`` computes the upstream path and ``workers.tlspolicy`` decides
 the redirect to HTTPS, in the order ``workers.proxy`` applies them.  This module only describes
-the result: it never decides anything the data plane would decide differently.
+the result: it never decides anything the data plane would decide differently.  The route's
+compiled policies (``workers.policy``) are listed by their ``explain`` lines, and those of the
+rewrite phase (redirects, app-root, CORS preflights: answers without side effects) are run, so
+an answer they give is the outcome.
 
 The result is an ``Explanation`` (a msgspec Struct): ``render_text`` prints it for people and
 ``-o json`` prints it for programs; the admin port's ``/explain`` returns the same JSON about
@@ -45,6 +48,7 @@ from workers.decide import explain_policies
 from workers.heads import scan_request
 from workers.pathnorm import normalize_target
 from workers.policies.access import RangeCheck, explain_client
+from workers.policy import REWRITE, Answer, RequestCtx
 from workers.routing import RouteTable, normalize_host, prefix_key, rewrite, route_pattern
 from workers.tlspolicy import ACME_PREFIX, redirect_location, wants_https
 
@@ -462,6 +466,15 @@ def explain(
         policies += _route_policies(route.policy, scheme, redirected=False)
         policies += _access_policies(route, vhost, request.client_ip)
         policies += _compiled_policies(table, route)
+        answer = _rewrite_answer(
+            table, route, vhost, request=request, target=target, parts=(path, query, host_header, scheme)
+        )
+        if answer is not None:
+            moved_to = dict(answer.extra).get(b"location", b"").decode("latin-1")
+            return msgspec.structs.replace(
+                base, outcome="redirect" if moved_to else "respond", status=answer.status, location=moved_to,
+                reason="answered before any access check (nginx's rewrite phase)", policies=tuple(policies),
+            )
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)
@@ -489,6 +502,35 @@ def _front(
     if refused is not None:
         return https, f"the ConfigMap's {refused} refuses client {ip.decode('latin-1')}: 403"
     return https, None
+
+
+def _rewrite_answer(
+    table: RouteTable,
+    route: Route,
+    vhost: VirtualHost | None,
+    *,
+    request: ExplainRequest,
+    target: bytes,
+    parts: tuple[str, str, str, str],
+) -> Answer | None:
+    """What the route's rewrite-phase policies answer (they have no side effects), if anything."""
+    compiled = table.policies(route)
+    if compiled is None:
+        return None
+    path, query, host, scheme = parts
+    ctx = RequestCtx(
+        method=request.method.upper().encode(), target=target, path=path, query=query,
+        host=host.encode("latin-1", "replace"),
+        headers=[(k.lower().encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+                 for k, v in request.headers],
+        client_ip=request.client_ip, tls=scheme == "https", route=route, vhost=vhost, now=0.0,
+    )
+    for policy in compiled.policies:
+        if policy.phase == REWRITE and policy.request is not None:
+            result = policy.request(ctx)
+            if isinstance(result, Answer):
+                return result
+    return None
 
 
 def _act(

@@ -188,17 +188,19 @@ class AuthClient:
             raise AuthFailed(f"sending the subrequest failed: {exc}", before_answer=True) from None
         head: ResponseHead | None = None
         body = 0
+        answered = False  # a byte of the answer arrived (else a kept connection may be retried)
         while True:
             try:
                 event = codec.next_event()
             except UpstreamFailed as exc:
-                raise AuthFailed(str(exc), before_answer=head is None and codec.nothing_buffered) from None
+                raise AuthFailed(str(exc), before_answer=head is None and not answered) from None
             if event is _NEED_DATA:
                 try:
                     data = await conn.stream.receive_some(_READ)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise AuthFailed(f"reading the answer failed: {exc}",
-                                     before_answer=codec.nothing_buffered) from None
+                                     before_answer=not answered) from None
+                answered = answered or bool(data)
                 codec.receive_data(data)
             elif type(event) is ResponseHead:
                 if event.status >= 200:

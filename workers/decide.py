@@ -21,7 +21,13 @@ same wherever it runs, and a route without policies pays for nothing but its mat
 
 The result is an ``Answer`` (write it and be done), a ``Proxy`` (forward to an HTTP/1.1
 upstream), a ``Handoff`` (the request needs a task: an Upgrade tunnel, an HTTP/2 or gRPC
-upstream, or a DNS lookup for an ExternalName Service) or a ``Pending`` (see 2).  ``ctx``
+upstream, or a DNS lookup for an ExternalName Service) or a ``Pending`` (see 2).
+
+A policy may replace an answer by another backend's (``policy.Refetch``: custom-http-errors,
+default-backend): when the chosen upstream has no ready endpoint (``unavailable`` hooks, here),
+or once an upstream's response head arrived or it failed (``ctx.intercept``, in the data
+paths); ``refetch`` turns a ``Refetch`` into the decision for it, and ``refetch_info`` gives
+the body-less request that fetches an error page after the request itself went upstream.  ``ctx``
 (present when the route has policies) must see the response head (``ctx.respond``) and the end
 of the request (``ctx.finish``).  Errors are raised as ``fastingress.errors`` exceptions
 carrying their status.
@@ -32,13 +38,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from fastingress.errors import BodyTooLarge, NoEndpoint, UpstreamFailed
+from fastingress.errors import BodyTooLarge, FastIngressError, NoEndpoint, UpstreamFailed
 from fastingress.snapshot.schema import Forward, Redirect, Respond, Route, Upstream, VirtualHost
 from workers.balance import Address, Balancer
-from workers.heads import TEXT, RequestInfo, error_body
+from workers.heads import REQ_DROP, TEXT, RequestInfo, error_body
 from workers.http1 import valid_value
 from workers.pathnorm import normalize_target
-from workers.policy import Answer, Compiled, Defer, RequestCtx, run_request_hooks
+from workers.policy import Answer, Compiled, Defer, Refetch, RequestCtx, run_request_hooks
 from workers.routing import RouteTable, rewrite
 from workers.tlspolicy import redirect_location, wants_https
 from workers.upstream_tls import H2_PROTOCOLS
@@ -150,6 +156,7 @@ def decide(
     )
     ctx.response_hooks = compiled.response
     ctx.done_hooks = compiled.done
+    ctx.intercept_hooks = compiled.intercept
     return _hooks(table, balancer, match.action, route, info, ctx, compiled, 0)
 
 
@@ -174,7 +181,11 @@ def _hooks(  # noqa: PLR0917 (the state a deferred hook resumes with)
             return _hooks(table, balancer, action, route, info, ctx, compiled, index + 1)
 
         return Pending(result, resume, ctx)
-    return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled)
+    try:
+        return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled)
+    except FastIngressError as exc:  # (413, 503...): answered with the route's policies too
+        exc.ctx = ctx
+        raise
 
 
 def _with_headers(answer: Answer, ctx: RequestCtx) -> Answer:
@@ -229,12 +240,58 @@ def _act(  # noqa: PLR0917 (the state of one decision)
         return Handoff("resolve", Proxy(upstream, up_target, host, limit, None, None, route, ctx))
     addrs = balancer.ready(upstream)
     if not addrs:
+        if ctx is not None and compiled is not None and compiled.unavailable:
+            for hook in compiled.unavailable:
+                fetch = hook(ctx, upstream)
+                if fetch is not None:  # default-backend, custom-http-errors with 503
+                    return refetch(table, balancer, fetch, info, ctx, up_target, limit)
         raise NoEndpoint(f"upstream {name} has no ready endpoint")
     primary, alternate = pick_endpoint(balancer, upstream, addrs, ctx, compiled)
     proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx)
     if info.upgrade is not None:
         return Handoff("upgrade", proxy)
     return proxy
+
+
+def refetch(  # noqa: PLR0917 (what the replacement request is made of)
+    table: RouteTable | None,
+    balancer: Balancer,
+    fetch: Refetch,
+    info: RequestInfo,
+    ctx: RequestCtx,
+    target: bytes,
+    limit: int = 0,
+) -> Answer | Proxy | Handoff:
+    """The decision for ``fetch``: forward to its upstream (``info``'s headers get its headers;
+    ``target`` unless it names one), or answer its status ourselves when there is no usable
+    upstream.  The replacement's own answer is never intercepted again."""
+    ctx.intercept_hooks = ()
+    upstream = table.upstreams.get(fetch.upstream) if table is not None and fetch.upstream else None
+    if upstream is None or upstream.protocol not in _HTTP1_PROTOCOLS:
+        return Answer(fetch.status, error_body(fetch.status), ctx=ctx)
+    if fetch.headers:
+        names = {name for name, _ in fetch.headers}
+        info.headers[:] = [(n, v) for n, v in info.headers if n not in names]
+        info.headers.extend(fetch.headers)
+    up_target = fetch.target if fetch.target is not None else target
+    if upstream.external_name and not upstream.endpoints:
+        return Handoff("resolve", Proxy(upstream, up_target, info.host, limit, None, None, ctx.route, ctx))
+    addrs = balancer.ready(upstream)
+    if not addrs:
+        return Answer(fetch.status, error_body(fetch.status), ctx=ctx)
+    primary, alternate = balancer.pick(upstream.name, addrs)
+    proxy = Proxy(upstream, up_target, info.host, limit, primary, alternate, ctx.route, ctx)
+    return Handoff("upgrade", proxy) if info.upgrade is not None else proxy
+
+
+def refetch_info(info: RequestInfo) -> RequestInfo:
+    """A body-less copy of a request that already went upstream, to fetch an error page: its
+    end-to-end headers without framing and without those the data path adds (again)."""
+    fresh = RequestInfo()
+    fresh.host = info.host
+    fresh.request_id = info.request_id
+    fresh.headers = [(n, v) for n, v in info.headers if n not in REQ_DROP and n != b"content-length"]
+    return fresh
 
 
 def _backend(ctx: RequestCtx | None, compiled: Compiled | None, action: Forward) -> str | None:
@@ -273,6 +330,5 @@ def explain_policies(compiled: Compiled | None) -> Sequence[str]:
 
 __all__ = [
     "NO_LABELS", "Answer", "Decided", "Decision", "Handoff", "Pending", "Proxy", "VirtualHost",
-    "absolute_authority",
-    "decide", "explain_policies", "pick_endpoint",
+    "absolute_authority", "decide", "explain_policies", "pick_endpoint", "refetch", "refetch_info",
 ]

@@ -291,7 +291,7 @@ class ClientConn(Forwarder):
                               tls=https, https_port=worker.https_port, labels=self.labels,
                               client_ip=ip.decode(), now=self.core.now, tls_peer=self.tls_conn)
         except FastIngressError as exc:
-            self._fail(exc)
+            self._fail_decided(exc)
             return
         self._decided(decision, head, info)
 
@@ -322,7 +322,7 @@ class ClientConn(Forwarder):
         try:
             decision = pending.resume(result)
         except FastIngressError as exc:
-            self._fail(exc)
+            self._fail_decided(exc)
             return
         self._decided(decision, head, info)
 
@@ -371,6 +371,12 @@ class ClientConn(Forwarder):
             self._log_upstream_error(exc)
         close = True if isinstance(exc, (BadRequest, BodyTooLarge)) else None
         self._answer(exc.status_hint, error_body(exc.status_hint), close=close)
+
+    def _fail_decided(self, exc: FastIngressError) -> None:
+        """``decide`` raised: answer with the route's policies, if it has some (``exc.ctx``)."""
+        if isinstance(exc.ctx, RequestCtx):
+            self.ctx = exc.ctx
+        self._fail(exc)
 
     def _log_upstream_error(self, exc: FastIngressError) -> None:
         route = self.proxy.route if self.proxy is not None else None

@@ -7,6 +7,12 @@ fresh connection when a kept-alive one died before answering and no body byte we
 sends the head and streams the body with flow control both ways, relays the response with
 one client write per upstream read, and ends the exchange (the connection back to the pool,
 the next request, or a lingering close).
+
+A route's policies may intercept the response head before anything of it is sent, or an
+upstream failure before we answer it (``RequestCtx.intercept``: custom-http-errors): the
+upstream connection is closed, and the answer comes from the error backend instead
+(``_refetch``: ``workers.decide.refetch``, then the usual forwarding); while the client is
+still sending its body, the intercepted status is answered by us (the body is not replayed).
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from workers.decide import Proxy
+from workers.decide import Decision, Proxy, refetch, refetch_info
 from workers.heads import RequestInfo, add_forwarded, error_body, response_headers, set_headers
 from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
-from workers.policy import RequestCtx
+from workers.policy import Refetch, RequestCtx
 from workers.splice import SPLICE_MIN, SpliceFailed, Splicer
 from workers.splice import available as splice_available
 from workers.tlspolicy import add_hsts
@@ -132,6 +138,8 @@ class Forwarder(Timed):
         ) -> None: ...
 
         def _finish(self, status: int) -> None: ...
+
+        def _decided(self, decision: Decision, head: RequestHead, info: RequestInfo) -> None: ...
 
         def _linger(self) -> None: ...
 
@@ -315,6 +323,12 @@ class Forwarder(Timed):
                         if ev.status == 101:
                             _fail_upstream(conn, "switched protocols unasked")
                         continue  # 100 Continue and friends: we speak for ourselves
+                    ctx = self.ctx
+                    if ctx is not None and ctx.intercept_hooks:
+                        fetch = ctx.intercept(ev.status, ev.headers)
+                        if fetch is not None:  # custom-http-errors: nothing of it goes out
+                            self._intercepted(conn, fetch)
+                            return
                     out.append(self._response_head(ev))
                     continue
                 if ev is _END:
@@ -478,11 +492,41 @@ class Forwarder(Timed):
             self.transport.abort()  # the response started: all we can do is cut the connection
             return
         self.state = EXCHANGE
+        ctx = self.ctx
+        if ctx is not None and ctx.intercept_hooks and not self.req_open and self.codec.their_message_done:
+            fetch = ctx.intercept(exc.status_hint, None)
+            if fetch is not None:
+                self._refetch(fetch)
+                return
         self._answer(exc.status_hint, error_body(exc.status_hint))
+
+    def _intercepted(self, conn: UpstreamConn, fetch: Refetch) -> None:
+        """The upstream's answer is replaced: drop it (and its connection), ask for another."""
+        self.up = None
+        conn.close()
+        if self.req_open or not self.codec.their_message_done:  # still sending: answer it, then linger
+            self._answer(fetch.status, error_body(fetch.status))
+            return
+        self._refetch(fetch)
+
+    def _refetch(self, fetch: Refetch) -> None:
+        """Forward the body-less request for ``fetch`` (or answer it ourselves)."""
+        head = self.head
+        info = self.info
+        ctx = self.ctx
+        if head is None or info is None or ctx is None:  # (never: the request is being forwarded)
+            self._answer(fetch.status, error_body(fetch.status))
+            return
+        fresh = refetch_info(info)
+        worker = self.worker
+        decision = refetch(worker.table, worker.balancer, fetch, fresh, ctx, head.target)
+        self._decided(decision, head, fresh)
 
 
     def _resolve(self, proxy: Proxy, head: RequestHead, info: RequestInfo) -> None:
         """An ExternalName upstream: addresses from the DNS cache, or from a lookup task."""
+        self.head = head  # (an error page replacing a failed lookup needs the request)
+        self.info = info
         self.state = WAIT
         self.transport.pause_reading()
         self.core.spawn(self._resolve_task, proxy, head, info)

@@ -22,6 +22,11 @@ resumes the request with the next hook.  ``select(ctx, upstream, addresses)`` ma
 endpoint (affinity, hashing) and ``backend(ctx, action)`` the backend (canary).
 ``response(ctx, status, headers)`` edits the response head (CORS headers, affinity cookies),
 and ``done(ctx)`` runs when the request ends however it ends (a connection-limit slot goes back).
+``intercept(ctx, status, headers)`` sees an upstream's response head before anything of it is
+sent (``headers``; None for an error we generated ourselves: 502, 504) and may return a
+``Refetch``: the response is dropped and the data path asks another backend instead
+(custom-http-errors); ``unavailable(ctx, upstream)`` may do the same when the chosen upstream
+has no ready endpoint (default-backend).  Both are answered by ``workers.decide.refetch``.
 
 ``RequestCtx`` is the request as hooks see it; it exists only for routes with policies.
 Areas live in modules of their own (``workers.policies.*``); ``COMPILERS`` lists them.
@@ -52,6 +57,19 @@ class Answer(NamedTuple):
     ctx: RequestCtx | None = None
 
 
+class Refetch(NamedTuple):
+    """Answer with another backend's answer instead (custom-http-errors, default-backend).
+
+    ``upstream``: the Upstream to ask (None or unusable: answer ``status`` ourselves);
+    ``target``: the request target to send (None: the request's own, body and all);
+    ``headers``: request headers to set (replacing any of the same names)."""
+
+    status: int
+    upstream: str | None
+    target: bytes | None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
 class Defer(NamedTuple):
     """Wait for ``run()`` in a task; its result is what ``request`` would have returned."""
 
@@ -62,8 +80,9 @@ class RequestCtx:
     """One request as policies see it (see the module docstring)."""
 
     __slots__ = (
-        "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "info", "method", "now",
-        "path", "query", "response_headers", "response_hooks", "route", "splice_ok", "state", "target", "tls",
+        "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "info", "intercept_hooks",
+        "method", "now", "path", "query", "response_headers", "response_hooks", "route", "splice_ok", "state",
+        "target", "tls",
         "tls_peer", "upstream_headers", "vhost",
     )
 
@@ -101,6 +120,7 @@ class RequestCtx:
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to the response
         self.response_hooks: tuple[ResponseHook, ...] = ()
         self.done_hooks: tuple[DoneHook, ...] = ()
+        self.intercept_hooks: tuple[InterceptHook, ...] = ()  # emptied once a Refetch is under way
         self.backend_name: str | None = None  # set by a backend hook (canary)
         self.splice_ok = True  # False: a policy paces or reads the response body (no kernel splice)
         self.state: dict[str, object] = {}  # per-request scratch space of the hooks
@@ -135,6 +155,15 @@ class RequestCtx:
         for hook in self.response_hooks:
             hook(self, status, headers)
 
+    def intercept(self, status: int, headers: Headers | None) -> Refetch | None:
+        """An upstream answered ``status`` (``headers``; None: we failed to reach it): whether
+        to answer with another backend's answer instead (see ``Refetch``)."""
+        for hook in self.intercept_hooks:
+            fetch = hook(self, status, headers)
+            if fetch is not None:
+                return fetch
+        return None
+
     def finish(self) -> None:
         """The request ended (answered, failed or abandoned): run the done hooks once."""
         hooks = self.done_hooks
@@ -143,11 +172,14 @@ class RequestCtx:
             hook(self)
 
 
+Headers = Sequence[tuple[bytes, bytes]]
 RequestHook = Callable[[RequestCtx], "Answer | Defer | None"]
 ResponseHook = Callable[[RequestCtx, int, list[tuple[bytes, bytes]]], None]
 DoneHook = Callable[[RequestCtx], None]
 SelectHook = Callable[[RequestCtx, Upstream, "tuple[Address, ...]"], "tuple[Address, Address | None] | None"]
 BackendHook = Callable[[RequestCtx, Forward], "str | None"]
+InterceptHook = Callable[[RequestCtx, int, "Headers | None"], "Refetch | None"]
+UnavailableHook = Callable[[RequestCtx, Upstream], "Refetch | None"]
 
 
 class Policy(NamedTuple):
@@ -160,6 +192,8 @@ class Policy(NamedTuple):
     select: SelectHook | None = None
     backend: BackendHook | None = None
     explain: str = ""  # one line for ``fastingress explain``
+    intercept: InterceptHook | None = None  # (area http) custom-http-errors
+    unavailable: UnavailableHook | None = None  # (area http) default-backend
 
 
 class Compiled(NamedTuple):
@@ -169,6 +203,8 @@ class Compiled(NamedTuple):
     select: tuple[SelectHook, ...]
     backend: tuple[BackendHook, ...]
     policies: tuple[Policy, ...]
+    intercept: tuple[InterceptHook, ...] = ()
+    unavailable: tuple[UnavailableHook, ...] = ()
 
 
 Compiler = Callable[[Route, Snapshot], Sequence[Policy]]
@@ -189,6 +225,8 @@ def compile_route(route: Route, snapshot: Snapshot, compilers: Sequence[Compiler
         select=tuple(p.select for p in found if p.select is not None),
         backend=tuple(p.backend for p in found if p.backend is not None),
         policies=tuple(found),
+        intercept=tuple(p.intercept for p in found if p.intercept is not None),
+        unavailable=tuple(p.unavailable for p in found if p.unavailable is not None),
     )
 
 
@@ -205,6 +243,6 @@ def run_request_hooks(
 
 __all__ = [
     "ACCESS", "CONTENT", "PREACCESS", "REWRITE", "Answer", "BackendHook", "Compiled", "Compiler", "Defer",
-    "DoneHook", "Policy", "RequestCtx", "RequestHook", "ResponseHook", "SelectHook", "compile_route",
-    "run_request_hooks",
+    "DoneHook", "Headers", "InterceptHook", "Policy", "Refetch", "RequestCtx", "RequestHook", "ResponseHook",
+    "SelectHook", "UnavailableHook", "compile_route", "run_request_hooks",
 ]

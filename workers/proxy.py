@@ -62,14 +62,34 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.accesslog import AccessRecord, request_length
-from workers.decide import NO_LABELS, Answer, Decided, Decision, Handoff, Pending, Proxy, decide
+from workers.decide import (
+    NO_LABELS,
+    Answer,
+    Decided,
+    Decision,
+    Handoff,
+    Pending,
+    Proxy,
+    decide,
+    refetch,
+    refetch_info,
+)
 from workers.h2forward import forward_h2
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
 from workers.http1 import Event, RequestHead, ServerCodec, Signal
 from workers.linger import linger
 from workers.llhttp import ServerCodec as LlhttpServerCodec
-from workers.policy import RequestCtx
-from workers.sessionfwd import PH_CLIENT, PH_HEAD, PH_UPSTREAM, RECV_SIZE, SessionBase, _arm, copy_bytes
+from workers.policy import Refetch, RequestCtx
+from workers.sessionfwd import (
+    PH_CLIENT,
+    PH_HEAD,
+    PH_UPSTREAM,
+    RECV_SIZE,
+    Intercepted,
+    SessionBase,
+    _arm,
+    copy_bytes,
+)
 from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
@@ -137,6 +157,7 @@ class Session(SessionBase):
         self.pump_done = False
         self.pump_error: BaseException | None = None
         self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
+        self.request: tuple[RequestHead, RequestInfo] | None = None
         self.linger = False  # answered before the request was read whole (see linger_close)
         # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
         self.tls_peer: object = getattr(stream, "ssl_connection", None)
@@ -326,11 +347,22 @@ class Session(SessionBase):
         log.warning("upstream timeout: %s %s", self.method.decode("latin-1"), self.target.decode("latin-1"))
         if not self.codec.can_respond:
             return False
+        fetch = self._intercept_failure(UpstreamTimeout("read timed out")) if self.request else None
+        if fetch is not None and self.request is not None:  # custom-http-errors with 504
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                try:
+                    return await self._refetch(*self.request, fetch)
+                except FastIngressError as exc:
+                    return await self._fail(exc)
+            return False
         with trio.move_on_after(self.worker.settings.client_header_timeout):
             return await self._send_error(504)
         return False
 
     async def _fail(self, exc: FastIngressError) -> bool:
+        if isinstance(exc.ctx, RequestCtx):  # raised by decide for a route with policies
+            self.ctx = exc.ctx
         if isinstance(exc, (UpstreamFailed, UpstreamTimeout)):
             self.worker.metrics.upstream_errors += 1
             log.warning("upstream error (%s %s): %s", self.method.decode("latin-1"),
@@ -387,6 +419,7 @@ class Session(SessionBase):
     # ---- routing ---------------------------------------------------------------------
 
     async def _handle(self, head: RequestHead, decided: Decided | None = None) -> bool:
+        self.request = None
         worker = self.worker
         table = worker.table
         balancer = worker.balancer
@@ -429,6 +462,42 @@ class Session(SessionBase):
         else:
             proxy = decision
         assert table is not None and proxy is not None
-        return await self._forward(head, info, proxy, table.snapshot.settings)
+        self.request = (head, info)
+        try:
+            return await self._forward(head, info, proxy, table.snapshot.settings)
+        except Intercepted as exc:  # custom-http-errors: the upstream's answer is replaced
+            fetch: Refetch | None = exc.fetch
+        except (UpstreamFailed, UpstreamTimeout) as exc:
+            fetch = self._intercept_failure(exc)
+            if fetch is None:
+                raise
+            self.worker.metrics.upstream_errors += 1
+            log.warning("upstream error (%s %s): %s; answered by the error backend",
+                        self.method.decode("latin-1"), self.target.decode("latin-1"), exc)
+        assert fetch is not None
+        return await self._refetch(head, info, fetch)
+
+    def _intercept_failure(self, exc: UpstreamFailed | UpstreamTimeout) -> Refetch | None:
+        """Whether a policy replaces our answer to a failed upstream (custom-http-errors)."""
+        ctx = self.ctx
+        if ctx is None or not ctx.intercept_hooks or not self.codec.can_respond:
+            return None
+        return ctx.intercept(exc.status_hint, None)
+
+    async def _refetch(self, head: RequestHead, info: RequestInfo, fetch: Refetch) -> bool:
+        """Answer with another backend's answer (the request's body is not sent again); while
+        the client is still sending its body, answer the status ourselves."""
+        if not self.codec.their_message_done or self.ctx is None:
+            return await self._send_error(fetch.status, close=True)
+        fresh = refetch_info(info)
+        worker = self.worker
+        decision = refetch(worker.table, worker.balancer, fetch, fresh, self.ctx, head.target)
+        if isinstance(decision, Answer):
+            return await self._send_simple(decision.status, decision.body, decision.content_type,
+                                           extra=decision.extra)
+        proxy = decision.proxy if isinstance(decision, Handoff) else decision
+        table = worker.table
+        assert proxy is not None and table is not None
+        return await self._forward(head, fresh, proxy, table.snapshot.settings)
 
 __all__ = ["RECV_SIZE", "H2Preface", "Session", "copy_bytes", "new_server_codec"]

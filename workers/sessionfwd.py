@@ -23,7 +23,7 @@ from fastingress.snapshot.schema import GlobalSettings, Upstream
 from workers.decide import Proxy
 from workers.heads import RequestInfo, add_forwarded, response_headers, set_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
-from workers.policy import RequestCtx
+from workers.policy import Refetch, RequestCtx
 from workers.pool import UpstreamConn
 from workers.state import Worker
 from workers.tlspolicy import add_hsts
@@ -65,6 +65,14 @@ class _ClientGone(Exception):
     """The client went away or timed out while its body was being read."""
 
 
+class Intercepted(Exception):
+    """A policy replaces the upstream's answer (custom-http-errors): nothing of it was sent."""
+
+    def __init__(self, fetch: Refetch) -> None:
+        super().__init__(f"intercepted {fetch.status}")
+        self.fetch = fetch
+
+
 class SessionBase:
     """A Session's state and its forwarding half (``workers.proxy.Session`` extends it)."""
 
@@ -85,6 +93,7 @@ class SessionBase:
         "proxy_port",
         "pump_done",
         "pump_error",
+        "request",
         "resp_bytes",
         "scope",
         "served",
@@ -113,6 +122,7 @@ class SessionBase:
     pump_error: BaseException | None
     ctx: RequestCtx | None
     linger: bool
+    request: tuple[RequestHead, RequestInfo] | None  # the request being forwarded (error pages)
     method: bytes
     target: bytes
     proxy_port: bytes
@@ -256,7 +266,7 @@ class SessionBase:
             nursery.start_soon(self._pump, conn, upstream, limit, nursery.cancel_scope)
             try:
                 keep = await self._relay(conn, reused, upstream)
-            except (FastIngressError, _DeadConnection) as exc:
+            except (FastIngressError, _DeadConnection, Intercepted) as exc:
                 err = exc
             nursery.cancel_scope.cancel()
         pump_error = self.pump_error
@@ -377,6 +387,11 @@ class SessionBase:
                     if ev.status == 101:
                         return await self._tunnel(conn, ev, out, upstream.read_timeout)
                     continue  # 100 Continue and friends: we speak for ourselves
+                ctx = self.ctx
+                if ctx is not None and ctx.intercept_hooks:
+                    fetch = ctx.intercept(ev.status, ev.headers)
+                    if fetch is not None:  # custom-http-errors: nothing of it goes out
+                        raise Intercepted(fetch)
                 worker = self.worker
                 headers = response_headers(ev.headers, worker.server_header, keep_server=worker.keep_server)
                 if self.tls and worker.hsts is not None:
@@ -447,4 +462,4 @@ async def copy_bytes(
     tunnel.cancel()
 
 
-__all__ = ["PH_CLIENT", "PH_HEAD", "PH_UPSTREAM", "RECV_SIZE", "SessionBase", "copy_bytes"]
+__all__ = ["PH_CLIENT", "PH_HEAD", "PH_UPSTREAM", "RECV_SIZE", "Intercepted", "SessionBase", "copy_bytes"]

@@ -78,7 +78,7 @@ ENDPOINT_SLICE = Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslice
 # Every type: Opaque ones are named by annotations.  The controller keeps only the Secrets
 # Ingresses reference (fastingress.k8s.secrets); the rest are dropped as they are decoded.
 SECRET = Resource("Secret", "v1", "secrets")
-# Only those Ingresses name (auth-proxy-set-headers) are kept, like Secrets.
+# Only those Ingresses name (auth-proxy-set-headers, custom-headers) are kept, like Secrets.
 CONFIGMAP = Resource("ConfigMap", "v1", "configmaps")
 LEASE = Resource("Lease", "coordination.k8s.io/v1", "leases")
 EVENT = Resource("Event", "v1", "events")

@@ -38,7 +38,7 @@ Key = tuple[str, str, str]  # kind, namespace, name (as the Store keys objects)
 ANNOTATION_PREFIX = "nginx.ingress.kubernetes.io/"
 ANNOTATION_PREFIXES = (ANNOTATION_PREFIX, "fastingress.io/")
 SECRET_ANNOTATIONS = ("proxy-ssl-secret", "auth-secret", "auth-tls-secret")
-CONFIGMAP_ANNOTATIONS = ("auth-proxy-set-headers",)
+CONFIGMAP_ANNOTATIONS = ("auth-proxy-set-headers", "custom-headers")
 
 
 def _secret_ref(value: object, namespace: str) -> Ref | None:

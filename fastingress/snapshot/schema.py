@@ -196,16 +196,62 @@ class Limits(msgspec.Struct, frozen=True, gc=False):
     """limit-rps, -rpm, -connections, -burst-multiplier, -allowlist, -rate, -rate-after (area: limits)."""
 
 
+CORS_METHODS = "GET, PUT, POST, DELETE, PATCH, OPTIONS"  # ingress-nginx's defaults
+CORS_HEADERS = (
+    "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization"
+)
+CORS_MAX_AGE = 1728000
+
+
 class Cors(msgspec.Struct, frozen=True, gc=False):
-    """enable-cors and cors-* (area: http)."""
+    """enable-cors and cors-* (area: http), with ingress-nginx's defaults.
+
+    ``allow_origins`` is ``("*",)`` (any origin, answered ``*``) or the allowed origins as
+    written (``scheme://host[:port]``, ``scheme://*.host[:port]`` with ``*`` one DNS label, or
+    ``null``), matched case-insensitively and whole; empty: no origin is allowed."""
+
+    allow_origins: tuple[str, ...] = ("*",)
+    allow_methods: str = CORS_METHODS
+    allow_headers: str = CORS_HEADERS
+    expose_headers: str = ""  # "" : no Access-Control-Expose-Headers
+    allow_credentials: bool = True
+    max_age: int = CORS_MAX_AGE
 
 
 class HeaderRules(msgspec.Struct, frozen=True, gc=False):
     """custom-headers, proxy-redirect-*, proxy-cookie-*, connection-proxy-header (area: http)."""
 
+    response: tuple[tuple[str, str], ...] = ()  # custom-headers: set on every response (replacing)
+    redirect_from: str = ""  # proxy-redirect-from: a Location/Refresh URL starting with this...
+    redirect_to: str = ""  # ...proxy-redirect-to: ...starts with this instead ("" from: off)
+    cookie_domain: tuple[str, str] | None = None  # proxy-cookie-domain: (domain, replacement)
+    cookie_path: tuple[str, str] | None = None  # proxy-cookie-path: (path prefix, replacement)
+    connection: str | None = None  # connection-proxy-header: the Connection header sent upstream
+
 
 class ErrorPages(msgspec.Struct, frozen=True, gc=False):
-    """custom-http-errors, default-backend, disable-proxy-intercept-errors (area: http)."""
+    """custom-http-errors, default-backend, disable-proxy-intercept-errors (area: http).
+
+    ``codes``: upstream answers (and our own 502/503/504) with one of these statuses are
+    replaced by the error backend's answer to ``GET /`` with X-Code & co.  ``upstream``: the
+    default-backend annotation's Upstream (it also takes the whole request when the route's
+    Service has no ready endpoint); None: the snapshot's default action (the global default
+    backend), if it forwards."""
+
+    codes: tuple[int, ...] = ()
+    upstream: str | None = None
+    intercept: bool = True  # False: disable-proxy-intercept-errors (upstream answers pass as they are)
+
+
+class Redirects(msgspec.Struct, frozen=True, gc=False):
+    """permanent-redirect, temporal-redirect, app-root, from-to-www-redirect (area: http).
+
+    Answered before any access check (nginx's rewrite phase)."""
+
+    url: str = ""  # permanent-/temporal-redirect: the Location, nginx variables ($request_uri...) expanded
+    code: int = 301  # the status of ``url`` (and of ``to_host``)
+    app_root: str = ""  # app-root: a request for "/" gets 302 to this path
+    to_host: str = ""  # from-to-www-redirect (on the synthesised host): scheme, port and URI kept
 
 
 class Balancing(msgspec.Struct, frozen=True, gc=False):
@@ -234,6 +280,8 @@ class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
     errors: ErrorPages | None = None
     # (schema 4, area access; appended while issue 9 fills the areas: the version stays 4)
     client_auth: bool = False  # the VirtualHost's client_auth (auth-tls-*) applies to this route (access)
+    # (schema 4, area http, likewise) permanent/temporal redirects, app-root, from-to-www-redirect
+    redirects: Redirects | None = None
 
 
 class Route(msgspec.Struct, frozen=True, gc=False):
@@ -332,7 +380,6 @@ class GlobalSettings(msgspec.Struct, frozen=True, gc=False):
     http_redirect_code: int = 308  # http-redirect-code: the status of redirects to HTTPS
     add_headers: tuple[tuple[str, str], ...] = ()  # add-headers: set on every response
     proxy_set_headers: tuple[tuple[str, str], ...] = ()  # proxy-set-headers: set on upstream requests
-    custom_http_errors: tuple[int, ...] = ()  # custom-http-errors: the global default
     access_log: bool | None = None  # disable-access-log (inverted); None: --access-log decides
     log_format: str = ""  # log-format-upstream ("": fastingress's own line)
     log_escape: Literal["default", "json", "none"] = "default"  # log-format-escape-json/-none

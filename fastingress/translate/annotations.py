@@ -46,6 +46,8 @@ import msgspec
 from fastingress.snapshot.schema import Protocol
 from fastingress.translate import policy_access as _access
 from fastingress.translate import policy_extauth as extauth
+from fastingress.translate import policy_http as http
+from fastingress.translate.policy_http import HttpAnnotations
 
 PREFIX = "nginx.ingress.kubernetes.io/"
 FASTINGRESS_PREFIX = "fastingress.io/"
@@ -100,6 +102,7 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     closed: tuple[tuple[str, str], ...] = ()
     canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
     x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
+    http: HttpAnnotations = HttpAnnotations()  # area http (issue 9): CORS, redirects, headers, errors
     # -- access (issue 9; see policy_access): None means "not set" --------------------------
     allowlist_source_range: tuple[str, ...] | None = None
     whitelist_source_range: tuple[str, ...] | None = None  # the old name of allowlist-source-range
@@ -278,6 +281,31 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
     "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
     "enable-global-auth": implemented("enable_global_auth", parse_bool),  # see translate.configmap
+    # -- area http (issue 9): fastingress/translate/policy_http.py ---------------------------
+    "enable-cors": implemented("http.enable_cors", parse_bool),
+    "cors-allow-origin": implemented("http.cors_allow_origin", http.parse_cors_origins),
+    "cors-allow-methods": implemented("http.cors_allow_methods", http.parse_cors_methods),
+    "cors-allow-headers": implemented("http.cors_allow_headers", http.parse_cors_headers),
+    "cors-expose-headers": implemented("http.cors_expose_headers", http.parse_cors_expose),
+    "cors-allow-credentials": implemented("http.cors_allow_credentials", parse_bool),
+    "cors-max-age": implemented("http.cors_max_age", http.parse_max_age),
+    "permanent-redirect": implemented("http.permanent_redirect", http.parse_redirect_url),
+    "permanent-redirect-code": implemented("http.permanent_redirect_code", http.parse_permanent_code),
+    "temporal-redirect": implemented("http.temporal_redirect", http.parse_redirect_url),
+    "temporal-redirect-code": implemented("http.temporal_redirect_code", http.parse_temporal_code),
+    "app-root": implemented("http.app_root", http.parse_app_root),
+    "from-to-www-redirect": implemented("http.from_to_www_redirect", parse_bool),
+    "server-alias": implemented("http.server_alias", http.parse_server_alias),
+    "custom-headers": implemented("http.custom_headers", http.parse_object_ref),
+    "proxy-redirect-from": implemented("http.proxy_redirect_from", http.parse_redirect_rewrite),
+    "proxy-redirect-to": implemented("http.proxy_redirect_to", http.parse_redirect_rewrite),
+    "proxy-cookie-domain": implemented("http.proxy_cookie_domain", http.parse_cookie_rewrite),
+    "proxy-cookie-path": implemented("http.proxy_cookie_path", http.parse_cookie_rewrite),
+    "connection-proxy-header": implemented("http.connection_proxy_header", http.parse_connection_header),
+    "proxy-http-version": implemented("http.proxy_http_version", http.parse_http_version),
+    "custom-http-errors": implemented("http.custom_http_errors", http.parse_status_codes),
+    "default-backend": implemented("http.default_backend", http.parse_service_name),
+    "disable-proxy-intercept-errors": implemented("http.disable_proxy_intercept_errors", parse_bool),
     # -- access (issue 9, policy_access): a bad value fails the Ingress closed ----------------
     "allowlist-source-range": implemented("allowlist_source_range", _access.parse_cidrs, guard=True),
     "whitelist-source-range": implemented("whitelist_source_range", _access.parse_cidrs, guard=True),
@@ -333,25 +361,19 @@ _ROWS: dict[str, Key] = {
     # -- not implemented yet: ignored with a warning --------------------------------------------
     **_rows(
         """
-        affinity affinity-canary-behavior affinity-mode app-root
-        connection-proxy-header
-        cors-allow-credentials cors-allow-headers cors-allow-methods cors-allow-origin
-        cors-expose-headers cors-max-age custom-headers custom-http-errors
-        default-backend disable-proxy-intercept-errors enable-cors
-        from-to-www-redirect load-balance
+        affinity affinity-canary-behavior affinity-mode
+        load-balance
         mirror-host mirror-request-body mirror-target mirror-uri
-        permanent-redirect permanent-redirect-code preserve-trailing-slash
-        proxy-cookie-domain proxy-cookie-path proxy-http-version
+        preserve-trailing-slash
         proxy-next-upstream proxy-next-upstream-timeout proxy-next-upstream-tries
-        proxy-redirect-from proxy-redirect-to proxy-ssl-ciphers proxy-ssl-location-only
+        proxy-ssl-ciphers proxy-ssl-location-only
         proxy-ssl-protocols proxy-ssl-verify-depth relative-redirects satisfy
-        server-alias service-upstream
+        service-upstream
         session-cookie-change-on-failure session-cookie-conditional-samesite-none
         session-cookie-domain session-cookie-expires session-cookie-max-age
         session-cookie-name session-cookie-partitioned session-cookie-path session-cookie-samesite
         session-cookie-secure
         ssl-ciphers ssl-prefer-server-ciphers
-        temporal-redirect temporal-redirect-code
         upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
         """,
         UNSUPPORTED,
@@ -376,16 +398,27 @@ _ROWS: dict[str, Key] = {
     # -- nginx internals with no effect here ---------------------------------------------------
     **_rows(
         """
-        client-body-buffer-size enable-access-log enable-rewrite-log
+        enable-access-log enable-rewrite-log
         enable-opentelemetry enable-opentracing opentelemetry-operation-name
         opentelemetry-trust-incoming-span opentracing-operation-name opentracing-trust-incoming-span
         jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-propagation-format
         jaeger-sampler-host jaeger-sampler-param jaeger-sampler-port jaeger-sampler-type
         jaeger-service-name zipkin-collector-host zipkin-collector-port zipkin-sample-rate
-        zipkin-service-name http2-push-preload proxy-buffering proxy-buffer-size
-        proxy-buffers-number proxy-max-temp-file-size proxy-request-buffering proxy-busy-buffers-size
+        zipkin-service-name http2-push-preload
         """,
         INERT,
+    ),
+    # -- buffering (area http): fastingress streams bodies both ways, whatever these say ------
+    **_rows(
+        """
+        client-body-buffer-size proxy-buffering proxy-buffer-size proxy-buffers-number
+        proxy-max-temp-file-size proxy-request-buffering proxy-busy-buffers-size
+        """,
+        Key("inert", note=(
+            "fastingress streams request and response bodies as they come (like proxy-buffering "
+            "and proxy-request-buffering off), never buffering them to memory or disk; "
+            "proxy-body-size is still enforced"
+        )),
     ),
     # -- removed from ingress-nginx -------------------------------------------------------------
     "secure-backends": removed("backend-protocol"),
@@ -449,7 +482,7 @@ class AnnotationFinding(msgspec.Struct, frozen=True):
 
 
 def _set(result: IngressAnnotations, path: str, value: Any) -> IngressAnnotations:
-    """``result`` with ``path`` ("field", or "nested.field" of a nested Struct) set to ``value``."""
+    """``result`` with ``path`` (a field, or ``nested.field``: ``upstream.x``, ``http.x``) set."""
     outer, dot, inner = path.partition(".")
     if dot:
         nested = msgspec.structs.replace(getattr(result, outer), **{inner: value})
@@ -538,7 +571,7 @@ class _Parse:
         elif status == "snippet":
             self.snippet(key, raw)
         elif status == "inert":
-            self.add("info", key, "has no effect in fastingress", "ignored")
+            self.add("info", key, "has no effect in fastingress", row.note or "ignored")
         elif status == "removed":
             replacement = PREFIX + row.note if row.note else ""
             self.add("warning", key, "removed from ingress-nginx", "ignored", replacement)
@@ -558,7 +591,11 @@ class _Parse:
         try:
             value = row.parser(text)
         except ValueError as exc:
-            suggestion = str(getattr(exc, "suggestion", ""))  # BadValue (or an area's own error)
+            suggestion = str(getattr(exc, "suggestion", ""))  # BadValue, policy_<area>.Refused
+            if hasattr(exc, "partial") and not row.guard:  # policy_<area>.PartialValue: keep the rest
+                self.result = _set(self.result, row.field, exc.partial)
+                self.add("warning", key, f"bad value {_shown(text)}: {exc}", "", suggestion)
+                return
             if row.guard:
                 self.close(key, "has an invalid value", f"bad value {_shown(text)}: {exc}", suggestion)
             else:
@@ -652,4 +689,6 @@ def parse_annotations(
         if REGISTRY[name].status == "canary" and name != "canary":
             canary_keys.append(key)
         state.known(key, name, raw)
+    for key, what, tail in http.findings(state.result.http, {name: chosen[name][0] for name in chosen}):
+        state.add("warning", key, what, tail)
     return state.finish(canary_keys)

@@ -39,6 +39,9 @@ _MAX_PORT = 65535
 _SSL_SECRET_FIELD = "metadata.annotations[nginx.ingress.kubernetes.io/proxy-ssl-secret]"
 
 
+FIRST_PORT = 0  # BackendRef.port: the Service's first port (as ingress-nginx's default-backend)
+
+
 class BackendRef(msgspec.Struct, frozen=True):
     """A backend as an Ingress (or an option) names it."""
 
@@ -82,6 +85,8 @@ def service_ports(service: object) -> list[tuple[str, int]]:
 
 
 def _find_port(ports: list[tuple[str, int]], wanted: int | str) -> tuple[str, int] | None:
+    if wanted == 0:  # FIRST_PORT: the Service's first port (default-backend annotation)
+        return ports[0] if ports else None
     for name, port in ports:
         if (isinstance(wanted, int) and port == wanted) or (isinstance(wanted, str) and name == wanted):
             return name, port

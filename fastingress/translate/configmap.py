@@ -190,8 +190,8 @@ def parse_cidrs(value: str) -> tuple[str, ...]:
 def parse_codes(value: str) -> tuple[int, ...]:
     codes: list[int] = []
     for part in _split(value):
-        if not part.isdigit() or not 300 <= int(part) <= 599:
-            raise ValueError(f"{part!r} is not an HTTP status between 300 and 599")
+        if not part.isdigit() or not 400 <= int(part) <= 599:
+            raise ValueError(f"{part!r} is not an HTTP error status (400-599)")
         if int(part) not in codes:
             codes.append(int(part))
     return tuple(sorted(codes))
@@ -477,10 +477,10 @@ _ROWS: dict[str, Row] = {
     "grpc-buffer-size-kb": inert(default="0"),
     "proxy-http-version": unsupported("1.1", "HTTP/1.1 to upstreams", same=True),
     # -- answers and logs --------------------------------------------------------------------
-    "custom-http-errors": Row(
-        "implemented", parse_codes, _settings("custom_http_errors"), "",
-        note="validated and kept in the snapshot (GlobalSettings.custom_http_errors)",
-        pending="custom error pages are not served yet",
+    "custom-http-errors": implemented(
+        parse_codes, _defaults("custom_http_errors"), "",
+        "the default of the custom-http-errors annotation (pages from the default backend, "
+        "--default-backend-service)",
     ),
     "server-tokens": implemented(parse_bool, _server_tokens, "false",
                                  "false: no Server header; true: fastingress/VERSION; without the "

@@ -44,7 +44,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
     WeightedBackend,
 )
-from fastingress.translate import policy_extauth
+from fastingress.translate import extra_hosts, http_emit, policy_extauth
 from fastingress.translate.annotations import PREFIX, IngressAnnotations, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
@@ -70,6 +70,7 @@ class _Merged:
         self.routes: dict[str, dict[tuple[str, str], tuple[PathRule, IngressPlan]]] = {}
         self.fallbacks: dict[str, IngressPlan] = {}
         self.tls: dict[str, tuple[str, IngressPlan, str]] = {}
+        self.extra: extra_hosts.Claims = extra_hosts.NO_CLAIMS  # server-alias, from-to-www-redirect
 
 
 def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
@@ -115,6 +116,7 @@ def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
                 )
     for plan in canaries:
         _orphan_canary(merged, plan, sink)
+    merged.extra = extra_hosts.claim((p for p in plans if not p.annotations.canary), merged.hosts, sink)
     return merged
 
 
@@ -194,11 +196,14 @@ class _Emitter:
     def closed_reasons(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
         """(annotation key, why) for each access guard of ``plan`` that is not honoured;
         empty if none, or if ``--unsafe-fail-open`` serves them open anyway.  Guards whose
-        Secret or ConfigMap is missing or unusable count (``policy_access``, ``policy_extauth``)."""
+        Secret or ConfigMap is missing or unusable count (``policy_access``, ``policy_extauth``), and so
+        does an unusable custom-headers ConfigMap (``http_emit``: ingress-nginx denies the location)."""
+        fail_open = self.options.unsafe_fail_open
         extauth = self.extauth_closed(plan)
-        if self.options.unsafe_fail_open:
+        custom_headers = http_emit.custom_headers_problem(self.cluster, plan, self.sink, fail_open)
+        if fail_open:
             return ()
-        closed = plan.annotations.closed + self.access(plan).closed + extauth
+        closed = plan.annotations.closed + self.access(plan).closed + extauth + custom_headers
         extra = self.options.global_closed  # the controller ConfigMap's (translate.configmap)
         if extra:
             if not plan.annotations.enable_global_auth:
@@ -281,6 +286,10 @@ class _Emitter:
             basic_auth=access.basic_auth,
             client_auth=host.client is not None,
             external_auth=None if isinstance(action, Respond) else self.external_auth(rule, plan),
+            cors=http_emit.cors(annotations.http),
+            headers=http_emit.header_rules(self.cluster, plan),
+            errors=http_emit.error_pages(self, plan),
+            redirects=http_emit.redirects(annotations.http),
         )
         return Route(
             path=rule.path,
@@ -569,6 +578,7 @@ def _translate(
     merged = _merge(plans, sink)
     emitter = _Emitter(cluster, options, sink)
     virtual_hosts = tuple(emitter.virtual_host(host, merged) for host in sorted(merged.hosts))
+    virtual_hosts = extra_hosts.emit(virtual_hosts, merged.extra, emitter.certificates)
     default_action = emitter.default_action(plans)
     settings = emitter.settings()
     upstreams = emitter.builder.upstreams

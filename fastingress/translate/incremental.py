@@ -60,6 +60,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from fastingress.snapshot.schema import Certificate, Endpoint, Snapshot, Upstream, VirtualHost
+from fastingress.translate import extra_hosts
 from fastingress.translate.access import get, get_map, str_map
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder
@@ -75,6 +76,7 @@ Diags = tuple[Diagnostic, ...]
 ServiceKey = tuple[str, str]
 SecretKey = tuple[str, str]
 ANY_SECRET: SecretKey = ("", "*")  # read by iterating the Secrets: any change concerns it
+CONFIGMAP = "configmap:"  # ConfigMaps (custom-headers) are tracked as Secrets ("configmap:<ns>", name)
 SecretReads = frozenset[SecretKey]
 RequestKey = tuple[BackendRef, UpstreamSettings, ObjRef]
 _MAX_CHANGES = 256  # more changed objects than this: index everything again
@@ -142,21 +144,27 @@ class _SecretLookups(Mapping[SecretKey, Obj]):
     """``cluster.secrets`` as seen by one host's emission or one resolution: records which
     Secrets were looked up (present or not), so that a changed Secret redoes only them."""
 
-    def __init__(self, secrets: Mapping[SecretKey, Obj], read: set[SecretKey] | None = None) -> None:
+    def __init__(
+        self, secrets: Mapping[SecretKey, Obj], read: set[SecretKey] | None = None, tag: str = ""
+    ) -> None:
         self._secrets = secrets
         self.read: set[SecretKey] = set() if read is None else read
+        self._tag = tag  # CONFIGMAP: the same records, for ConfigMaps
+
+    def _record(self, key: SecretKey) -> None:
+        self.read.add((self._tag + key[0], key[1]) if self._tag else key)
 
     def __getitem__(self, key: SecretKey) -> Obj:
-        self.read.add(key)
+        self._record(key)
         return self._secrets[key]
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, tuple):
-            self.read.add(key)
+            self._record(key)
         return key in self._secrets
 
     def get(self, key: SecretKey, default: Any = None) -> Any:
-        self.read.add(key)
+        self._record(key)
         return self._secrets.get(key, default)
 
     def __iter__(self) -> Iterator[SecretKey]:
@@ -169,15 +177,20 @@ class _SecretLookups(Mapping[SecretKey, Obj]):
 
 
 def _recording(cluster: Cluster) -> tuple[Cluster, _SecretLookups]:
-    """A Cluster sharing ``cluster``'s (never edited) contents, whose Secrets record lookups."""
+    """A Cluster sharing ``cluster``'s (never edited) contents, whose Secrets (and ConfigMaps)
+    record lookups."""
     lookups = _SecretLookups(cluster.secrets)
     view = Cluster()
     view.ingresses, view.classes, view.services, view.slices = (
         cluster.ingresses, cluster.classes, cluster.services, cluster.slices
     )
     view.secrets = lookups  # type: ignore[assignment]  # read-only use: get / in / []
-    view.configmaps = _SecretLookups(cluster.configmaps, lookups.read)  # type: ignore[assignment]
+    view.configmaps = _SecretLookups(cluster.configmaps, lookups.read, CONFIGMAP)  # type: ignore[assignment]
     return view, lookups
+
+
+def _configmap_keys(keys: Iterable[tuple[str, str]]) -> set[SecretKey]:
+    return {(CONFIGMAP + namespace, name) for namespace, name in keys}
 
 
 def _grouped(requests: list[_Resolved]) -> dict[ServiceKey, tuple[_Resolved, ...]]:
@@ -318,6 +331,7 @@ class Translator:
         self._slices: dict[ServiceKey, list[tuple[ObjRef, Obj]]] = {}
         self._secrets: dict[tuple[str, str], Obj] = {}
         self._configmaps: dict[tuple[str, str], Obj] = {}
+        self._extra: tuple[object, object, object, tuple[VirtualHost, ...]] | None = None  # extra_hosts memo
         self._classes: dict[str, Obj] = {}
         self._classes_token: object = object()
         self._plans: list[IngressPlan] | None = None
@@ -392,7 +406,7 @@ class Translator:
                 upstreams.setdefault(resolved.name, resolved.upstream)
         certificates = emitter.certificates
         return Snapshot(
-            virtual_hosts=emission.vhosts,
+            virtual_hosts=self._with_extra_hosts(emission, merged),
             upstreams=tuple(upstreams[name] for name in sorted(upstreams)),
             certificates=tuple(certificates[name] for name in sorted(certificates)),
             default_action=default_action,
@@ -412,6 +426,16 @@ class Translator:
         self._configured_from = cluster.configmaps
         self._configmap_diags = sub.sorted()
         return options
+
+    def _with_extra_hosts(self, emission: _Emission, merged: _Merged) -> tuple[VirtualHost, ...]:
+        """``extra_hosts.emit`` (aliases, www redirects), the same tuple while nothing changed."""
+        memo = self._extra
+        if memo is not None and memo[0] is emission.vhosts and memo[1] is merged.extra \
+                and memo[2] is emission.certificates:
+            return memo[3]
+        vhosts = extra_hosts.emit(emission.vhosts, merged.extra, emission.certificates)
+        self._extra = (emission.vhosts, merged.extra, emission.certificates, vhosts)
+        return vhosts
 
     # -- 1. addressing -------------------------------------------------------------------
 
@@ -539,8 +563,11 @@ class Translator:
             elif ref.kind == "EndpointSlice":
                 labels = (_slice_service(old_obj), _slice_service(new_obj))
                 services.update((ref.namespace, service) for service in labels if service)
-        looked_up = {(r.namespace, r.name) for r, _, _ in updates if r.kind in ("Secret", "ConfigMap")}
-        self._fast = (services, looked_up)
+        secrets = {(ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "Secret"}
+        secrets |= _configmap_keys(
+            (ref.namespace, ref.name) for ref, _, _ in updates if ref.kind == "ConfigMap"
+        )
+        self._fast = (services, secrets)
         return cluster
 
     def _apply(self, previous: Cluster, updates: list[tuple[ObjRef, Obj, Obj]]) -> Cluster:
@@ -585,7 +612,7 @@ class Translator:
             changed.update(k for k, v in new_slices.items() if not _same_slices(old_slices.get(k), v))
             changed.update(k for k in old_slices if k not in new_slices)
             secrets = _same_items(self._secrets, cluster.secrets)
-            secrets |= _same_items(self._configmaps, cluster.configmaps)  # (see the module docstring)
+            secrets |= _configmap_keys(_same_items(self._configmaps, cluster.configmaps))
         if cluster.classes is not self._classes and _same_items(self._classes, cluster.classes):
             self._classes_token = object()
         self._services = cluster.services

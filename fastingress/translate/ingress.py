@@ -321,9 +321,13 @@ def initial_annotations(defaults: AnnotationDefaults | None) -> IngressAnnotatio
         connect_timeout=defaults.connect_timeout, read_timeout=defaults.read_timeout,
         send_timeout=defaults.send_timeout,
     )
-    return IngressAnnotations(
+    initial = IngressAnnotations(
         upstream=upstream, ssl_redirect=defaults.ssl_redirect, force_ssl_redirect=defaults.force_ssl_redirect
     )
+    if defaults.custom_http_errors:
+        http = msgspec.structs.replace(initial.http, custom_http_errors=defaults.custom_http_errors)
+        initial = msgspec.structs.replace(initial, http=http)
+    return initial
 
 
 _NO_DEFAULTS = AnnotationDefaults()

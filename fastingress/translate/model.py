@@ -25,6 +25,7 @@ class AnnotationDefaults(msgspec.Struct, frozen=True):
     send_timeout: float = 60.0  # proxy-send-timeout
     allowlist: tuple[str, ...] = ()  # whitelist-source-range (of allowlist-source-range)
     denylist: tuple[str, ...] = ()  # denylist-source-range
+    custom_http_errors: tuple[int, ...] = ()  # custom-http-errors (served by the default backend)
 
 
 class TranslateOptions(msgspec.Struct, frozen=True):

@@ -297,8 +297,9 @@ def test_parse_cidrs_and_patterns() -> None:
 
 def test_parse_codes_protocols_ciphers_redirects() -> None:
     assert parse_codes("503, 404,404") == (404, 503)
-    with pytest.raises(ValueError):
-        parse_codes("200")
+    for bad in ("200", "302", "404, x"):
+        with pytest.raises(ValueError):
+            parse_codes(bad)
     assert parse_ssl_protocols("TLSv1.3") == ("TLSv1.3",)
     noted = parse_ssl_protocols("TLSv1 TLSv1.1 TLSv1.2")
     assert isinstance(noted, Noted) and noted.value == ("TLSv1.2",) and "TLSv1, TLSv1.1" in noted.note

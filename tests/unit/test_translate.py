@@ -113,11 +113,11 @@ def test_annotation_tables_are_disjoint_and_cover_the_corpus_favourites() -> Non
     for key in (
         "canary",
         "affinity",
-        "enable-cors",
     ):
         assert key in NOT_SUPPORTED
     implemented = (
         "ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target", "auth-url",
+        "enable-cors",
     )
     for key in implemented:
         assert key in IMPLEMENTED

@@ -7,13 +7,18 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import access, extauth, forwarded
+from workers.policies import access, cors, errors, extauth, forwarded, headers, redirects
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
     access.compile,  # first: the client certificate is judged before any other REWRITE hook (nginx)
+    redirects.compile_app_root,  # REWRITE, in the template's order: app-root, CORS, redirect
+    cors.compile,
+    redirects.compile,
     forwarded.compile,
     extauth.compile,
+    headers.compile,
+    errors.compile,
 )
 
 __all__ = ["COMPILERS"]
