@@ -33,6 +33,7 @@ import msgspec
 from fastingress.errors import FastIngressError
 from fastingress.snapshot.schema import (
     Action,
+    Canary,
     Forward,
     Redirect,
     Respond,
@@ -43,6 +44,7 @@ from fastingress.snapshot.schema import (
     VirtualHost,
 )
 from fastingress.translate.model import Diagnostic
+from workers.canary import CanaryRule
 from workers.clientip import Front
 from workers.decide import explain_policies
 from workers.heads import scan_request
@@ -362,6 +364,77 @@ def _upstream_policies(upstreams: Sequence[BackendView], table: RouteTable) -> l
     return out
 
 
+def _cookies(headers: Sequence[tuple[str, str]]) -> dict[str, str]:
+    jar: dict[str, str] = {}
+    for name, value in headers:
+        if name.strip().lower() != "cookie":
+            continue
+        for pair in value.split(";"):
+            key, eq, val = pair.strip().partition("=")
+            if eq and key:
+                jar.setdefault(key, val.strip().strip('"'))
+    return jar
+
+
+def _selection(
+    table: RouteTable, route: Route, action: Forward, headers: Sequence[tuple[str, str]]
+) -> tuple[tuple[BackendView, ...], list[Policy]]:
+    """The canary decision for these headers and cookies (``workers.canary``, the workers' own
+    code) and the canary's backend, how endpoints are chosen, and proxy-next-upstream."""
+    out: list[Policy] = []
+    extra: tuple[BackendView, ...] = ()
+    main = table.upstreams.get(action.backends[0].upstream)
+    canary = route.policy.canary
+    alternative = table.upstreams.get(canary.upstream) if canary is not None else None
+    if canary is not None:
+        out.append(_canary(canary, main, alternative, headers))
+        extra = (_backend(alternative, canary.weight) if alternative is not None
+                 else BackendView(canary.upstream, canary.weight, missing=True),)
+    for upstream in (main, alternative):
+        if upstream is not None and upstream.balancing is not None:
+            out.append(_balancing(upstream))
+    retry = route.policy.next_upstream
+    if retry is not None:
+        tries = f"{retry.tries} tries" if retry.tries else "tries unlimited"
+        limit = f" within {retry.timeout:g}s" if retry.timeout else ""
+        out.append(Policy("proxy-next-upstream", " ".join(retry.conditions) or "off",
+                          f"{tries}{limit}; not once any of the request body was sent"))
+    return extra, out
+
+
+def _canary(
+    canary: Canary, main: Upstream | None, alternative: Upstream | None, headers: Sequence[tuple[str, str]]
+) -> Policy:
+    rule = CanaryRule(
+        canary, main.balancing if main else None, alternative.balancing if alternative else None
+    )
+    by_name = {name.strip().lower().encode("latin-1", "replace"): value.encode("latin-1", "replace")
+               for name, value in reversed(headers)}
+    decision = rule.decide(by_name.get, _cookies(headers).get, lambda total: total + 1)
+    if decision.chance >= 0:
+        effect = (f"{decision.chance:.1%} of such requests go to the canary, at random "
+                  f"({decision.reason.partition(':')[0]})")
+    elif decision.canary:
+        effect = f"this request goes to the canary: {decision.reason}"
+    else:
+        effect = f"this request stays on the main backend: {decision.reason}"
+    return Policy("canary", f"Ingress {canary.ingress} -> {canary.service}", effect)
+
+
+def _balancing(upstream: Upstream) -> Policy:
+    balancing = upstream.balancing
+    assert balancing is not None
+    if balancing.affinity is not None:
+        c = balancing.affinity
+        moved = ", moved after a failure" if c.change_on_failure else ""
+        return Policy("affinity", f"cookie {c.name} ({c.mode})",
+                      f"{upstream.name}: a session stays on its endpoint{moved}")
+    if balancing.hash_by:
+        subset = f", subsets of {balancing.hash_subset_size}" if balancing.hash_subset_size else ""
+        return Policy("upstream-hash-by", balancing.hash_by + subset, f"{upstream.name}: consistent hashing")
+    return Policy("load-balance", balancing.load_balance, f"{upstream.name}: the faster of two endpoints")
+
+
 def _fail_closed(action: Action | None) -> Policy | None:
     if isinstance(action, Respond) and FAIL_CLOSED_MARK in action.body:
         refused = action.body.partition("refused: ")[2].partition("; this route")[0]
@@ -550,6 +623,10 @@ def _act(
             target = route.policy.rewrite_target
             policies.append(Policy("rewrite-target", target, f"upstream gets {path}{query}"))
         policies += _upstream_policies(backends, table)
+        if route is not None:
+            canary, selection = _selection(table, route, action, base.headers)
+            policies += selection
+            backends += canary
         ready = any(e.ready for b in backends for e in b.endpoints) or any(b.external_name for b in backends)
         return msgspec.structs.replace(
             base, outcome="forward", status=0 if ready else 503,

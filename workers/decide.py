@@ -16,8 +16,10 @@ same wherever it runs, and a route without policies pays for nothing but its mat
    calls ``resume`` with its result);
 3. the action: a redirect or fixed answer, or forwarding with ``rewrite-target``, the body
    limit against a declared Content-Length, the backend (smooth weighted round robin, or a
-   policy's choice such as a canary) and the endpoints (round robin over ready ones, or a
-   policy's choice such as affinity, with an alternate for one retry).
+   policy's choice such as a canary) and the endpoints (round robin or EWMA over ready ones,
+   or a policy's choice such as affinity, with an alternate for one retry; a route with
+   proxy-next-upstream or a balancing policy gets a ``workers.retry.Retry`` instead, which
+   asks the same choice again, told which endpoints failed).
 
 The result is an ``Answer`` (write it and be done), a ``Proxy`` (forward to an HTTP/1.1
 upstream), a ``Handoff`` (the request needs a task: an Upgrade tunnel, an HTTP/2 or gRPC
@@ -45,6 +47,7 @@ from workers.heads import REQ_DROP, TEXT, RequestInfo, error_body
 from workers.http1 import valid_value
 from workers.pathnorm import normalize_target
 from workers.policy import Answer, Compiled, Defer, Refetch, RequestCtx, run_request_hooks
+from workers.retry import TRIED, Retry, rules_of
 from workers.routing import RouteTable, rewrite
 from workers.tlspolicy import redirect_location, wants_https
 from workers.upstream_tls import H2_PROTOCOLS
@@ -64,6 +67,7 @@ class Proxy(NamedTuple):
     alternate: Address | None  # for one retry after a failed connect
     route: Route | None
     ctx: RequestCtx | None = None  # the route's policies (response and done hooks, headers)
+    retry: Retry | None = None  # proxy-next-upstream / balancing: next attempts (alternate unused)
 
 
 class Handoff(NamedTuple):
@@ -139,7 +143,7 @@ def decide(
     if match.vhost is not None:
         labels[0] = match.vhost.hostname
     if route is None:
-        return _act(table, balancer, match.action, None, path, query, info, None)
+        return _act(table, balancer, match.action, None, path, query, info, None, method=method, now=now)
     labels[1] = route.ingress or "-"
     labels[2] = route.service or "-"
     if not tls and wants_https(route.policy):
@@ -149,7 +153,7 @@ def decide(
             return Answer(code, error_body(code), TEXT, ((b"location", location),))
     compiled = table.policies(route)
     if compiled is None:
-        return _act(table, balancer, match.action, route, path, query, info, None)
+        return _act(table, balancer, match.action, route, path, query, info, None, method=method, now=now)
     ctx = RequestCtx(
         method=method, target=target, path=path, query=query, host=info.host, headers=info.headers,
         client_ip=client_ip, tls=tls, route=route, vhost=match.vhost, now=now, tls_peer=tls_peer, info=info,
@@ -182,7 +186,8 @@ def _hooks(  # noqa: PLR0917 (the state a deferred hook resumes with)
 
         return Pending(result, resume, ctx)
     try:
-        return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled)
+        return _act(table, balancer, action, route, ctx.path, ctx.query, info, ctx, compiled,
+                    method=ctx.method, now=ctx.now)
     except FastIngressError as exc:  # (413, 503...): answered with the route's policies too
         exc.ctx = ctx
         raise
@@ -204,6 +209,9 @@ def _act(  # noqa: PLR0917 (the state of one decision)
     info: RequestInfo,
     ctx: RequestCtx | None,
     compiled: Compiled | None = None,
+    *,
+    method: bytes = b"GET",
+    now: float = 0.0,
 ) -> Decision:
     if action is None:
         return Answer(404, error_body(404), ctx=ctx)
@@ -233,7 +241,13 @@ def _act(  # noqa: PLR0917 (the state of one decision)
         info.headers.extend(ctx.upstream_headers)
     up_target = (path + query).encode() if path != "*" else b"*"
     if upstream.protocol in H2_PROTOCOLS:
-        return Handoff("http2-upstream", Proxy(upstream, up_target, host, limit, None, None, route, ctx))
+        primary: Address | None = None
+        alternate: Address | None = None
+        addrs = balancer.ready(upstream) if upstream.balancing is not None else ()
+        if addrs:  # affinity, hashing, EWMA (else forward_h2 picks by round robin)
+            primary, alternate = pick_endpoint(balancer, upstream, addrs, ctx, compiled)
+        proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx)
+        return Handoff("http2-upstream", proxy)
     if upstream.protocol not in _HTTP1_PROTOCOLS:
         raise UpstreamFailed(f"upstream {name}: protocol {upstream.protocol} is not supported yet")
     if upstream.external_name and not upstream.endpoints:
@@ -247,7 +261,13 @@ def _act(  # noqa: PLR0917 (the state of one decision)
                     return refetch(table, balancer, fetch, info, ctx, up_target, limit)
         raise NoEndpoint(f"upstream {name} has no ready endpoint")
     primary, alternate = pick_endpoint(balancer, upstream, addrs, ctx, compiled)
-    proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx)
+    retry: Retry | None = None
+    next_upstream = route.policy.next_upstream if route is not None else None
+    if next_upstream is not None or upstream.balancing is not None:
+        retry = Retry(rules_of(next_upstream), _chooser(balancer, upstream, addrs, ctx, compiled), primary,
+                      method=method, start=now)
+        alternate = None
+    proxy = Proxy(upstream, up_target, host, limit, primary, alternate, route, ctx, retry)
     if info.upgrade is not None:
         return Handoff("upgrade", proxy)
     return proxy
@@ -318,7 +338,26 @@ def pick_endpoint(
             chosen = hook(ctx, upstream, addrs)
             if chosen is not None:
                 return chosen
-    return balancer.pick(upstream.name, addrs)
+    return balancer.choose(upstream, addrs, ctx)
+
+
+def _chooser(
+    balancer: Balancer, upstream: Upstream, addrs: tuple[Address, ...], ctx: RequestCtx | None,
+    compiled: Compiled | None,
+) -> Callable[[tuple[Address, ...]], Address | None]:
+    """The endpoint of a retry: the same choice as the first, told which endpoints failed."""
+
+    def choose(tried: tuple[Address, ...]) -> Address | None:
+        if ctx is not None:
+            ctx.state[TRIED] = tried
+            if compiled is not None:
+                for hook in compiled.select:
+                    chosen = hook(ctx, upstream, addrs)
+                    if chosen is not None:
+                        return chosen[0]
+        return balancer.choose(upstream, addrs, ctx, tried)[0]
+
+    return choose
 
 
 def explain_policies(compiled: Compiled | None) -> Sequence[str]:

@@ -136,6 +136,7 @@ class ClientConn(Forwarder):
         self.body_sent = False
         self.reused = False
         self.retried = False
+        self.retry = None  # the request's workers.retry.Retry (proxy-next-upstream), if any
         self.received = 0
         self.limit = 0
         self.linger_until = 0.0

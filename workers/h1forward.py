@@ -3,7 +3,9 @@
 The upstream side of ``workers.h1conn`` (see its theory of operation, step 3): a mix-in of
 ``ClientConn``, split out to keep each part readable.  It acquires a pooled or new
 ``UpstreamConn`` (one retry on the alternate endpoint after a failed connect, one retry on a
-fresh connection when a kept-alive one died before answering and no body byte went out),
+fresh connection when a kept-alive one died before answering and no body byte went out; a
+request with a ``workers.retry.Retry`` asks it instead of using the alternate, after a failed
+connect, a broken or invalid response head, a read timeout or a response status it names),
 sends the head and streams the body with flow control both ways, relays the response with
 one client write per upstream read, and ends the exchange (the connection back to the pool,
 the next request, or a lingering close).
@@ -34,6 +36,16 @@ from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
 from workers.policy import Refetch, RequestCtx
+from workers.retry import (
+    CONNECT_ERROR,
+    CONNECT_TIMEOUT,
+    ERROR,
+    INVALID_HEADER,
+    STATUS,
+    TIMEOUT,
+    Retry,
+    kind_name,
+)
 from workers.splice import SPLICE_MIN, SpliceFailed, Splicer
 from workers.splice import available as splice_available
 from workers.tlspolicy import add_hsts
@@ -82,6 +94,7 @@ class Forwarder(Timed):
         "resp_bytes",
         "resp_started",
         "retried",
+        "retry",
         "reused",
         "served",
         "splicer",
@@ -123,6 +136,7 @@ class Forwarder(Timed):
     body_sent: bool
     reused: bool
     retried: bool
+    retry: Retry | None
     received: int
     limit: int
     status: int
@@ -171,6 +185,7 @@ class Forwarder(Timed):
         if info.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         self.alternate = proxy.alternate
+        self.retry = proxy.retry
         assert proxy.primary is not None
         self._acquire(proxy.primary)
 
@@ -192,6 +207,11 @@ class Forwarder(Timed):
 
     def upstream_failed(self, conn: UpstreamConn, exc: UpstreamFailed | UpstreamTimeout) -> None:
         if self.state == CLOSED:
+            return
+        if self.retry is not None:
+            kind = CONNECT_TIMEOUT if isinstance(exc, UpstreamTimeout) else CONNECT_ERROR
+            if not self._next_upstream(kind, exc, sent=False):
+                self._upstream_error(exc)
             return
         alternate = self.alternate
         if alternate is not None and not self.body_sent:
@@ -323,6 +343,10 @@ class Forwarder(Timed):
                         if ev.status == 101:
                             _fail_upstream(conn, "switched protocols unasked")
                         continue  # 100 Continue and friends: we speak for ourselves
+                    if self.retry is not None and ev.status in self.retry.statuses and self._next_upstream(
+                            STATUS, UpstreamFailed(f"upstream {conn.label} answered {ev.status}"),
+                            status=ev.status):
+                        return  # proxy-next-upstream http_NNN: this answer is dropped
                     ctx = self.ctx
                     if ctx is not None and ctx.intercept_hooks:
                         fetch = ctx.intercept(ev.status, ev.headers)
@@ -344,7 +368,8 @@ class Forwarder(Timed):
                 return
             err = exc if isinstance(exc, UpstreamFailed) else UpstreamFailed(
                 f"upstream {conn.label}: response cannot be relayed: {exc}")
-            self._upstream_error(err)
+            if self.retry is None or not self._next_upstream(failure_kind(conn, err), err):
+                self._upstream_error(err)
             return
         self._to_client(out)
         if self.resp_started and not self.req_open and self._may_splice(conn):
@@ -462,7 +487,9 @@ class Forwarder(Timed):
         if self._retryable(conn):
             self._retry(conn)
             return
-        self._upstream_error(UpstreamFailed(f"upstream {conn.label}: connection lost: {exc or 'closed'}"))
+        err = UpstreamFailed(f"upstream {conn.label}: connection lost: {exc or 'closed'}")
+        if self.retry is None or not self._next_upstream(ERROR, err):
+            self._upstream_error(err)
 
     def upstream_writable(self, conn: UpstreamConn) -> None:
         if conn is self.up and self.req_open:
@@ -476,7 +503,28 @@ class Forwarder(Timed):
         what = "send" if conn.writing_paused else "read"
         timeout = (proxy.upstream.send_timeout if what == "send" else proxy.upstream.read_timeout) \
             if proxy else 0.0
-        self._upstream_error(UpstreamTimeout(f"upstream {conn.label}: {what} timed out after {timeout:g}s"))
+        err = UpstreamTimeout(f"upstream {conn.label}: {what} timed out after {timeout:g}s")
+        if self.retry is None or not self._next_upstream(TIMEOUT, err):
+            self._upstream_error(err)
+
+    def _next_upstream(self, kind: int, exc: UpstreamFailed | UpstreamTimeout, *, sent: bool = True,
+                       status: int = 0) -> bool:
+        """proxy-next-upstream: a new attempt on the endpoint ``self.retry`` names, if its rules
+        allow one (see ``workers.retry``); False: answer with the failure as usual."""
+        retry = self.retry
+        if retry is None or self.resp_started or self.state == CLOSED:
+            return False
+        address = retry.next(kind, status=status, sent=sent, body_sent=self.body_sent, now=self.core.now)
+        if address is None:
+            return False
+        self.worker.metrics.upstream_errors += 1
+        log.warning("%s; next upstream (%s): %s:%d", exc, kind_name(kind), *address)
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.close()
+        self._acquire(address)
+        return True
 
     def _upstream_error(self, exc: UpstreamFailed | UpstreamTimeout) -> None:
         if self.splicer is not None:
@@ -544,6 +592,14 @@ class Forwarder(Timed):
         pairs = tuple((a, upstream.port) for a in addrs)
         primary, alternate = self.worker.balancer.pick(upstream.name, pairs)
         self._forward(proxy._replace(primary=primary, alternate=alternate), head, info)
+
+
+def failure_kind(conn: UpstreamConn, exc: UpstreamFailed) -> int:
+    """``error`` when no byte of a response came (the connection broke or closed first), else
+    ``invalid_header`` for a response head the codec refused (it says "bad response")."""
+    if conn.fresh:
+        return ERROR
+    return INVALID_HEADER if "bad response from upstream" in str(exc) else ERROR
 
 
 def _fail_upstream(conn: UpstreamConn, what: str) -> NoReturn:

@@ -39,6 +39,8 @@ from workers.sessionfwd import SessionBase as Session
 from workers.tlspolicy import add_hsts
 from workers.upstream_tls import client_tls
 
+Address = tuple[str, int]
+
 log = logging.getLogger("fastingress.worker")
 
 _INF = float("inf")
@@ -122,15 +124,18 @@ async def forward_h2(
     upstream: Upstream,
     balancer: Balancer,
     limit: int,
+    chosen: tuple[Address | None, Address | None] = (None, None),
 ) -> bool:
-    """Proxy one HTTP/1.1 request to an HTTP/2 upstream; returns client keep-alive."""
+    """Proxy one HTTP/1.1 request to an HTTP/2 upstream; returns client keep-alive.  ``chosen``:
+    the endpoint (and alternate) the route's selection picked (affinity, hashing, EWMA), if any."""
     grpc = is_grpc(info.headers)
     session.scope.deadline = _INF  # this exchange keeps its own deadlines
     with trio.CancelScope() as scope:
         deadline = _Deadline(scope)
         try:
             return await _exchange_h1(session, head, info, target=target, authority=authority,
-                                      upstream=upstream, balancer=balancer, limit=limit, deadline=deadline)
+                                      upstream=upstream, balancer=balancer, limit=limit, deadline=deadline,
+                                      chosen=chosen)
         except (UpstreamFailed, UpstreamTimeout, NoEndpoint) as exc:
             if not grpc or not session.codec.can_respond:
                 raise
@@ -176,16 +181,19 @@ async def _exchange_h1(
     balancer: Balancer,
     limit: int,
     deadline: _Deadline,
+    chosen: tuple[Address | None, Address | None] = (None, None),
 ) -> bool:
     worker = session.worker
     pool = worker.pool
-    if upstream.external_name and not upstream.endpoints:
-        addrs = tuple((a, upstream.port) for a in await pool.resolve(upstream))
-    else:
-        addrs = balancer.ready(upstream)
-    if not addrs:
-        raise NoEndpoint(f"upstream {upstream.name} has no ready endpoint")
-    primary, alternate = balancer.pick(upstream.name, addrs)
+    primary, alternate = chosen
+    if primary is None:
+        if upstream.external_name and not upstream.endpoints:
+            addrs = tuple((a, upstream.port) for a in await pool.resolve(upstream))
+        else:
+            addrs = balancer.ready(upstream)
+        if not addrs:
+            raise NoEndpoint(f"upstream {upstream.name} has no ready endpoint")
+        primary, alternate = balancer.pick(upstream.name, addrs)
     headers = request_headers(session, info, upstream, method=head.method, target=target, authority=authority)
     tls = client_tls(upstream)
     h2pool = pool.h2

@@ -35,7 +35,6 @@ Areas live in modules of their own (``workers.policies.*``); ``COMPILERS`` lists
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, NamedTuple
 
 from fastingress.snapshot.schema import Forward, Route, Snapshot, Upstream, VirtualHost
@@ -134,18 +133,21 @@ class RequestCtx:
         return None
 
     def cookie(self, name: str) -> str | None:
+        """The first cookie of that name, as nginx's ``$cookie_NAME``: ``name=value`` pairs split at
+        ``;``, so one odd cookie (a JSON value, a space) does not hide the others."""
         cookies = self._cookies
         if cookies is None:
             cookies = self._cookies = {}
             for n, v in self.headers:
                 if n == b"cookie":
-                    jar: SimpleCookie = SimpleCookie()
-                    try:
-                        jar.load(v.decode("latin-1"))
-                    except CookieError:  # a malformed Cookie header is no cookie
-                        continue
-                    for key, morsel in jar.items():
-                        cookies.setdefault(key, morsel.value)
+                    for pair in v.decode("latin-1").split(";"):
+                        key, eq, value = pair.partition("=")
+                        key = key.strip()
+                        if eq and key:
+                            value = value.strip()
+                            if len(value) >= 2 and value[0] == value[-1] == '"':
+                                value = value[1:-1]
+                            cookies.setdefault(key, value)
         return cookies.get(name)
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:

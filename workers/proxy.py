@@ -157,6 +157,7 @@ class Session(SessionBase):
         self.pump_done = False
         self.pump_error: BaseException | None = None
         self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
+        self.retry = None  # the request's workers.retry.Retry while it is forwarded, if any
         self.request: tuple[RequestHead, RequestInfo] | None = None
         self.linger = False  # answered before the request was read whole (see linger_close)
         # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
@@ -458,7 +459,8 @@ class Session(SessionBase):
             assert proxy is not None
             if decision.reason == "http2-upstream":
                 return await forward_h2(self, head, info, target=proxy.target, authority=proxy.host,
-                                        upstream=proxy.upstream, balancer=balancer, limit=proxy.limit)
+                                        upstream=proxy.upstream, balancer=balancer, limit=proxy.limit,
+                                        chosen=(proxy.primary, proxy.alternate))
         else:
             proxy = decision
         assert table is not None and proxy is not None

@@ -1,6 +1,10 @@
 """The forwarding half of a task-based ``Session`` (``workers.proxy``): acquire a pooled or new
 upstream connection, send the request (its body pumped by a second task), relay the response,
 and after a 101 relay raw bytes both ways (``copy_bytes``, also used by TLS passthrough).
+A request with a ``workers.retry.Retry`` (proxy-next-upstream, balancing policies) is forwarded
+by ``_forward_retrying``: each attempt runs under a cancel scope of its own, so that a read
+timeout, like a failed connect, a broken or invalid response head or a response status the
+route names, can be followed by another attempt while nothing went to the client.
 
 See ``workers.proxy`` for the theory of operation (steps 3 and 4).
 """
@@ -25,6 +29,16 @@ from workers.heads import RequestInfo, add_forwarded, response_headers, set_head
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
 from workers.policy import Refetch, RequestCtx
 from workers.pool import UpstreamConn
+from workers.retry import (
+    CONNECT_ERROR,
+    CONNECT_TIMEOUT,
+    ERROR,
+    INVALID_HEADER,
+    STATUS,
+    TIMEOUT,
+    Retry,
+    kind_name,
+)
 from workers.state import Worker
 from workers.tlspolicy import add_hsts
 from workers.upstream_tls import client_tls
@@ -65,6 +79,15 @@ class _ClientGone(Exception):
     """The client went away or timed out while its body was being read."""
 
 
+class _NextUpstream(Exception):
+    """The response status is one the route retries on: try ``address`` instead (the response is
+    dropped, nothing of it went to the client)."""
+
+    def __init__(self, address: tuple[str, int], status: int) -> None:
+        super().__init__(f"answered {status}")
+        self.address = address
+
+
 class Intercepted(Exception):
     """A policy replaces the upstream's answer (custom-http-errors): nothing of it was sent."""
 
@@ -95,6 +118,7 @@ class SessionBase:
         "pump_error",
         "request",
         "resp_bytes",
+        "retry",
         "scope",
         "served",
         "status",
@@ -121,6 +145,7 @@ class SessionBase:
     pump_done: bool
     pump_error: BaseException | None
     ctx: RequestCtx | None
+    retry: Retry | None
     linger: bool
     request: tuple[RequestHead, RequestInfo] | None  # the request being forwarded (error pages)
     method: bytes
@@ -166,6 +191,8 @@ class SessionBase:
             headers.append((b"transfer-encoding", b"chunked"))
         target = proxy.target
         limit = proxy.limit
+        if proxy.retry is not None and proxy.primary is not None:
+            return await self._forward_retrying(head, info, proxy, settings, headers)
 
         conn, reused = await self._acquire(primary, alternate, upstream, settings)
         self.body_consumed = 0
@@ -193,6 +220,107 @@ class SessionBase:
         if ucodec.reusable and not worker.draining:
             await worker.pool.release(conn, settings.upstream_keepalive_connections,
                                       settings.upstream_keepalive_requests)
+        elif not ucodec.switched:
+            await trio.aclose_forcefully(conn.stream)
+        return keep
+
+    async def _forward_retrying(
+        self, head: RequestHead, info: RequestInfo, proxy: Proxy, settings: GlobalSettings,
+        headers: list[tuple[bytes, bytes]],
+    ) -> bool:
+        """``_forward`` with ``proxy.retry`` asked after each failed attempt (``workers.retry``)."""
+        retry = proxy.retry
+        address = proxy.primary
+        assert retry is not None and address is not None
+        self.body_consumed = 0
+        self.retry = retry
+        try:
+            while True:
+                try:
+                    conn, reused = await self._acquire(address, None, proxy.upstream, settings)
+                except (UpstreamFailed, UpstreamTimeout) as exc:
+                    kind = CONNECT_TIMEOUT if isinstance(exc, UpstreamTimeout) else CONNECT_ERROR
+                    found = self._next_address(kind, exc, sent=False)
+                    if found is None:
+                        raise
+                    address = found
+                    continue
+                outcome = await self._attempt(conn, reused, head, info, proxy, settings, headers)
+                if isinstance(outcome, bool):
+                    return outcome
+                address = outcome
+        finally:
+            self.retry = None
+
+    def _next_address(
+        self, kind: int, exc: BaseException, *, sent: bool = True, status: int = 0
+    ) -> tuple[str, int] | None:
+        retry = self.retry
+        if retry is None or not self.codec.can_respond:
+            return None
+        found = retry.next(kind, status=status, sent=sent, body_sent=self.body_consumed > 0, now=_now())
+        if found is not None:
+            self.worker.metrics.upstream_errors += 1
+            log.warning("%s; next upstream (%s): %s:%d", exc, kind_name(kind), *found)
+        return found
+
+    async def _attempt(  # noqa: PLR0917
+        self, conn: UpstreamConn, reused: bool, head: RequestHead, info: RequestInfo, proxy: Proxy,
+        settings: GlobalSettings, headers: list[tuple[bytes, bytes]],
+    ) -> bool | tuple[str, int]:
+        """One attempt under a cancel scope of its own: client keep-alive, or the endpoint of
+        the next attempt."""
+        upstream = proxy.upstream
+        outer = self.scope
+        outer.deadline = _INF
+        keep = False
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            try:
+                while True:
+                    try:
+                        keep = await self._exchange(
+                            conn, reused, method=head.method, target=proxy.target, headers=headers, info=info,
+                            upstream=upstream, limit=proxy.limit,
+                        )
+                        break
+                    except _DeadConnection:
+                        await trio.aclose_forcefully(conn.stream)
+                        if self.body_consumed:
+                            raise UpstreamFailed(
+                                f"upstream {upstream.name} closed a kept-alive connection"
+                            ) from None
+                        self.scope.deadline = _INF
+                        conn, reused = await self._acquire(conn.key, None, upstream, settings, fresh=True)
+            except _NextUpstream as exc:
+                await trio.aclose_forcefully(conn.stream)
+                return exc.address
+            except (UpstreamFailed, UpstreamTimeout) as exc:
+                await trio.aclose_forcefully(conn.stream)
+                kind = TIMEOUT if isinstance(exc, UpstreamTimeout) else (
+                    INVALID_HEADER if "bad response from upstream" in str(exc) else ERROR)
+                found = self._next_address(kind, exc)
+                if found is None:
+                    raise
+                return found
+            except BaseException:
+                await trio.aclose_forcefully(conn.stream)
+                raise
+            finally:
+                self.scope = outer
+        if scope.cancelled_caught:  # this attempt's deadline fired
+            await trio.aclose_forcefully(conn.stream)
+            if self.phase != PH_UPSTREAM:
+                raise trio.BrokenResourceError("client timed out")
+            timeout = UpstreamTimeout(f"upstream {upstream.name}: timed out after {upstream.read_timeout:g}s")
+            found = self._next_address(TIMEOUT, timeout)
+            if found is None:
+                raise timeout
+            return found
+        ucodec = conn.codec
+        if ucodec.reusable and not self.worker.draining:
+            await self.worker.pool.release(conn, settings.upstream_keepalive_connections,
+                                           settings.upstream_keepalive_requests)
         elif not ucodec.switched:
             await trio.aclose_forcefully(conn.stream)
         return keep
@@ -266,11 +394,11 @@ class SessionBase:
             nursery.start_soon(self._pump, conn, upstream, limit, nursery.cancel_scope)
             try:
                 keep = await self._relay(conn, reused, upstream)
-            except (FastIngressError, _DeadConnection, Intercepted) as exc:
+            except (FastIngressError, _DeadConnection, Intercepted, _NextUpstream) as exc:
                 err = exc
             nursery.cancel_scope.cancel()
         pump_error = self.pump_error
-        if pump_error is not None and (err is None or isinstance(err, _DeadConnection)):
+        if pump_error is not None and (err is None or isinstance(err, (_DeadConnection, _NextUpstream))):
             err = pump_error
         if err is not None:
             if isinstance(err, _ClientGone):
@@ -371,8 +499,10 @@ class SessionBase:
                     if reused and not got:
                         raise _DeadConnection from None
                     raise UpstreamFailed(f"upstream {upstream.name}: read failed: {exc}") from None
-                if not data and reused and not got:
-                    raise _DeadConnection
+                if not data and not got:
+                    if reused:
+                        raise _DeadConnection
+                    raise UpstreamFailed(f"upstream {upstream.name} closed the connection before answering")
                 got = True
                 ucodec.receive_data(data)
                 continue
@@ -387,6 +517,12 @@ class SessionBase:
                     if ev.status == 101:
                         return await self._tunnel(conn, ev, out, upstream.read_timeout)
                     continue  # 100 Continue and friends: we speak for ourselves
+                retry = self.retry
+                if retry is not None and ev.status in retry.statuses:
+                    found = self._next_address(STATUS, UpstreamFailed(
+                        f"upstream {upstream.name} answered {ev.status}"), status=ev.status)
+                    if found is not None:
+                        raise _NextUpstream(found, ev.status)  # proxy-next-upstream http_NNN
                 ctx = self.ctx
                 if ctx is not None and ctx.intercept_hooks:
                     fetch = ctx.intercept(ev.status, ev.headers)

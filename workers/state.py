@@ -99,7 +99,7 @@ class Worker:
             retire(removed)
         self.endpoints = endpoints
         self.table = table
-        self.balancer = Balancer()
+        self.balancer = Balancer(self.balancer, endpoints)  # EWMA statistics carry over
         self.settings = table.snapshot.settings
         server = self.settings.server_header.encode("latin-1", "replace")
         if server and not valid_value(server):

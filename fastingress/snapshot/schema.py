@@ -20,9 +20,10 @@ from typing import Literal
 
 import msgspec
 
-SCHEMA_VERSION = 5  # 2: TLS, redirects, upstream TLS, HTTP/2; 3: regex routes, rewrite-target;
-# 4: ingress-nginx annotation policies (canary, access, auth, limits, CORS, headers, errors, balancing);
-# 5: the controller ConfigMap (--configmap): client IP, PROXY protocol, TLS, headers, logs, blocks
+SCHEMA_VERSION = 4  # 2: TLS, redirects, upstream TLS, HTTP/2; 3: regex routes, rewrite-target;
+# 4: ingress-nginx annotation policies (canary, access, auth, limits, CORS, headers, errors, balancing)
+# (issue 9 areas fill schema 4's placeholder Structs while 4 is unreleased; selection: Canary,
+# NextUpstream, Balancing, SessionCookie; configmap: GlobalSettings's ConfigMap block)
 
 MIB = 1024 * 1024
 
@@ -103,11 +104,33 @@ Action = Forward | Redirect | Respond
 
 
 class Canary(msgspec.Struct, frozen=True, gc=False):
-    """canary-* of a canary Ingress, attached to the main route it shadows (area: selection)."""
+    """canary-* of a canary Ingress, attached to the main route it shadows (area: selection).
+
+    Per request, as ingress-nginx's balancer.lua decides: a session cookie naming one of the two
+    backends (affinity) first, then ``header``, then ``cookie``, then ``weight`` out of
+    ``weight_total``.  The main route keeps its own policies; the canary only changes the backend.
+    """
+
+    upstream: str = ""  # Upstream.name of the canary's backend
+    ingress: str = ""  # "namespace/name" of the canary Ingress
+    service: str = ""  # "namespace/name:port" of the canary's backend, for metrics and explain
+    header: str = ""  # canary-by-header, lower-case ("": none)
+    header_value: str = ""  # canary-by-header-value: this exact value means canary
+    header_pattern: str = ""  # canary-by-header-pattern: a regex searched in the value (if no header_value)
+    cookie: str = ""  # canary-by-cookie ("": none)
+    weight: int = 0  # canary-weight: this many requests out of weight_total go to the canary
+    weight_total: int = 100  # canary-weight-total (at least 100, as in ingress-nginx)
 
 
 class NextUpstream(msgspec.Struct, frozen=True, gc=False):
-    """proxy-next-upstream, -tries, -timeout (area: selection)."""
+    """proxy-next-upstream, -tries, -timeout (area: selection): when a failed attempt is made
+    again on another endpoint (nginx's proxy_next_upstream).  ``conditions`` holds nginx's tokens
+    (error, timeout, invalid_header, http_500, http_502, http_503, http_504, http_403, http_404,
+    http_429, non_idempotent); empty means off."""
+
+    conditions: tuple[str, ...] = ("error", "timeout")
+    tries: int = 3  # attempts in all, the first included; 0: no limit
+    timeout: float = 0.0  # seconds after the first attempt during which another may start; 0: no limit
 
 
 class SourceRanges(msgspec.Struct, frozen=True, gc=False):
@@ -254,8 +277,34 @@ class Redirects(msgspec.Struct, frozen=True, gc=False):
     to_host: str = ""  # from-to-www-redirect (on the synthesised host): scheme, port and URI kept
 
 
+class SessionCookie(msgspec.Struct, frozen=True, gc=False):
+    """affinity: cookie and session-cookie-* (area: selection).  The cookie's value is
+    ingress-nginx's: ``<endpoint key>|<backend key>`` (see ``workers.affinity``)."""
+
+    name: str = "INGRESSCOOKIE"
+    mode: Literal["balanced", "persistent"] = "balanced"  # affinity-mode
+    path: str | None = None  # None: the path of the route that set it
+    domain: str | None = None
+    max_age: int | None = None  # seconds (Max-Age)
+    expires: int | None = None  # seconds from now (Expires)
+    secure: bool = False  # Secure even over plain HTTP (it is always Secure over HTTPS)
+    samesite: str | None = None  # "None", "Lax" or "Strict"
+    conditional_samesite_none: bool = False  # no SameSite=None for browsers that mishandle it
+    change_on_failure: bool = False  # a retry after a failure picks (and pins) another endpoint
+    partitioned: bool = False  # Partitioned (CHIPS)
+
+
 class Balancing(msgspec.Struct, frozen=True, gc=False):
-    """load-balance, upstream-hash-by, affinity and session-cookie-* of an upstream (area: selection)."""
+    """load-balance, upstream-hash-by, affinity and session-cookie-* of an upstream (area: selection).
+
+    One of three ways to pick an endpoint, as ingress-nginx: cookie affinity if set, else
+    consistent hashing on ``hash_by`` if set, else ``load_balance``."""
+
+    load_balance: Literal["round_robin", "ewma"] = "round_robin"
+    hash_by: str = ""  # upstream-hash-by: nginx variables and text, e.g. "$request_uri" ("": none)
+    hash_subset_size: int = 0  # upstream-hash-by-subset(-size): hash to a subset of this size; 0: off
+    affinity: SessionCookie | None = None
+    backend: str = ""  # ingress-nginx's name of this backend ("namespace-service-port"): cookie keys
 
 
 class RoutePolicy(msgspec.Struct, frozen=True, gc=False):
@@ -357,7 +406,7 @@ class GlobalSettings(msgspec.Struct, frozen=True, gc=False):
     ssl_passthrough: bool = False  # --enable-ssl-passthrough
     http2: bool = True  # offer h2 in ALPN and accept h2c prior knowledge
     http2_max_concurrent_streams: int = 128
-    # -- schema 5: the ingress-nginx controller ConfigMap (issue 9, area configmap) --------
+    # -- schema 4, issue 9 area configmap: the ingress-nginx controller ConfigMap ----------
     # Filled from ``--configmap NS/NAME`` (fastingress.translate.configmap); each field names its
     # key.  Defaults are ingress-nginx's, except where README's compatibility table says not.
     client_body_timeout: float = 60.0  # client-body-timeout: between two reads of a request body

@@ -12,8 +12,9 @@ Theory of operation
 * ``closed``: a key that restricts access (auth, source ranges, client certificates) and
   is not implemented yet.  Every route of the Ingress (and its defaultBackend) answers
   503 naming the key, with an error diagnostic; ``--unsafe-fail-open`` serves it open;
-* ``canary``: canary Ingresses are not implemented yet: their rules are not served, so
-  the main Ingress keeps all of the host's traffic (``core._merge``);
+* ``canary``: a canary Ingress never takes the main Ingress's place: its rules attach to the
+  main Ingress's routes of the same host and path as an alternative backend
+  (``core._merge``; its other ``canary-*`` keys are ``implemented`` rows);
 * ``snippet``: raw nginx configuration is never executed; the Ingress is served without
   it (warning).  A snippet holding access rules (``deny``, ``auth_request``...) fails
   closed like a ``closed`` key;
@@ -47,7 +48,9 @@ from fastingress.snapshot.schema import Protocol
 from fastingress.translate import policy_access as _access
 from fastingress.translate import policy_extauth as extauth
 from fastingress.translate import policy_http as http
+from fastingress.translate import policy_selection as sel
 from fastingress.translate.policy_http import HttpAnnotations
+from fastingress.translate.policy_selection import BalancingSettings, CanaryRules, NextUpstreamSettings
 
 PREFIX = "nginx.ingress.kubernetes.io/"
 FASTINGRESS_PREFIX = "fastingress.io/"
@@ -87,6 +90,9 @@ class UpstreamSettings(msgspec.Struct, frozen=True):
     tls_secret: str | None = None  # proxy-ssl-secret "namespace/name" (its ca.crt)
     tls_server_name: str | None = None  # proxy-ssl-name
     tls_sni: bool = True  # proxy-ssl-server-name
+    # -- selection (issue 9): how the upstream's endpoints are chosen --------------------
+    balancing: BalancingSettings = BalancingSettings()  # load-balance, upstream-hash-by, affinity
+    service_upstream: bool = False  # service-upstream: the Service's ClusterIP as the one endpoint
 
 
 class IngressAnnotations(msgspec.Struct, frozen=True):
@@ -100,8 +106,11 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     # Fail closed: (annotation key, why) for each access-guarding key this Ingress carries
     # that is not honoured; non-empty means every route of the Ingress answers 503.
     closed: tuple[tuple[str, str], ...] = ()
-    canary: bool = False  # canary: "true" (its rules are not served until canaries exist)
+    canary: bool = False  # canary: "true" (its rules attach to the main Ingress's routes)
     x_forwarded_prefix: str | None = None  # x-forwarded-prefix: X-Forwarded-Prefix sent upstream
+    # -- selection (issue 9) ---------------------------------------------------------------
+    canary_rules: CanaryRules = CanaryRules()  # canary-*: how a canary Ingress takes requests
+    next_upstream: NextUpstreamSettings = NextUpstreamSettings()  # proxy-next-upstream*
     http: HttpAnnotations = HttpAnnotations()  # area http (issue 9): CORS, redirects, headers, errors
     # -- access (issue 9; see policy_access): None means "not set" --------------------------
     allowlist_source_range: tuple[str, ...] | None = None
@@ -345,14 +354,37 @@ _ROWS: dict[str, Key] = {
     "auth-keepalive-requests": implemented("extauth.keepalive_requests", extauth.parse_int),
     "auth-keepalive-timeout": implemented("extauth.keepalive_timeout", extauth.parse_int_seconds),
     "auth-keepalive-share-vars": INERT,  # nginx variables shared with a Lua subrequest: no such thing here
-    # -- canary (issue 9): the canary Ingress is not served; the main one keeps the traffic --
-    **_rows(
-        """
-        canary canary-by-header canary-by-header-value canary-by-header-pattern canary-by-cookie
-        canary-weight canary-weight-total
-        """,
-        CANARY,
-    ),
+    # -- selection (issue 9): canaries, balancing, affinity, retries --------------------------
+    "canary": CANARY,  # a canary Ingress attaches to the main one's routes (core._merge)
+    "canary-by-header": implemented("canary_rules.header", sel.parse_header_name),
+    "canary-by-header-value": implemented("canary_rules.header_value", sel.parse_header_value),
+    "canary-by-header-pattern": implemented("canary_rules.header_pattern", sel.parse_pattern),
+    "canary-by-cookie": implemented("canary_rules.cookie", sel.parse_cookie_name),
+    "canary-weight": implemented("canary_rules.weight", sel.parse_weight),
+    "canary-weight-total": implemented("canary_rules.weight_total", sel.parse_weight_total),
+    "affinity-canary-behavior": implemented("canary_rules.behavior", sel.parse_canary_behavior),
+    "load-balance": implemented("upstream.balancing.load_balance", sel.parse_load_balance),
+    "upstream-hash-by": implemented("upstream.balancing.hash_by", sel.parse_hash_by),
+    "upstream-hash-by-subset": implemented("upstream.balancing.hash_subset", sel.parse_true_false),
+    "upstream-hash-by-subset-size": implemented("upstream.balancing.hash_subset_size", sel.parse_subset_size),
+    "affinity": implemented("upstream.balancing.affinity", sel.parse_affinity),
+    "affinity-mode": implemented("upstream.balancing.affinity_mode", sel.parse_affinity_mode),
+    "session-cookie-name": implemented("upstream.balancing.cookie_name", sel.parse_cookie_name),
+    "session-cookie-path": implemented("upstream.balancing.cookie_path", sel.parse_cookie_path),
+    "session-cookie-domain": implemented("upstream.balancing.cookie_domain", sel.parse_cookie_domain),
+    "session-cookie-max-age": implemented("upstream.balancing.cookie_max_age", sel.parse_cookie_seconds),
+    "session-cookie-expires": implemented("upstream.balancing.cookie_expires", sel.parse_cookie_seconds),
+    "session-cookie-secure": implemented("upstream.balancing.cookie_secure", sel.parse_true_false),
+    "session-cookie-samesite": implemented("upstream.balancing.cookie_samesite", sel.parse_samesite),
+    "session-cookie-conditional-samesite-none": implemented(
+        "upstream.balancing.cookie_conditional_samesite_none", sel.parse_true_false),
+    "session-cookie-change-on-failure": implemented(
+        "upstream.balancing.cookie_change_on_failure", sel.parse_true_false),
+    "session-cookie-partitioned": implemented("upstream.balancing.cookie_partitioned", sel.parse_true_false),
+    "service-upstream": implemented("upstream.service_upstream", sel.parse_true_false),
+    "proxy-next-upstream": implemented("next_upstream.conditions", sel.parse_next_upstream),
+    "proxy-next-upstream-tries": implemented("next_upstream.tries", sel.parse_tries),
+    "proxy-next-upstream-timeout": implemented("next_upstream.timeout", sel.parse_timeout),
     # -- raw nginx configuration: never executed ----------------------------------------------
     **_rows(
         "configuration-snippet server-snippet auth-snippet stream-snippet modsecurity-snippet",
@@ -361,20 +393,11 @@ _ROWS: dict[str, Key] = {
     # -- not implemented yet: ignored with a warning --------------------------------------------
     **_rows(
         """
-        affinity affinity-canary-behavior affinity-mode
-        load-balance
         mirror-host mirror-request-body mirror-target mirror-uri
         preserve-trailing-slash
-        proxy-next-upstream proxy-next-upstream-timeout proxy-next-upstream-tries
         proxy-ssl-ciphers proxy-ssl-location-only
         proxy-ssl-protocols proxy-ssl-verify-depth relative-redirects satisfy
-        service-upstream
-        session-cookie-change-on-failure session-cookie-conditional-samesite-none
-        session-cookie-domain session-cookie-expires session-cookie-max-age
-        session-cookie-name session-cookie-partitioned session-cookie-path session-cookie-samesite
-        session-cookie-secure
         ssl-ciphers ssl-prefer-server-ciphers
-        upstream-hash-by upstream-hash-by-subset upstream-hash-by-subset-size
         """,
         UNSUPPORTED,
     ),
@@ -448,7 +471,7 @@ IMPLEMENTED: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     if row.status == "implemented" and row.parser is not None
 }
 NOT_SUPPORTED: frozenset[str] = frozenset(
-    name for name, row in REGISTRY.items() if row.status != "implemented"
+    name for name, row in REGISTRY.items() if row.status not in ("implemented", "canary")
 )
 GUARDS: frozenset[str] = frozenset(name for name, row in REGISTRY.items() if row.guard)
 
@@ -481,13 +504,12 @@ class AnnotationFinding(msgspec.Struct, frozen=True):
     suggestion: str = ""  # the key (or value) probably meant, for "did you mean"
 
 
-def _set(result: IngressAnnotations, path: str, value: Any) -> IngressAnnotations:
-    """``result`` with ``path`` (a field, or ``nested.field``: ``upstream.x``, ``http.x``) set."""
-    outer, dot, inner = path.partition(".")
+def _set(result: Any, path: str, value: Any) -> Any:
+    """``result`` with the field at ``path`` ("x", "upstream.x", "upstream.balancing.x") set."""
+    head, dot, rest = path.partition(".")
     if dot:
-        nested = msgspec.structs.replace(getattr(result, outer), **{inner: value})
-        return msgspec.structs.replace(result, **{outer: nested})
-    return msgspec.structs.replace(result, **{path: value})
+        value = _set(getattr(result, head), rest, value)
+    return msgspec.structs.replace(result, **{head: value})
 
 
 def _as_text(value: object) -> str | None:
@@ -511,6 +533,7 @@ class _Parse:
         self.result = defaults if defaults is not None else IngressAnnotations()
         self.findings: list[AnnotationFinding] = []
         self.closed: list[tuple[str, str]] = []
+        self.bad: list[str] = []  # names whose value could not be used
 
     def add(self, severity: str, key: str, what: str, tail: str = "", suggestion: str = "") -> None:
         """One finding: ``what`` (did you mean ``suggestion``?); ``tail``."""
@@ -583,6 +606,7 @@ class _Parse:
         assert row.parser is not None
         text = _as_text(raw)
         if text is None:
+            self.bad.append(key.rpartition("/")[2])
             if row.guard:
                 self.close(key, "has an invalid value", "value must be a string")
             else:
@@ -591,6 +615,7 @@ class _Parse:
         try:
             value = row.parser(text)
         except ValueError as exc:
+            self.bad.append(key.rpartition("/")[2])
             suggestion = str(getattr(exc, "suggestion", ""))  # BadValue, policy_<area>.Refused
             if hasattr(exc, "partial") and not row.guard:  # policy_<area>.PartialValue: keep the rest
                 self.result = _set(self.result, row.field, exc.partial)
@@ -613,18 +638,58 @@ class _Parse:
             wanted = parse_bool(text if text is not None else "")
         except BadValue as exc:
             self.result = msgspec.structs.replace(self.result, canary=True)
+            self.bad.append("canary")
             self.add(
                 "warning", key, f"bad value {_shown(text or '')}: {exc}",
-                "taken as a canary, so the rules of this Ingress are not served", exc.suggestion,
+                "taken as a canary that takes no requests, so the main Ingress keeps all of the traffic",
+                exc.suggestion,
             )
             return
         if wanted:
             self.result = msgspec.structs.replace(self.result, canary=True)
-            self.add(
-                "warning", key,
-                "canary Ingresses are not implemented yet: the rules of this Ingress are not served, "
-                "so the main Ingress keeps all of the traffic",
-            )
+
+    def selection(self, chosen: Mapping[str, tuple[str, object]]) -> None:
+        """Cross-key checks of the selection area (``policy_selection.settle``), and what a canary
+        Ingress ignores (ingress-nginx: all but the canary, balancing and affinity keys)."""
+        result = self.result
+        written = frozenset(chosen)
+        is_canary = result.canary
+        balancing, rules, findings = sel.settle(
+            result.upstream.balancing, result.canary_rules, written, is_canary=is_canary,
+            use_regex=not is_canary and (result.use_regex or result.rewrite_target is not None),
+        )
+        for severity, name, message in findings:
+            if name in chosen:
+                self.add(severity, chosen[name][0], message)
+        if not is_canary:
+            for name in sorted(written):
+                if name.startswith("canary-"):
+                    self.add("warning", chosen[name][0], f'has no effect without `{PREFIX}canary: "true"`',
+                             "ignored")
+        else:
+            instead = "this canary takes no requests: the main Ingress keeps all of the traffic"
+            tails = ("every path of this Ingress answers 503 (fail closed)",
+                     "served WITHOUT this protection because of --unsafe-fail-open")
+            for tail in tails:
+                self.findings = [msgspec.structs.replace(f, message=f.message.replace(tail, instead))
+                                 for f in self.findings]
+            bad = tuple(sorted(n for n in self.bad if n == "canary" or n.startswith("canary-")))
+            rules = msgspec.structs.replace(rules, invalid=bad)
+            if any(n != "canary" for n in bad):
+                self.add("warning", chosen["canary"][0], "this canary takes no requests: "
+                         + ", ".join(n for n in bad if n != "canary") + " has an unusable value; "
+                         "the main Ingress keeps all of the traffic")
+            for name in sorted(written - sel.CANARY_OWN):
+                if REGISTRY[name].status == "implemented":
+                    self.add("info", chosen[name][0], "ignored on a canary Ingress: the main Ingress's "
+                             "settings apply to its requests (as in ingress-nginx)")
+        if result.upstream.protocol in ("GRPC", "GRPCS", "H2C"):
+            for name in sorted(written.intersection({"proxy-next-upstream", "proxy-next-upstream-tries",
+                                                     "proxy-next-upstream-timeout"})):
+                self.add("warning", chosen[name][0], "not applied to HTTP/2 and gRPC upstreams yet: a failed "
+                         "connect is tried once more on another endpoint, nothing else is retried")
+        upstream = msgspec.structs.replace(result.upstream, balancing=balancing)
+        self.result = msgspec.structs.replace(result, upstream=upstream, canary_rules=rules)
 
     def snippet(self, key: str, raw: object) -> None:
         text = _as_text(raw) or ""
@@ -637,10 +702,10 @@ class _Parse:
             return
         self.add("warning", key, "snippets are never executed", "the Ingress is served without this one")
 
-    def finish(self, canary_keys: list[str]) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
-        if not self.result.canary:
-            for key in canary_keys:
-                self.add("warning", key, f'has no effect without `{PREFIX}canary: "true"`', "ignored")
+    def finish(
+        self, chosen: Mapping[str, tuple[str, object]]
+    ) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
+        self.selection(chosen)
         if self.closed:
             self.result = msgspec.structs.replace(self.result, closed=tuple(sorted(self.closed)))
         return self.result, sorted(self.findings, key=lambda f: (f.key, f.message))
@@ -683,12 +748,9 @@ def parse_annotations(
     not set (the controller ConfigMap's, e.g. ``ssl-redirect``, ``proxy-read-timeout``)."""
     state = _Parse(fail_open, defaults)
     chosen = _collect(annotations, state)
-    canary_keys: list[str] = []
     for name in sorted(chosen):
         key, raw = chosen[name]
-        if REGISTRY[name].status == "canary" and name != "canary":
-            canary_keys.append(key)
         state.known(key, name, raw)
     for key, what, tail in http.findings(state.result.http, {name: chosen[name][0] for name in chosen}):
         state.add("warning", key, what, tail)
-    return state.finish(canary_keys)
+    return state.finish(chosen)

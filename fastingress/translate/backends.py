@@ -30,6 +30,7 @@ from fastingress.translate.access import (
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.model import ObjRef, Sink
+from fastingress.translate.policy_selection import balancing, nginx_backend_name
 
 _DEFAULT_SETTINGS = UpstreamSettings()
 _DNS_NAME_RE = re.compile(
@@ -37,6 +38,7 @@ _DNS_NAME_RE = re.compile(
 )
 _MAX_PORT = 65535
 _SSL_SECRET_FIELD = "metadata.annotations[nginx.ingress.kubernetes.io/proxy-ssl-secret]"
+_SERVICE_UPSTREAM_FIELD = "metadata.annotations[nginx.ingress.kubernetes.io/service-upstream]"
 
 
 FIRST_PORT = 0  # BackendRef.port: the Service's first port (as ingress-nginx's default-backend)
@@ -56,7 +58,7 @@ class BackendRef(msgspec.Struct, frozen=True):
 
 
 # Fields added after the first release enter the hash only when set, so existing names stay.
-_LATER_FIELDS = ("tls_verify", "tls_secret", "tls_server_name", "tls_sni")
+_LATER_FIELDS = ("tls_verify", "tls_secret", "tls_server_name", "tls_sni", "balancing", "service_upstream")
 
 
 def settings_suffix(settings: UpstreamSettings) -> str:
@@ -129,6 +131,9 @@ class UpstreamBuilder:
             tls_ca_pem=self._ca_pem(settings.tls_secret, owner),
             tls_server_name=settings.tls_server_name,
             tls_sni=settings.tls_sni,
+            balancing=balancing(
+                settings.balancing, nginx_backend_name(backend.namespace, backend.service, backend.port)
+            ),
         )
         service = self._cluster.services.get((backend.namespace, backend.service))
         field = backend.field
@@ -155,8 +160,23 @@ class UpstreamBuilder:
                 "requests get 503",
             )
             return base
+        if settings.service_upstream:
+            cluster_ip = self._cluster_ip(spec, owner)
+            if cluster_ip is not None:
+                return msgspec.structs.replace(base, endpoints=(Endpoint(cluster_ip, found[1]),))
         endpoints = self._endpoints(backend.namespace, backend.service, found[0])
         return msgspec.structs.replace(base, endpoints=endpoints)
+
+    def _cluster_ip(self, spec: object, owner: ObjRef) -> str | None:
+        """service-upstream: the Service's ClusterIP (kube-proxy balances); None with an error
+        (the Pod endpoints are used, as ingress-nginx does) when it has none."""
+        raw = get_str(spec, "clusterIP")
+        try:
+            return str(ipaddress.ip_address(raw or ""))
+        except ValueError:
+            self._sink.error(owner, _SERVICE_UPSTREAM_FIELD,
+                             f"the Service has no ClusterIP ({raw or 'none'}); its Pod endpoints are used")
+            return None
 
     def _ca_pem(self, ref: str | None, owner: ObjRef) -> str | None:
         """proxy-ssl-secret: the PEM of the Secret's ``ca.crt``; None with a diagnostic if unusable."""
@@ -193,6 +213,12 @@ class UpstreamBuilder:
         port_field: str,
     ) -> Upstream:
         svc_ref = ObjRef("Service", backend.namespace, backend.service)
+        if base.balancing is not None:
+            self._sink.warning(
+                owner, f"{backend.field}.name" if backend.field else "",
+                f"ExternalName Service {backend.namespace}/{backend.service}: affinity, upstream-hash-by and "
+                "load-balance are not applied to its DNS addresses yet (round robin)",
+            )
         external = get_str(spec, "externalName")
         if not external or len(external) > 253 or not _DNS_NAME_RE.match(external):
             self._sink.error(svc_ref, "spec.externalName", "ExternalName Service needs a valid DNS name")

@@ -46,6 +46,7 @@ import msgspec
 from fastingress import __version__
 from fastingress.logformat import VARIABLES, unknown_variables
 from fastingress.snapshot.schema import GlobalSettings
+from fastingress.translate import annotations as annotation_registry
 from fastingress.translate.access import as_map, get, get_map, get_str
 from fastingress.translate.annotations import (
     BadValue,
@@ -75,6 +76,7 @@ class _State:
         self.blocks: dict[str, tuple[str, ...]] = {}  # block-cidrs / denylist-source-range
         self.no_log: dict[str, bool] = {}  # disable-access-log / disable-http-access-log
         self.escape: dict[str, bool] = {}  # log-format-escape-json / -none
+        self.annotations: dict[str, str] = {}  # ANNOTATION_DEFAULTS: annotation name -> text
 
 
 Setter = Callable[[_State, Any], None]
@@ -660,6 +662,41 @@ _ROWS: dict[str, Row] = {
         inert(_STREAM),
     ),
 }
+# Keys that are, in ingress-nginx, the defaults of the annotation of the same name (its annotation
+# parsers fall back to the ConfigMap's value): honoured the same way here, as soon as fastingress
+# implements the annotation; the annotation's own parser validates the value.
+ANNOTATION_DEFAULTS = (
+    "load-balance", "proxy-next-upstream", "proxy-next-upstream-timeout", "proxy-next-upstream-tries",
+    "proxy-cookie-domain", "proxy-cookie-path", "proxy-redirect-from", "proxy-redirect-to",
+    "proxy-http-version", "service-upstream",
+)
+
+
+def _annotation_parser(name: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        row = annotation_registry.REGISTRY[name]
+        assert row.parser is not None
+        row.parser(value)  # ValueError / BadValue, with the annotation's own words
+        return value.strip()
+
+    return parse
+
+
+def _annotation_setter(name: str) -> Setter:
+    def setter(state: _State, value: str) -> None:
+        state.annotations[name] = value
+
+    return setter
+
+
+for _name in ANNOTATION_DEFAULTS:
+    _row = annotation_registry.REGISTRY.get(_name)
+    if _row is not None and _row.status == "implemented":
+        _ROWS[_name] = implemented(
+            _annotation_parser(_name), _annotation_setter(_name), _ROWS[_name].default,
+            f"the default of the {_name} annotation: an Ingress's own replaces it",
+        )
+
 REGISTRY: Mapping[str, Row] = _ROWS
 NAMES: tuple[str, ...] = tuple(sorted(REGISTRY))
 
@@ -842,7 +879,8 @@ def _finish(state: _State, base: GlobalSettings) -> tuple[GlobalSettings, Annota
     elif state.escape.get("json"):
         settings["log_escape"] = "json"
     global_settings = msgspec.structs.replace(base, **settings)
-    return global_settings, AnnotationDefaults(**state.defaults)
+    defaults = AnnotationDefaults(**state.defaults, annotations=tuple(sorted(state.annotations.items())))
+    return global_settings, defaults
 
 
 def parse_configmap_ref(value: str) -> tuple[str, str] | None:

@@ -8,8 +8,10 @@ Theory of operation
    guard, so an unexpected failure costs that one Ingress, never the others.
 3. Plans are merged oldest first (creationTimestamp, namespace, name): the first claim
    on (host, path, type), on a host's fallback or on a host's TLS Secret wins; later
-   claims get a warning naming the winner.  Canary Ingresses claim nothing (canaries are
-   not implemented yet, and a canary must never take the main Ingress's traffic).
+   claims get a warning naming the winner.  Canary Ingresses claim nothing: each of their
+   rules attaches to the main Ingress's route of the same host and path (the oldest canary
+   per route), which keeps its own policies and gets the canary as an alternative backend
+   (``RoutePolicy.canary``); a canary rule with no main route is a warning.
 4. Winning backends are resolved to Upstreams (Service ports, EndpointSlices,
    ExternalName), TLS Secrets to Certificates; everything is emitted sorted.
    Fail closed: the routes (and defaultBackend) of an Ingress with an access-guarding
@@ -31,6 +33,7 @@ from fastingress.snapshot.schema import (
     Action,
     AuthHeader,
     BasicAuth,
+    Canary,
     Certificate,
     ClientAuth,
     ExternalAuth,
@@ -53,6 +56,8 @@ from fastingress.translate.hosts import looks_like_regex, priority, route_key
 from fastingress.translate.ingress import IngressPlan, PathRule, initial_annotations, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
 from fastingress.translate.policy_access import Reason, basic_auth, client_auth, source_ranges
+from fastingress.translate.policy_selection import canary as canary_policy
+from fastingress.translate.policy_selection import canary_balancing, next_upstream
 from fastingress.translate.tls import load_certificate
 
 _TRANSLATOR = ObjRef("Unknown", "", "<translator>")
@@ -70,6 +75,8 @@ class _Merged:
         self.routes: dict[str, dict[tuple[str, str], tuple[PathRule, IngressPlan]]] = {}
         self.fallbacks: dict[str, IngressPlan] = {}
         self.tls: dict[str, tuple[str, IngressPlan, str]] = {}
+        # host -> (route key, path type) -> the canary rule attached to that main route
+        self.canaries: dict[str, dict[tuple[str, str], tuple[PathRule, IngressPlan]]] = {}
         self.extra: extra_hosts.Claims = extra_hosts.NO_CLAIMS  # server-alias, from-to-www-redirect
 
 
@@ -115,25 +122,65 @@ def _merge(plans: list[IngressPlan], sink: Sink) -> _Merged:
                     f"Ingress {winner.ref.key}; ignored (the oldest Ingress wins)",
                 )
     for plan in canaries:
-        _orphan_canary(merged, plan, sink)
+        _attach_canary(merged, plan, sink)
     merged.extra = extra_hosts.claim((p for p in plans if not p.annotations.canary), merged.hosts, sink)
     return merged
 
 
-def _orphan_canary(merged: _Merged, plan: IngressPlan, sink: Sink) -> None:
-    """Where each rule of a canary Ingress stands: the main Ingress keeps the traffic, or
-    there is no main Ingress to be a canary of (ingress-nginx ignores those rules too)."""
+def _canary_usable(plan: IngressPlan, sink: Sink) -> bool:
+    """A canary whose canary-* values are unusable, or that carries access annotations we do not
+    honour, takes no requests (its findings say so); the main Ingress keeps the traffic."""
+    rules = plan.annotations.canary_rules
+    if rules.invalid or plan.annotations.closed:
+        return False
+    if plan.default_backend is not None:
+        sink.warning(
+            plan.ref, "spec.defaultBackend",
+            "the defaultBackend of a canary Ingress is not used: canaries attach to rules; the main "
+            "default backend keeps all of its traffic",
+        )
+    if plan.tls:
+        sink.info(plan.ref, "spec.tls", "ignored on a canary Ingress: TLS comes from the main Ingress")
+    return True
+
+
+def _attach_canary(merged: _Merged, plan: IngressPlan, sink: Sink) -> None:
+    """Each rule of a canary Ingress becomes the alternative backend of the main Ingress's route
+    of the same host and path (ingress-nginx's ``mergeAlternativeBackends``); rules with no main
+    route, or whose route has a canary already, are ignored with a warning."""
+    usable = _canary_usable(plan, sink)
     for rule in plan.rules:
         main = merged.routes.get(rule.host, {}).get((rule.key, rule.path_type))
         where = f"host {rule.host!r} path {rule.path!r} ({rule.path_type})"
         if main is None:
             sink.warning(plan.ref, rule.field, f"canary Ingress: no main Ingress serves {where}; ignored")
-        else:
-            sink.info(
-                plan.ref, rule.field,
-                f"canary of Ingress {main[1].ref.key} for {where}: not served, the main Ingress takes "
-                "all of the traffic (canaries are not implemented yet)",
+            continue
+        if not usable:
+            continue
+        main_rule, main_plan = main
+        if main_rule.backend.service_port == rule.backend.service_port:
+            sink.warning(
+                plan.ref, f"{rule.field}.backend",
+                f"canary of Ingress {main_plan.ref.key} for {where} names the main Ingress's own Service "
+                f"{rule.backend.service_port}: nothing to split; ignored",
             )
+            continue
+        attached = merged.canaries.setdefault(rule.host, {})
+        other = attached.get((rule.key, rule.path_type))
+        if other is not None:
+            sink.warning(
+                plan.ref, rule.field,
+                f"{where} already has the canary Ingress {other[1].ref.key} (one canary per rule, the "
+                "oldest wins); ignored",
+            )
+            continue
+        attached[(rule.key, rule.path_type)] = (rule, plan)
+        sink.info(plan.ref, rule.field, f"canary of Ingress {main_plan.ref.key} for {where}")
+
+
+def rule_id(rule: PathRule) -> tuple[str, str]:
+    """What makes two rules of a host the same route: its path key and type."""
+    return rule.key, rule.path_type
 
 
 def _backend_id(plan: IngressPlan) -> str:
@@ -264,7 +311,7 @@ class _Emitter:
 
     def route(
         self, rule: PathRule, plan: IngressPlan, has_tls: bool = False, regex_host: bool = False,
-        host: _HostAccess | None = None,
+        host: _HostAccess | None = None, *, canary: tuple[PathRule, IngressPlan] | None = None,
     ) -> Route | None:
         regex = self.regex(rule, plan, regex_host)
         if regex is False:
@@ -285,6 +332,8 @@ class _Emitter:
             source_ranges=access.source_ranges,
             basic_auth=access.basic_auth,
             client_auth=host.client is not None,
+            canary=self.canary(canary, plan) if canary is not None and isinstance(action, Forward) else None,
+            next_upstream=next_upstream(annotations.next_upstream),
             external_auth=None if isinstance(action, Respond) else self.external_auth(rule, plan),
             cors=http_emit.cors(annotations.http),
             headers=http_emit.header_rules(self.cluster, plan),
@@ -301,6 +350,26 @@ class _Emitter:
             policy=policy,
             regex=regex,
         )
+
+    def canary(self, claim: tuple[PathRule, IngressPlan], main: IngressPlan) -> Canary | None:
+        """The canary of a route: its backend resolved with the main Ingress's upstream settings
+        (protocol, timeouts, upstream TLS: nginx's location settings) but its own balancing."""
+        rule, plan = claim
+        own = plan.annotations
+        settings = msgspec.structs.replace(
+            main.annotations.upstream,
+            balancing=canary_balancing(
+                main.annotations.upstream.balancing, own.upstream.balancing, own.canary_rules.behavior
+            ),
+            service_upstream=own.upstream.service_upstream,
+        )
+        try:
+            name = self.builder.resolve(rule.backend, settings, plan.ref)
+        except Exception as exc:
+            _internal(self.sink, plan.ref, exc, f"resolving backend {rule.backend.service_port}")
+            return None
+        return canary_policy(own.canary_rules, upstream=name, ingress=plan.ref.key,
+                             service=rule.backend.service_port)
 
     def regex(self, rule: PathRule, plan: IngressPlan, regex_host: bool) -> str | Literal[False] | None:
         """The route's regex on a host in regex mode (ingress-nginx: any Ingress of the host
@@ -397,7 +466,11 @@ class _Emitter:
         fallback_rule = self.fallback_rule(host, merged, access)
         if fallback_rule is not None:
             rules.append(fallback_rule)
-        claims = [(rule, p, self.route(rule, p, has_tls, regex_host, access)) for rule, p in rules]
+        canaries = merged.canaries.get(host, {})
+        claims = [
+            (rule, p, self.route(rule, p, has_tls, regex_host, access, canary=canaries.get(rule_id(rule))))
+            for rule, p in rules
+        ]
         routes = [route for _, _, route in claims]
         ordered = sorted(
             (r for r in routes if r is not None), key=lambda r: (-r.priority, r.path, r.path_type)

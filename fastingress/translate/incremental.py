@@ -725,7 +725,8 @@ class Translator:
         requests: list[_Resolved] = []
         for host in sorted(merged.hosts):
             claims = tuple(merged.routes.get(host, {}).values())
-            key = (claims, merged.tls.get(host), merged.fallbacks.get(host))
+            canaries = tuple(merged.canaries.get(host, {}).values())
+            key = (claims, merged.tls.get(host), merged.fallbacks.get(host), canaries)
             memo = self._hosts.get(host)
             same = memo is not None and memo.key == key and host not in stale
             fresh = self._revalidate(cluster, memo) if memo is not None and same else None

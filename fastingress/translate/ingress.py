@@ -7,6 +7,7 @@ Merging plans of several Ingresses is ``core``'s job.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -317,6 +318,11 @@ def initial_annotations(defaults: AnnotationDefaults | None) -> IngressAnnotatio
     """What an Ingress without annotations gets: the controller ConfigMap's defaults."""
     if defaults is None or defaults == _NO_DEFAULTS:
         return None
+    return _initial(defaults)
+
+
+@functools.lru_cache(maxsize=8)
+def _initial(defaults: AnnotationDefaults) -> IngressAnnotations:
     upstream = UpstreamSettings(
         connect_timeout=defaults.connect_timeout, read_timeout=defaults.read_timeout,
         send_timeout=defaults.send_timeout,
@@ -327,6 +333,8 @@ def initial_annotations(defaults: AnnotationDefaults | None) -> IngressAnnotatio
     if defaults.custom_http_errors:
         http = msgspec.structs.replace(initial.http, custom_http_errors=defaults.custom_http_errors)
         initial = msgspec.structs.replace(initial, http=http)
+    if defaults.annotations:  # validated by translate.configmap with these same parsers
+        initial, _ = parse_annotations({PREFIX + n: v for n, v in defaults.annotations}, defaults=initial)
     return initial
 
 

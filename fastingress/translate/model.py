@@ -26,6 +26,9 @@ class AnnotationDefaults(msgspec.Struct, frozen=True):
     allowlist: tuple[str, ...] = ()  # whitelist-source-range (of allowlist-source-range)
     denylist: tuple[str, ...] = ()  # denylist-source-range
     custom_http_errors: tuple[int, ...] = ()  # custom-http-errors (served by the default backend)
+    # Other keys that default an annotation of the same name (load-balance, proxy-next-upstream...):
+    # (annotation name, value), parsed by the annotation's own parser.
+    annotations: tuple[tuple[str, str], ...] = ()
 
 
 class TranslateOptions(msgspec.Struct, frozen=True):

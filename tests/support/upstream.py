@@ -10,6 +10,9 @@ SHA-256.  Special paths (matched anywhere in the path, so they work behind prefi
                             with ``release_slow()``)
 * ``.../__stream/N/SIZE``   a chunked response of N chunks of SIZE bytes
 
+``EchoServer(name, delay=, status=)`` answers every request after ``delay`` seconds and/or with
+``status`` (a slow or failing "Pod", for load balancing and retry tests).
+
 ``WebSocketEchoServer`` echoes every message (the ``websockets`` library's sync server).
 """
 
@@ -57,6 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
         slow = _SLOW.search(self.path)
         if slow:
             self.server.slow_gate.wait(int(slow.group(1)) / 1000)
+        if self.server.delay:
+            self.server.slow_gate.wait(self.server.delay)
         stream = _STREAM.search(self.path)
         if stream:
             self._stream(int(stream.group(1)), int(stream.group(2)))
@@ -72,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "body_sha256": hashlib.sha256(body).hexdigest(),
             }
         ).encode()
-        self.send_response(int(status.group(1)) if status else 200)
+        self.send_response(int(status.group(1)) if status else self.server.status or 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Server", "echo-upstream")
@@ -97,9 +102,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, name: str, port: int) -> None:
+    def __init__(self, name: str, port: int, delay: float = 0.0, status: int = 0) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.name = name
+        self.delay = delay
+        self.status = status
         self.slow_gate = threading.Event()
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -112,8 +119,8 @@ class _Server(ThreadingHTTPServer):
 class EchoServer:
     """``with EchoServer("name") as up: up.port``"""
 
-    def __init__(self, name: str, port: int = 0) -> None:
-        self._server = _Server(name, port)
+    def __init__(self, name: str, port: int = 0, *, delay: float = 0.0, status: int = 0) -> None:
+        self._server = _Server(name, port, delay, status)
         self.name = name
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})

@@ -189,6 +189,16 @@ SAMPLES = {
     "denylist-source-range": "192.0.2.0/24",
     "whitelist-source-range": "10.0.0.0/8",
     "allow-snippet-annotations": "true",
+    "load-balance": "ewma",
+    "proxy-next-upstream": "error http_502",
+    "proxy-next-upstream-timeout": "5",
+    "proxy-next-upstream-tries": "2",
+    "proxy-cookie-domain": "localhost example.org",
+    "proxy-cookie-path": "/one/ /",
+    "proxy-redirect-from": "http://a.example/",
+    "proxy-redirect-to": "https://b.example/",
+    "proxy-http-version": "1.1",
+    "service-upstream": "true",
 }
 
 

@@ -111,16 +111,17 @@ def test_parse_protocol_is_case_insensitive() -> None:
 def test_annotation_tables_are_disjoint_and_cover_the_corpus_favourites() -> None:
     assert not set(IMPLEMENTED) & NOT_SUPPORTED
     for key in (
-        "canary",
-        "affinity",
+        "limit-rps",
+        "mirror-target",
     ):
         assert key in NOT_SUPPORTED
     implemented = (
         "ssl-redirect", "force-ssl-redirect", "ssl-passthrough", "use-regex", "rewrite-target", "auth-url",
-        "enable-cors",
+        "enable-cors", "affinity", "load-balance", "upstream-hash-by", "proxy-next-upstream", "canary-weight",
     )
     for key in implemented:
         assert key in IMPLEMENTED
+    assert "canary" not in NOT_SUPPORTED and "canary" not in IMPLEMENTED  # a row of its own
 
 
 def test_parse_annotations_findings() -> None:
@@ -128,7 +129,7 @@ def test_parse_annotations_findings() -> None:
         {
             PREFIX + "proxy-body-size": "2m",
             PREFIX + "proxy-bodysize": "2m",
-            PREFIX + "canary": "true",
+            PREFIX + "canary-weight": "5",  # without canary: "true"
             PREFIX + "proxy-read-timeout": True,
             "other.io/thing": "x",
         }
@@ -136,11 +137,11 @@ def test_parse_annotations_findings() -> None:
     assert parsed.max_body_size == 2 * MIB
     assert parsed.upstream.read_timeout == 60.0
     assert [(f.severity, f.key.removeprefix(PREFIX)) for f in findings] == [
-        ("warning", "canary"),
+        ("warning", "canary-weight"),
         ("warning", "proxy-bodysize"),
         ("warning", "proxy-read-timeout"),
     ]
-    assert parsed.canary
+    assert not parsed.canary and "has no effect without" in findings[0].message
     assert findings[1].suggestion == PREFIX + "proxy-body-size"
     assert "did you mean `nginx.ingress.kubernetes.io/proxy-body-size`?" in findings[1].message
 

@@ -7,7 +7,7 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import access, cors, errors, extauth, forwarded, headers, redirects
+from workers.policies import access, cors, errors, extauth, forwarded, headers, redirects, selection
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
@@ -19,6 +19,7 @@ COMPILERS: tuple[Compiler, ...] = (
     extauth.compile,
     headers.compile,
     errors.compile,
+    selection.compile,
 )
 
 __all__ = ["COMPILERS"]
