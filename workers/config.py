@@ -24,6 +24,9 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     http1_codec: str = "llhttp"  # "llhttp": the event-driven core; "h11": the task-based reference path
     # -- issue 10 (appended) ------------------------------------------------------------
     parent_pid: int = 0  # the supervisor: the worker exits when it is gone (0: do not watch)
+    # limits (issue 9): the replica's shared limit counters (fastingress.snapshot.limitshm);
+    # "": counters private to this process
+    limits_path: str = ""
 
 
 class RequestCount(msgspec.Struct, frozen=True, array_like=True):

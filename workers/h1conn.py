@@ -141,6 +141,7 @@ class ClientConn(Forwarder):
         self.limit = 0
         self.linger_until = 0.0
         self.splicer: Splicer | None = None
+        self.paced = None  # limit-rate: the paced answer in progress (h1forward._Paced)
         worker.opened(self)
         core.set_deadline(self, core.now + worker.settings.client_header_timeout)
 
@@ -173,6 +174,9 @@ class ClientConn(Forwarder):
         if self.splicer is not None:
             self.splicer.close()
             self.splicer = None
+        if self.paced is not None:
+            self.core.cancel_deadline(self.paced)
+            self.paced = None
         up = self.up
         if up is not None:
             self.up = None
@@ -183,7 +187,12 @@ class ClientConn(Forwarder):
         self.worker.closed(self)
 
     def writable(self) -> None:
-        """The client's write queue drained: read the upstream again."""
+        """The client's write queue drained: read the upstream again (or, limit-rate, send
+        the next paced piece)."""
+        paced = self.paced
+        if paced is not None and (paced.pending or paced.finish):
+            self._pace()
+            return
         up = self.up
         if up is not None and up.transport is not None:
             up.transport.resume_reading()
@@ -270,6 +279,7 @@ class ClientConn(Forwarder):
         self.req_open = False
         self.proxy = None
         self.info = None
+        self.paced = None
         if head is not None:
             self.method = head.method
             self.target = head.target

@@ -35,6 +35,7 @@ from workers.heads import RequestInfo, add_forwarded, error_body, response_heade
 from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
+from workers.pacing import Pacer
 from workers.policy import Refetch, RequestCtx
 from workers.retry import (
     CONNECT_ERROR,
@@ -86,6 +87,7 @@ class Forwarder(Timed):
         "limit",
         "linger_until",
         "method",
+        "paced",
         "pool",
         "proxy",
         "proxy_port",
@@ -143,6 +145,7 @@ class Forwarder(Timed):
     writing_paused: bool
     splicer: Splicer | None
     deadline: float
+    paced: _Paced | None
 
     if TYPE_CHECKING:  # provided by ClientConn
 
@@ -377,8 +380,8 @@ class Forwarder(Timed):
         if self.writing_paused and conn.transport is not None:
             conn.transport.pause_reading()
             self.core.set_deadline(self, self.core.now + self._upstream_send_timeout())
-        if not self.req_open:
-            self._arm_read(conn)
+        if not self.req_open and (self.paced is None or not self.paced.pending):
+            self._arm_read(conn)  # (a paced response holds the upstream: _pace arms it)
 
     # ---- splicing large bodies (workers.splice) ----------------------------------------
 
@@ -437,10 +440,17 @@ class Forwarder(Timed):
             headers.append((b"connection", b"close"))
         self.status = ev.status
         self.resp_started = True
+        if self.ctx is not None and self.ctx.limit_rate is not None:
+            self.paced = _Paced(self, Pacer(*self.ctx.limit_rate, self.ctx.now))
         return self.codec.response_head(ev.status, headers, ev.reason, trusted=True)
 
     def _to_client(self, out: list[bytes]) -> None:
         if not out:
+            return
+        if self.paced is not None:
+            for b in out:
+                self.paced.pending += b
+            self._pace()
             return
         if len(out) == 1:
             self.transport.write(out[0])
@@ -462,6 +472,16 @@ class Forwarder(Timed):
                 up.close()
             else:
                 self.pool.release(up, worker.settings)
+        paced = self.paced
+        if paced is not None and paced.pending:
+            paced.finish = True  # the rest of the answer is paced out first (_pace)
+            return
+        self._client_done()
+
+    def _client_done(self) -> None:
+        """The whole answer went to the client's transport: end the request, then the next
+        one, a lingering close or the end of the connection."""
+        worker = self.worker
         self._finish(self.status)
         if self.req_open:  # the upstream answered before the request ended
             self._linger()
@@ -469,6 +489,47 @@ class Forwarder(Timed):
             self._next_cycle()
         else:
             self.transport.close()
+
+    # ---- limit-rate ------------------------------------------------------------------
+
+    def _pace(self) -> None:
+        """Send what limit-rate lets go now; hold the rest, and the upstream, until the timer
+        (or until the client's transport drained, ``writable``)."""
+        paced = self.paced
+        if paced is None or self.state == CLOSED:
+            return
+        core = self.core
+        now = core.now
+        pending = paced.pending
+        pacer = paced.pacer
+        if pending and not self.writing_paused:
+            n = pacer.chunk(now, len(pending))
+            if n:
+                data = bytes(pending[:n])
+                del pending[:n]
+                pacer.did_send(n)
+                self.transport.write(data)
+                if self.state == CLOSED:
+                    return
+        up = self.up
+        if pending:
+            if up is not None and up.transport is not None:
+                up.transport.pause_reading()
+            if self.writing_paused:  # the client does not read: writable() resumes us
+                core.set_deadline(self, now + self._upstream_send_timeout())
+            else:
+                wait = pacer.wait(now, len(pending))
+                core.set_deadline(paced, now + wait)
+                if up is not None and not self.req_open and self.proxy is not None:
+                    core.set_deadline(up, now + wait + self.proxy.upstream.read_timeout)
+            return
+        if paced.finish:
+            paced.finish = False
+            self._client_done()
+        elif up is not None and up.transport is not None and not self.writing_paused:
+            up.transport.resume_reading()
+            if not self.req_open:
+                self._arm_read(up)
 
     def _retryable(self, conn: UpstreamConn) -> bool:
         return self.reused and conn.fresh is not False and not self.resp_started and not self.body_sent \
@@ -592,6 +653,24 @@ class Forwarder(Timed):
         pairs = tuple((a, upstream.port) for a in addrs)
         primary, alternate = self.worker.balancer.pick(upstream.name, pairs)
         self._forward(proxy._replace(primary=primary, alternate=alternate), head, info)
+
+
+class _Paced(Timed):
+    """The paced answer of a client connection (limit-rate): the bytes that may not go yet,
+    and the core timer that sends the next piece."""
+
+    __slots__ = ("conn", "finish", "pacer", "pending")
+
+    def __init__(self, conn: Forwarder, pacer: Pacer) -> None:
+        super().__init__()
+        self.conn = conn
+        self.pacer = pacer
+        self.pending = bytearray()
+        self.finish = False  # the exchange is over: end the request once pending is out
+
+    def on_timeout(self) -> None:
+        if self.conn.paced is self:
+            self.conn._pace()
 
 
 def failure_kind(conn: UpstreamConn, exc: UpstreamFailed) -> int:

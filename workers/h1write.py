@@ -114,14 +114,13 @@ class Writer:
             raise LocalProtocolError("a message was already started in this cycle")
         length: int | None = None
         chunked = close = upgrade = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower in _WATCHED:
-                if lower == b"content-length":
+        for name, value in headers:  # (names are lower case: every producer of them makes sure)
+            if name in _WATCHED:
+                if name == b"content-length":
                     length = int(value)
-                elif lower == b"transfer-encoding":
+                elif name == b"transfer-encoding":
                     chunked = True
-                elif lower == b"connection":
+                elif name == b"connection":
                     close = close or b"close" in _tokens(value)
                 else:
                     upgrade = upgrade or any(_tokens(value))
@@ -137,13 +136,31 @@ class Writer:
         if request and not chunked:
             self._mode = _NO_BODY
             return headers, False
-        out = [(n, v) for n, v in headers if n.lower() not in _FRAMING]
+        out = [(n, v) for n, v in headers if n not in _FRAMING]
         if chunk_ok:
             out.append((b"transfer-encoding", _CHUNKED))
             self._mode = _NO_BODY if head else _CHUNK
             return out, False
         self._mode = _NO_BODY if head else _UNTIL_CLOSE
         return out, not head
+
+    def begin_framed(self, length: int | None, chunked: bool, *, no_body: bool, head: bool) -> None:
+        """``begin`` when the caller already knows the framing of what it sends (``length``
+        and ``chunked``, with no Connection close or Upgrade among the headers) and sends no
+        framing header of its own but the Content-Length: the fast lane of a relayed answer
+        and of a forwarded request.  The caller adds ``transfer-encoding: chunked`` when the
+        mode is ``CHUNK`` (``chunked_out``)."""
+        if self._mode != _NONE:
+            raise LocalProtocolError("a message was already started in this cycle")
+        self.close = False
+        self.upgrade = False
+        if no_body:
+            self._mode = _NO_BODY
+        elif length is not None and not chunked:
+            self._mode = _NO_BODY if head else _LENGTH
+            self._left = length
+        else:
+            self._mode = _NO_BODY if head else _CHUNK
 
     def data(self, data: bytes) -> bytes:
         mode = self._mode

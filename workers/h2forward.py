@@ -35,6 +35,7 @@ from workers.h2upstream import (
 )
 from workers.heads import RequestInfo, add_forwarded, set_headers
 from workers.http1 import Body, LocalProtocolError, RequestHead, ServerCodec, Signal, valid_value
+from workers.pacing import Pacer, send_paced
 from workers.sessionfwd import SessionBase as Session
 from workers.tlspolicy import add_hsts
 from workers.upstream_tls import client_tls
@@ -288,8 +289,12 @@ async def _relay_h1(
         add_hsts(headers, worker.hsts)
     if worker.add_headers:  # the ConfigMap's add-headers
         set_headers(headers, worker.add_headers)
-    if session.ctx is not None:
-        session.ctx.respond(status, headers)
+    ctx = session.ctx
+    pacer: Pacer | None = None  # limit-rate
+    if ctx is not None:
+        ctx.respond(status, headers)
+        if ctx.limit_rate is not None:
+            pacer = Pacer(*ctx.limit_rate, ctx.now)
     close = worker.draining or not codec.their_message_done
     if close:
         headers.append((b"connection", b"close"))
@@ -304,6 +309,9 @@ async def _relay_h1(
             raise UpstreamFailed(f"upstream {upstream.name}: {exc}") from None
         if not data:
             break
+        if pacer is not None:
+            await _send_paced(session, data, out, pacer, deadline=deadline, timeout=upstream.send_timeout)
+            continue
         out.append(codec.data(data))
         deadline.arm(upstream.send_timeout, "client")
         await session.stream.send_all(b"".join(out))
@@ -312,6 +320,22 @@ async def _relay_h1(
     deadline.arm(upstream.send_timeout, "client")
     await session.stream.send_all(b"".join(out))
     return not close and codec.reusable
+
+
+async def _send_paced(session: Session, data: bytes, out: list[bytes], pacer: Pacer, *, deadline: _Deadline,
+                      timeout: float) -> None:
+    """limit-rate: ``out`` (the head) now, then the body bytes ``data`` at the pace of ``pacer``."""
+    codec = session.codec
+    client = session.stream
+    if out:
+        deadline.arm(timeout, "client")
+        await client.send_all(b"".join(out))
+        out.clear()
+
+    async def send(piece: bytes) -> None:
+        await client.send_all(codec.data(piece))
+
+    await send_paced(data, pacer, send, lambda extra: deadline.arm(timeout + extra, "client"))
 
 
 def _end(codec: ServerCodec, trailers: list[Header], *, h11_chunked: bool) -> bytes:

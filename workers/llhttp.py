@@ -59,6 +59,7 @@ _STATUS_PREFIX = re.compile(
 )
 _METHOD = re.compile(TOKEN)
 _NO_BODY_STATUS = frozenset({204, 304})
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 MAX_RESPONSE_HEAD = 16 * 1024
 
 
@@ -148,6 +149,7 @@ class ServerCodec(Reader):
             raise LocalProtocolError("a response was already started")
         if not trusted:
             check_fields(headers, reason)
+            headers = [(n.lower(), v) for n, v in headers]  # (the framing looks at lower-case names)
         self._expect = False
         self._proposal = False  # (declined, if there was one)
         version = self._version
@@ -163,6 +165,46 @@ class ServerCodec(Reader):
         elif self._writer.close:
             self._keep_alive = False
         return frame_head(b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status)), out)
+
+    def relay_head(
+        self, status: int, reason: bytes, fields: Headers, drop: frozenset[bytes], tail: bytes
+    ) -> bytes | None:
+        """The fast lane of ``response_head`` for an upstream's answer relayed as it is: ``fields``
+        (as the upstream codec read them: lower-case names, checked values) minus the ``drop``
+        names (hop-by-hop ones), then ``tail`` (our own header lines, CRLF-terminated), framed
+        and serialised in one pass.  None when the general path must answer instead: a
+        Connection header that names other fields, a client that would need the answer
+        framed by closing (HTTP/1.0 and no Content-Length), a connection that must close."""
+        version = self._version
+        if not self._keep_alive or version is None or self._writer.started:
+            return None
+        length: int | None = None
+        chunked = False
+        parts = [b""]
+        append = parts.append
+        for name, value in fields:
+            if name in drop:
+                if name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                    return None  # (it may name fields to drop: the general path knows how)
+                continue
+            if name == b"content-length":
+                length = int(value)
+            append(name + b": " + value + b"\r\n")
+        no_body = status < 200 or status in _NO_BODY_STATUS
+        if not no_body and (length is None or chunked):
+            if version != b"1.1":
+                return None
+            append(b"transfer-encoding: chunked\r\n")
+        head = self._method == b"HEAD"
+        self._writer.begin_framed(length, chunked, no_body=no_body, head=head)
+        self._expect = False
+        self._proposal = False
+        parts[0] = b"HTTP/1.1 %d %b\r\n" % (status, reason or reason_phrase(status))
+        append(tail)
+        append(b"\r\n")
+        return b"".join(parts)
 
     def informational(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> bytes:
         if self._writer.started:
@@ -307,12 +349,24 @@ class ClientCodec(Reader):
             check_fields(headers, target=target)
             if not _METHOD.fullmatch(method):
                 raise LocalProtocolError(f"invalid method {method!r}")
+            headers = [(n.lower(), v) for n, v in headers]
         self._method = method
         writer = self._writer
         out, _ = writer.begin(headers, no_body=False, chunk_ok=True, request=True)
         self._proposal = writer.upgrade or method == b"CONNECT"
         self._req_close = writer.close
         return frame_head(method + b" " + target + b" HTTP/1.1\r\n", out)
+
+    def forward_head(self, method: bytes, target: bytes, fields: Headers, length: int | None,
+                     chunked: bool) -> bytes:
+        """The fast lane of ``request_head`` for a forwarded request whose framing is known
+        (``length``/``chunked``) and whose ``fields`` hold no Connection or Upgrade header
+        (hop-by-hop: removed before): framed and serialised in one pass."""
+        self._method = method
+        self._writer.begin_framed(length, chunked, no_body=not chunked and not length, head=False)
+        self._proposal = method == b"CONNECT"
+        self._req_close = False
+        return frame_head(method + b" " + target + b" HTTP/1.1\r\n", fields)
 
     def next_event(self) -> Event:
         events = self._events

@@ -80,9 +80,8 @@ class RequestCtx:
 
     __slots__ = (
         "_cookies", "backend_name", "client_ip", "done_hooks", "headers", "host", "info", "intercept_hooks",
-        "method", "now", "path", "query", "response_headers", "response_hooks", "route", "splice_ok", "state",
-        "target", "tls",
-        "tls_peer", "upstream_headers", "vhost",
+        "limit_rate", "method", "now", "path", "query", "response_headers", "response_hooks", "route",
+        "splice_ok", "state", "target", "tls", "tls_peer", "upstream_headers", "vhost",
     )
 
     def __init__(
@@ -123,6 +122,9 @@ class RequestCtx:
         self.backend_name: str | None = None  # set by a backend hook (canary)
         self.splice_ok = True  # False: a policy paces or reads the response body (no kernel splice)
         self.state: dict[str, object] = {}  # per-request scratch space of the hooks
+        # limit-rate: (bytes per second, bytes before the rate applies); the data path paces
+        # the response (workers.pacing)
+        self.limit_rate: tuple[int, int] | None = None
         self._cookies: dict[str, str] | None = None
 
     def header(self, name: bytes) -> bytes | None:

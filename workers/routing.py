@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from fastingress.snapshot.schema import Action, Route, Snapshot, Upstream, VirtualHost
 from workers.policies import COMPILERS
-from workers.policy import Compiled, compile_route
+from workers.policy import Compiled, Compiler, compile_route
 
 _HOST_CACHE_MAX = 4096
 
@@ -148,12 +149,14 @@ class RouteTable:
     """An immutable compiled view of one snapshot."""
 
     __slots__ = (
-        "_catch_all", "_exact", "_host_cache", "_policies", "_wildcard", "default_action", "snapshot",
-        "upstreams",
+        "_catch_all", "_compilers", "_exact", "_host_cache", "_policies", "_wildcard", "default_action",
+        "snapshot", "upstreams",
     )
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, compilers: Sequence[Compiler] | None = None) -> None:
         self.snapshot = snapshot
+        # The policy areas (None: COMPILERS; a worker's own count limits in shared memory).
+        self._compilers = compilers
         self.upstreams: dict[str, Upstream] = {u.name: u for u in snapshot.upstreams}
         self.default_action = snapshot.default_action
         # Filed as VirtualHost, replaced by its _Host on first use (the first vhost of a name wins).
@@ -178,12 +181,13 @@ class RouteTable:
         try:
             return cache[id(route)]
         except KeyError:
-            compiled = cache[id(route)] = compile_route(route, self.snapshot, COMPILERS)
+            compilers = COMPILERS if self._compilers is None else self._compilers
+            compiled = cache[id(route)] = compile_route(route, self.snapshot, compilers)
             return compiled
 
     @classmethod
-    def compile(cls, snapshot: Snapshot) -> RouteTable:
-        return cls(snapshot)
+    def compile(cls, snapshot: Snapshot, compilers: Sequence[Compiler] | None = None) -> RouteTable:
+        return cls(snapshot, compilers)
 
     def _add_host(self, name: str, vhost: VirtualHost) -> None:
         if name == "":

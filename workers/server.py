@@ -35,12 +35,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
 
 from fastingress.errors import SnapshotError
+from fastingress.snapshot import limitshm
 from fastingress.snapshot.codec import decode_msgpack
 from fastingress.snapshot.schema import Snapshot
 from fastingress.snapshot.shm import ShmReader
@@ -48,8 +49,12 @@ from workers.accept import CoreServer, listen_socket
 from workers.certs import CertCache
 from workers.config import WorkerSettings
 from workers.h1pool import CorePool, Dial
+from workers.limiter import LimitTable
 from workers.loop import Core
 from workers.passthrough import NOT_TLS, Hello, peek_client_hello, relay
+from workers.policies import worker_compilers
+from workers.policies.limits import Limiter
+from workers.policy import Compiler
 from workers.pool import Connect, Pool
 from workers.proxyproto import V2_MAX, BadProxyHeader, ProxyHeader, parse_proxy_header
 from workers.routing import RouteTable
@@ -214,9 +219,11 @@ async def _accept_loop(
 class SnapshotLoader:
     """Reads the shared-memory segment and installs new generations into a Worker."""
 
-    def __init__(self, worker: Worker, shm_path: str, certs: CertCache | None = None) -> None:
+    def __init__(self, worker: Worker, shm_path: str, certs: CertCache | None = None,
+                 compilers: Sequence[Compiler] | None = None) -> None:
         self.worker = worker
         self.certs = certs
+        self.compilers = compilers
         self.shm_path = shm_path
         self.reader: ShmReader | None = None
         self._open_error_logged = False
@@ -248,7 +255,7 @@ class SnapshotLoader:
             generation, data = got
             if generation in (worker.generation, self._refused_generation):
                 return
-            table = RouteTable.compile(decode_msgpack(data))
+            table = RouteTable.compile(decode_msgpack(data), self.compilers)
             if self.certs is not None:
                 self.certs.install(table.snapshot)  # a bad certificate is logged and skipped inside
         except Exception as exc:  # any failure to decode/compile refuses the snapshot
@@ -445,6 +452,19 @@ async def _open_front(settings: WorkerSettings, dial: Dial | None) -> _TaskFront
     return _CoreFront(sock, tls_sock, dial)
 
 
+def open_limits(settings: WorkerSettings) -> LimitTable:
+    """The replica's limit counters (the supervisor's segment), as worker column ``index``.  A
+    segment that cannot be mapped is an error in the log, and the limits count in this process
+    only (each worker then allows up to the whole limit): never a worker that cannot serve."""
+    if settings.limits_path:
+        try:
+            return LimitTable(limitshm.attach(settings.limits_path, settings.index))
+        except SnapshotError as exc:
+            log.error(  # noqa: TRY400 (one line, no traceback)
+                "worker %d: %s; limit-rps/-rpm/-connections count in this worker only", settings.index, exc)
+    return LimitTable(limitshm.private())
+
+
 async def run_worker(
     settings: WorkerSettings,
     *,
@@ -472,7 +492,8 @@ async def run_worker(
                     https_port=https_port, http1_codec=settings.http1_codec)
     certs = CertCache()
     certs.install(Snapshot())  # the self-signed default until the first snapshot arrives
-    loader = SnapshotLoader(worker, settings.shm_path, certs)
+    limits = open_limits(settings)
+    loader = SnapshotLoader(worker, settings.shm_path, certs, worker_compilers(Limiter(limits)))
     signals = (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
         if handle_signals
@@ -499,6 +520,7 @@ async def run_worker(
                 background.cancel_scope.cancel()
     finally:
         loader.close()
+        limits.segment.close()
         with trio.CancelScope(shield=True):
             await front.aclose()
             await pool.close()

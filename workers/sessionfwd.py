@@ -27,6 +27,7 @@ from fastingress.snapshot.schema import GlobalSettings, Upstream
 from workers.decide import Proxy
 from workers.heads import RequestInfo, add_forwarded, response_headers, set_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
+from workers.pacing import Pacer, send_paced
 from workers.policy import Refetch, RequestCtx
 from workers.pool import UpstreamConn
 from workers.retry import (
@@ -474,6 +475,7 @@ class SessionBase:
         out: list[bytes] = []
         got = False
         skip = ucodec.nothing_buffered
+        pacer: Pacer | None = None  # limit-rate
         while True:
             if skip:
                 skip = False
@@ -510,7 +512,11 @@ class SessionBase:
             if kind is Body:
                 assert isinstance(ev, Body)
                 self.resp_bytes += len(ev.data)
-                out.append(codec.data(ev.data))
+                if pacer is None:
+                    out.append(codec.data(ev.data))
+                else:
+                    self.phase = PH_CLIENT
+                    await self._send_paced(ev.data, out, pacer, upstream.send_timeout)
             elif kind is ResponseHead:
                 assert isinstance(ev, ResponseHead)
                 if ev.status < 200:
@@ -534,8 +540,11 @@ class SessionBase:
                     add_hsts(headers, worker.hsts)
                 if worker.add_headers:  # the ConfigMap's add-headers
                     set_headers(headers, worker.add_headers)
-                if self.ctx is not None:
-                    self.ctx.respond(ev.status, headers)
+                ctx = self.ctx
+                if ctx is not None:
+                    ctx.respond(ev.status, headers)
+                    if ctx.limit_rate is not None:
+                        pacer = Pacer(*ctx.limit_rate, ctx.now)
                 if worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
                     self.linger = not self.pump_done
@@ -552,6 +561,22 @@ class SessionBase:
             else:
                 raise UpstreamFailed(f"upstream {upstream.name} closed the connection mid-response")
 
+    async def _send_paced(self, data: bytes, out: list[bytes], pacer: Pacer, timeout: float) -> None:
+        """limit-rate: what ``out`` holds (the head) now, then the body bytes ``data`` in
+        pieces at the pace of ``pacer``, each under the send timeout."""
+        codec = self.codec
+        stream = self.stream
+        scope = self.scope
+        if out:
+            _arm(scope, timeout)
+            await stream.send_all(b"".join(out))
+            out.clear()
+
+        async def send(piece: bytes) -> None:
+            await stream.send_all(codec.data(piece))
+
+        await send_paced(data, pacer, send, lambda extra: _arm(scope, timeout + extra))
+
     async def _tunnel(
         self, conn: UpstreamConn, ev: ResponseHead, out: list[bytes], read_timeout: float
     ) -> bool:
@@ -565,17 +590,26 @@ class SessionBase:
         client_extra = codec.trailing_data
         self.phase = PH_CLIENT
         self.scope.deadline = _INF
-        self.finish_request(101)  # a tunnel is "done" as a request once it is established
-        await self.stream.send_all(b"".join(out))
-        ustream = conn.stream
-        if client_extra:
-            await ustream.send_all(client_extra)
-        # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
-        # from the upstream for that long closes it); a client may stay silent.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
-            nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
-        await trio.aclose_forcefully(ustream)
+        # A tunnel is "done" as a request (metrics, access log) once it is established; the
+        # done hooks of its policies wait for its end, as nginx's (limit-connections counts
+        # a WebSocket while it is open).
+        ctx = self.ctx
+        self.ctx = None
+        self.finish_request(101)
+        try:
+            await self.stream.send_all(b"".join(out))
+            ustream = conn.stream
+            if client_extra:
+                await ustream.send_all(client_extra)
+            # As in nginx, the upstream's read timeout is the tunnel's idle timeout (no byte
+            # from the upstream for that long closes it); a client may stay silent.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(copy_bytes, self.stream, ustream, nursery.cancel_scope)
+                nursery.start_soon(copy_bytes, ustream, self.stream, nursery.cancel_scope, read_timeout)
+            await trio.aclose_forcefully(ustream)
+        finally:
+            if ctx is not None:
+                ctx.finish()
         return False
 
 

@@ -216,7 +216,21 @@ class ExternalAuth(msgspec.Struct, frozen=True, gc=False):
 
 
 class Limits(msgspec.Struct, frozen=True, gc=False):
-    """limit-rps, -rpm, -connections, -burst-multiplier, -allowlist, -rate, -rate-after (area: limits)."""
+    """limit-rps, -rpm, -connections, -burst-multiplier, -allowlist, -rate, -rate-after (area: limits).
+
+    Counted per client IP, per replica (all its workers together, ``workers.limiter``); the
+    routes of one Ingress share their counters (``zone``), as ingress-nginx gives each Ingress
+    one zone per kind of limit.  0 means "no such limit".
+    """
+
+    zone: str = ""  # "namespace/name" of the Ingress: its routes share the counters
+    rps: int = 0  # limit-rps: requests per second (nginx limit_req, leaky bucket)
+    rpm: int = 0  # limit-rpm: requests per minute
+    burst_multiplier: int = 5  # limit-burst-multiplier: burst = rps (rpm) x this, nodelay
+    connections: int = 0  # limit-connections: requests in progress at once (nginx limit_conn)
+    allowlist: tuple[str, ...] = ()  # limit-allowlist: CIDRs exempt from rps, rpm and connections
+    rate: int = 0  # limit-rate: response bytes per second, per request (nginx limit_rate)
+    rate_after: int = 0  # limit-rate-after: bytes of a response sent before the rate applies
 
 
 CORS_METHODS = "GET, PUT, POST, DELETE, PATCH, OPTIONS"  # ingress-nginx's defaults
@@ -406,6 +420,11 @@ class GlobalSettings(msgspec.Struct, frozen=True, gc=False):
     ssl_passthrough: bool = False  # --enable-ssl-passthrough
     http2: bool = True  # offer h2 in ALPN and accept h2c prior knowledge
     http2_max_concurrent_streams: int = 128
+    # -- schema 4, limits (issue 9): ConfigMap keys; route annotations override the last two --
+    limit_req_status: int = 503  # limit-req-status-code: answer to a request over limit-rps/-rpm
+    limit_conn_status: int = 503  # limit-conn-status-code: answer over limit-connections
+    limit_rate: int = 0  # limit-rate in bytes/s (ConfigMap: KB/s as nginx `limit_rate Nk`, so x 1024)
+    limit_rate_after: int = 0  # limit-rate-after in bytes (ConfigMap: KB, so x 1024)
     # -- schema 4, issue 9 area configmap: the ingress-nginx controller ConfigMap ----------
     # Filled from ``--configmap NS/NAME`` (fastingress.translate.configmap); each field names its
     # key.  Defaults are ingress-nginx's, except where README's compatibility table says not.

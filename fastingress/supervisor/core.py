@@ -57,6 +57,7 @@ import trio
 
 from fastingress.errors import ConfigError, FastIngressError
 from fastingress.settings import ControllerSettings, StandaloneSettings
+from fastingress.snapshot import limitshm
 from fastingress.snapshot.shm import ShmPublisher, default_runtime_dir, stale_runtime_dirs
 from fastingress.supervisor import admin
 from fastingress.supervisor.metrics import SupervisorView, Totals, WorkerView, readiness, render_metrics
@@ -116,6 +117,7 @@ class Supervisor:
         # admin port already answers (/healthz 200, /readyz 503).
         self.runtime_dir = ""
         self.publisher: ShmPublisher | None = None
+        self.limits_path = ""  # the replica's limit counters (limitshm), shared by the workers
         self.current: Loaded | None = None
         self.reload_failures = 0
         self.last_reload_ok = True  # every input of the last (re)load is in force
@@ -225,6 +227,11 @@ class Supervisor:
         runtime_dir, self.created_dir = prepare_runtime_dir(self.settings.runtime_dir)
         try:
             publisher = ShmPublisher(os.path.join(runtime_dir, "snapshot"))
+            try:
+                self.limits_path = limitshm.create(os.path.join(runtime_dir, "limits"), self.settings.workers)
+            except FastIngressError:
+                publisher.close(unlink=True)
+                raise
         except FastIngressError:
             if self.created_dir:
                 shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -291,6 +298,7 @@ class Supervisor:
                 access_log=settings.access_log,
                 http1_codec=settings.http1_codec,
                 parent_pid=os.getpid(),
+                limits_path=self.limits_path,
             )
             self.slots.append(WorkerSlot(index, worker_settings, write_end))
 
@@ -576,6 +584,8 @@ class Supervisor:
         self.kill_workers_now()
         if self.publisher is not None:
             self.publisher.close(unlink=True)
+        if self.limits_path:
+            limitshm.remove(self.limits_path)
         for slot in self.slots:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(slot.settings.stats_socket)

@@ -50,6 +50,7 @@ from fastingress.translate import policy_extauth as extauth
 from fastingress.translate import policy_http as http
 from fastingress.translate import policy_selection as sel
 from fastingress.translate.policy_http import HttpAnnotations
+from fastingress.translate.policy_limits import DEFAULT_BURST, parse_kilobytes, parse_limit, parse_multiplier
 from fastingress.translate.policy_selection import BalancingSettings, CanaryRules, NextUpstreamSettings
 
 PREFIX = "nginx.ingress.kubernetes.io/"
@@ -127,6 +128,15 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     auth_tls_pass_certificate: bool | None = None
     auth_tls_match_cn: str | None = None
     extauth: extauth.ExtAuthAnnotations = extauth.ExtAuthAnnotations()  # auth-url and companions
+    # -- limits (issue 9, translate/policy_limits.py) --
+    limit_rps: int = 0  # limit-rps (0: none)
+    limit_rpm: int = 0  # limit-rpm
+    limit_connections: int = 0  # limit-connections
+    limit_burst_multiplier: int = DEFAULT_BURST  # limit-burst-multiplier
+    limit_allowlist: tuple[str, ...] | None = None  # limit-allowlist: CIDRs
+    limit_whitelist: tuple[str, ...] | None = None  # limit-whitelist: its alias (when it is absent)
+    limit_rate: int | None = None  # limit-rate in bytes/s (None: the ConfigMap's)
+    limit_rate_after: int | None = None  # limit-rate-after in bytes
     # -- issue 9, area configmap ----------------------------------------------------------
     enable_global_auth: bool = True  # enable-global-auth: "false" exempts it from global-auth-url
 
@@ -245,6 +255,7 @@ class Key(NamedTuple):
     parser: Callable[[str], Any] | None = None  # implemented: str -> value, ValueError if bad
     guard: bool = False  # restricts access: anything short of honouring it fails closed
     note: str = ""  # shown in the diagnostic (the replacement of a removed key, ...)
+    detail: str = ""  # removed: why, and what fastingress does instead
 
 
 def implemented(field: str, parser: Callable[[str], Any], *, guard: bool = False) -> Key:
@@ -262,8 +273,8 @@ def unsupported(note: str) -> Key:
     return Key("unsupported", note=note)
 
 
-def removed(replacement: str) -> Key:
-    return Key("removed", note=replacement)
+def removed(replacement: str, detail: str = "") -> Key:
+    return Key("removed", note=replacement, detail=detail)
 
 
 def _rows(names: str, row: Key) -> dict[str, Key]:
@@ -331,6 +342,15 @@ _ROWS: dict[str, Key] = {
         "auth_tls_pass_certificate", parse_bool, guard=True
     ),
     "auth-tls-match-cn": implemented("auth_tls_match_cn", _access.parse_match_cn, guard=True),
+    # limits: a bad rps/rpm/connections/allowlist rejects the Ingress in ingress-nginx (guards)
+    "limit-rps": implemented("limit_rps", parse_limit, guard=True),
+    "limit-rpm": implemented("limit_rpm", parse_limit, guard=True),
+    "limit-connections": implemented("limit_connections", parse_limit, guard=True),
+    "limit-allowlist": implemented("limit_allowlist", _access.parse_cidrs, guard=True),
+    "limit-whitelist": implemented("limit_whitelist", _access.parse_cidrs, guard=True),
+    "limit-burst-multiplier": implemented("limit_burst_multiplier", parse_multiplier),
+    "limit-rate": implemented("limit_rate", parse_kilobytes),
+    "limit-rate-after": implemented("limit_rate_after", parse_kilobytes),
     # -- external auth (translate/policy_extauth.py) ------------------------------------------
     "auth-url": implemented("extauth.url", extauth.parse_auth_url, guard=True),
     "auth-method": implemented("extauth.method", extauth.parse_auth_method, guard=True),
@@ -401,14 +421,6 @@ _ROWS: dict[str, Key] = {
         """,
         UNSUPPORTED,
     ),
-    **_rows(
-        """
-        limit-connections limit-rps limit-rpm limit-rate limit-rate-after limit-burst-multiplier
-        limit-allowlist global-rate-limit global-rate-limit-window global-rate-limit-key
-        global-rate-limit-ignored-cidrs
-        """,
-        unsupported("rate limits are not enforced yet"),
-    ),
     **_rows("use-port-in-redirects", UNSUPPORTED),
     **_rows(
         "fastcgi-index fastcgi-params-configmap",
@@ -447,7 +459,12 @@ _ROWS: dict[str, Key] = {
     "secure-backends": removed("backend-protocol"),
     "grpc-backend": removed("backend-protocol"),
     "secure-verify-ca-secret": removed("proxy-ssl-secret"),
-    "limit-whitelist": removed("limit-allowlist"),
+    **_rows(
+        "global-rate-limit global-rate-limit-window global-rate-limit-key global-rate-limit-ignored-cidrs",
+        removed("limit-rps", "in v1.12 (it counted in a memcached shared by the replicas, and did "
+                "nothing without one); not enforced: limit-rps and limit-rpm count per replica, over "
+                "all its workers"),
+    ),
     "session-cookie-hash": removed(""),
     "add-base-url": removed(""),
     "base-url-scheme": removed(""),
@@ -597,7 +614,8 @@ class _Parse:
             self.add("info", key, "has no effect in fastingress", row.note or "ignored")
         elif status == "removed":
             replacement = PREFIX + row.note if row.note else ""
-            self.add("warning", key, "removed from ingress-nginx", "ignored", replacement)
+            what = "removed from ingress-nginx" + (f" {row.detail}" if row.detail else "")
+            self.add("warning", key, what, "ignored", replacement)
         else:
             note = f" ({row.note})" if row.note else ""
             self.add("warning", key, f"not implemented yet{note}", "ignored")

@@ -55,6 +55,7 @@ from fastingress.translate.annotations import (
     parse_size,
 )
 from fastingress.translate.model import AnnotationDefaults, ObjRef, Severity, Sink, TranslateOptions
+from fastingress.translate.policy_limits import parse_kilobytes
 
 Status = Literal["implemented", "closed", "snippet", "unsupported", "inert", "removed"]
 
@@ -541,11 +542,17 @@ _ROWS: dict[str, Row] = {
     "allow-cross-namespace-resources": unsupported(
         "false", "a Secret of another namespace named by an access annotation fails closed", same=True
     ),
-    "limit-req-status-code": unsupported("503", "rate limits answer 503", same=True),
-    "limit-conn-status-code": unsupported("503", "connection limits answer 503", same=True),
+    "limit-req-status-code": implemented(_int(400, 599), _settings("limit_req_status"), "503",
+                                         "the answer of limit-rps / limit-rpm"),
+    "limit-conn-status-code": implemented(_int(400, 599), _settings("limit_conn_status"), "503",
+                                          "the answer of limit-connections"),
     "limit-conn-zone-variable": inert("limits count per client IP", "$binary_remote_addr"),
-    "limit-rate": unsupported("0", _PER_INGRESS, same=True),
-    "limit-rate-after": unsupported("0", _PER_INGRESS, same=True),
+    "limit-rate": implemented(
+        parse_kilobytes, _settings("limit_rate"), "0",
+        "KB/s per response: every route's default (an Ingress's limit-rate replaces it)",
+    ),
+    "limit-rate-after": implemented(parse_kilobytes, _settings("limit_rate_after"), "0",
+                                    "KB sent before limit-rate applies"),
     **_rows(
         """
         global-rate-limit-memcached-host global-rate-limit-memcached-port

@@ -56,6 +56,7 @@ from fastingress.translate.hosts import looks_like_regex, priority, route_key
 from fastingress.translate.ingress import IngressPlan, PathRule, initial_annotations, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
 from fastingress.translate.policy_access import Reason, basic_auth, client_auth, source_ranges
+from fastingress.translate.policy_limits import limits_policy
 from fastingress.translate.policy_selection import canary as canary_policy
 from fastingress.translate.policy_selection import canary_balancing, next_upstream
 from fastingress.translate.tls import load_certificate
@@ -339,6 +340,8 @@ class _Emitter:
             headers=http_emit.header_rules(self.cluster, plan),
             errors=http_emit.error_pages(self, plan),
             redirects=http_emit.redirects(annotations.http),
+            limits=None if isinstance(action, Respond) else limits_policy(
+                annotations, plan.ref.key, self.options.settings),
         )
         return Route(
             path=rule.path,

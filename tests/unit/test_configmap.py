@@ -199,6 +199,10 @@ SAMPLES = {
     "proxy-redirect-to": "https://b.example/",
     "proxy-http-version": "1.1",
     "service-upstream": "true",
+    "limit-req-status-code": "429",
+    "limit-conn-status-code": "429",
+    "limit-rate": "100",
+    "limit-rate-after": "10",
 }
 
 

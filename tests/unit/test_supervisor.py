@@ -22,6 +22,7 @@ import trio
 
 from fastingress.errors import ConfigError, SnapshotError
 from fastingress.settings import StandaloneSettings
+from fastingress.snapshot import limitshm
 from fastingress.snapshot.codec import decode_msgpack, encode_json
 from fastingress.snapshot.schema import Respond, Snapshot
 from fastingress.snapshot.shm import ShmReader
@@ -238,6 +239,11 @@ async def test_publishes_before_workers_and_serves_admin(
         assert (await admin.get("/nope")).status_code == 404
         runtime = Path(supervisor.runtime_dir)
         assert runtime.stat().st_mode & 0o777 == 0o700
+        # The replica's limit counters: one segment for both workers, each its own column.
+        assert [slot.settings.limits_path for slot in supervisor.slots] == [str(runtime / "limits")] * 2
+        segment = limitshm.attach(supervisor.limits_path, 1)
+        assert segment.workers == 2
+        segment.close()
         supervisor.request_stop()
     assert exit_codes == [0]
     assert not runtime.exists()

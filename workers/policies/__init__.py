@@ -7,7 +7,7 @@ for a route that does not use it.  To add one: write the module, add it here.
 
 from __future__ import annotations
 
-from workers.policies import access, cors, errors, extauth, forwarded, headers, redirects, selection
+from workers.policies import access, cors, errors, extauth, forwarded, headers, limits, redirects, selection
 from workers.policy import Compiler
 
 COMPILERS: tuple[Compiler, ...] = (
@@ -20,6 +20,14 @@ COMPILERS: tuple[Compiler, ...] = (
     headers.compile,
     errors.compile,
     selection.compile,
+    limits.compile,
 )
 
-__all__ = ["COMPILERS"]
+
+def worker_compilers(limiter: limits.Limiter) -> tuple[Compiler, ...]:
+    """``COMPILERS`` for a worker process: the limits area counts in the replica's shared
+    segment (``limiter``) instead of a table private to the process."""
+    return tuple(limiter.compile if c is limits.compile else c for c in COMPILERS)
+
+
+__all__ = ["COMPILERS", "worker_compilers"]
