@@ -94,6 +94,12 @@ def _add_translation_flags(parser: argparse.ArgumentParser, *, watch_default: bo
     parser.add_argument(
         "--hsts-max-age", type=int, default=31536000, metavar="SECONDS", help="default: %(default)s"
     )
+    parser.add_argument(
+        "--configmap",
+        metavar="NAMESPACE/NAME",
+        help="the ingress-nginx controller ConfigMap to honour (watched in a cluster; read from the "
+        "manifests otherwise); its hsts keys win over --hsts",
+    )
     _add_fail_open_flag(parser)
 
 
@@ -476,6 +482,7 @@ def _translation(args: argparse.Namespace) -> TranslationSettings:
         hsts=args.hsts,
         hsts_max_age=args.hsts_max_age,
         unsafe_fail_open=args.unsafe_fail_open,
+        configmap=args.configmap,
     )
 
 

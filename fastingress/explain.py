@@ -45,7 +45,9 @@ from fastingress.snapshot.schema import (
 )
 from fastingress.translate.model import Diagnostic
 from workers.canary import CanaryRule
+from workers.clientip import Front
 from workers.decide import explain_policies
+from workers.heads import scan_request
 from workers.pathnorm import normalize_target
 from workers.policies.access import RangeCheck, explain_client
 from workers.policy import REWRITE, Answer, RequestCtx
@@ -518,13 +520,19 @@ def explain(
         diagnostics=_relevant(diagnostics, _involved(vhost, route), host),
     )
     policies = _tls_policies(snapshot, vhost, scheme)
-    # workers.proxy: the redirect to https comes first, then the action.
-    if scheme == "http" and route is not None and wants_https(route.policy):
+    # The data paths: the ConfigMap's client IP and blocks first (workers.clientip), then the
+    # redirect to https, then the action.
+    https, refused = _front(snapshot, request, host_header, scheme, policies)
+    if refused is not None:
+        return msgspec.structs.replace(base, outcome="refused", status=403, reason=refused,
+                                       policies=tuple(policies))
+    if not https and route is not None and wants_https(route.policy):
         location = redirect_location(host_header.encode("latin-1", "replace"), target, path, https_port)
         if location is not None:
             policies += _route_policies(route.policy, scheme, redirected=True)
+            code = snapshot.settings.http_redirect_code
             return msgspec.structs.replace(
-                base, outcome="redirect", status=308, location=location.decode("latin-1"),
+                base, outcome="redirect", status=code, location=location.decode("latin-1"),
                 reason="plain HTTP to a route that wants HTTPS", policies=tuple(policies),
             )
     if route is not None:
@@ -543,6 +551,30 @@ def explain(
     else:
         policies.append(Policy("proxy-body-size", _size(snapshot.settings.max_body_size), "global default"))
     return _act(base, table, route, action, policies)
+
+
+def _front(
+    snapshot: Snapshot, request: ExplainRequest, host_header: str, scheme: str, policies: list[Policy]
+) -> tuple[bool, str | None]:
+    """(whether the client spoke HTTPS, why the ConfigMap refuses it or None), as the data paths
+    decide it before routing; a policy line says who the client is when a proxy is trusted."""
+    front = Front.compile(snapshot.settings)
+    if front is None:
+        return scheme == "https", None
+    headers = [(b"host", host_header.encode("latin-1", "replace"))]
+    headers += [
+        (n.lower().encode("latin-1", "replace"), v.encode("latin-1", "replace")) for n, v in request.headers
+    ]
+    info = scan_request(headers)
+    peer = (request.client_ip or "127.0.0.1").encode()
+    ip, https, refused = front.apply(info, peer, scheme == "https", b"")
+    if info.view is not None and ip != peer:
+        trusted = request.client_ip or "127.0.0.1"
+        effect = f"from the headers of trusted peer {trusted}"
+        policies.append(Policy("client IP", ip.decode("latin-1"), effect))
+    if refused is not None:
+        return https, f"the ConfigMap's {refused} refuses client {ip.decode('latin-1')}: 403"
+    return https, None
 
 
 def _rewrite_answer(

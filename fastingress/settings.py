@@ -39,6 +39,8 @@ class TranslationSettings(msgspec.Struct, frozen=True):
     hsts_max_age: int = 31536000
     # -- fail closed (issue 8) ---------------------------------------------------------------
     unsafe_fail_open: bool = False  # serve routes whose access annotations are not honoured, open
+    # -- the controller ConfigMap (issue 9) ----------------------------------------------------
+    configmap: str | None = None  # "namespace/name": watched in a cluster, read from --manifests
 
     def global_settings(self) -> GlobalSettings:
         """The data-plane settings these flags decide (the rest keeps its defaults)."""
@@ -59,6 +61,7 @@ def translate_options(translation: TranslationSettings) -> TranslateOptions:
         default_backend_service=translation.default_backend_service,
         settings=translation.global_settings(),
         unsafe_fail_open=translation.unsafe_fail_open,
+        configmap=translation.configmap,
     )
 
 
@@ -174,6 +177,7 @@ def validate_standalone(settings: StandaloneSettings) -> StandaloneSettings:
 def _check_translation(translation: TranslationSettings) -> None:
     _check_service_ref("--default-backend-service", translation.default_backend_service)
     _check_service_ref("--default-ssl-certificate", translation.default_ssl_certificate)
+    _check_service_ref("--configmap", translation.configmap)
     if not 0 <= translation.hsts_max_age <= 10 * 365 * 86400:
         raise ConfigError(f"--hsts-max-age must be between 0 and 315360000, got {translation.hsts_max_age}")
 

@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s worker[{settings.index}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # log-format-upstream lines go to stdout exactly as formatted (as ingress-nginx's access log)
+    access = logging.getLogger("fastingress.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
     exit_with_parent(settings.parent_pid)
     try:
         trio.run(run_worker, settings)

@@ -13,7 +13,11 @@ over only once it has data) is a handler in the epoll set that accepts in batche
   goes to a relay task untouched.  After the handshake, ALPN ``h2`` goes to an HTTP/2 task
   (``SocketTLSStream``); anything else becomes a ``TLSTransport`` + ``ClientConn``;
 * ``handoff``: a ``ClientConn`` gives its socket to a trio task — a Session (Upgrade tunnels,
-  HTTP/2 upstreams; the codec and the parsed head move along) or HTTP/2 (h2c prior knowledge).
+  HTTP/2 upstreams; the codec and the parsed head move along) or HTTP/2 (h2c prior knowledge);
+* ``use-proxy-protocol`` (the ConfigMap): before any of this, ``ProxyAccept`` reads the PROXY
+  protocol header (v1 or v2, ``workers.proxyproto``) under ``proxy-protocol-header-timeout``:
+  it peeks, consumes exactly the header, and the connection goes on as above with the
+  header's source address as its client.  A connection without a valid header is closed.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from workers.http1 import RequestHead
 from workers.http2 import serve_h2
 from workers.loop import Core, Timed
 from workers.passthrough import NEED_MORE, NOT_TLS, Hello, parse_client_hello_sni, relay
+from workers.proxyproto import V2_MAX, BadProxyHeader, ProxyHeader, parse_proxy_header
 from workers.serve import serve_client
 from workers.state import Worker
 from workers.tls import SocketTLSStream
@@ -122,16 +127,87 @@ class Listener:
         self.sock.close()
 
 
+class ProxyAccept(Timed):
+    """A connection until its PROXY protocol header is read (see the module docstring)."""
+
+    __slots__ = ("buf", "peer", "server", "sock", "tls")
+
+    def __init__(self, server: CoreServer, sock: socket.socket, peer: str, tls: bool) -> None:
+        super().__init__()
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.tls = tls
+        self.buf = b""  # header bytes consumed so far (when it came in pieces)
+        core = server.core
+        core.add(sock.fileno(), self)
+        core.set_deadline(self, core.now + server.worker.proxy_protocol_timeout)
+
+    def on_event(self, events: int) -> None:
+        self.begin()
+
+    def begin(self) -> None:
+        sock = self.sock
+        try:
+            data = sock.recv(V2_MAX, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort()
+            return
+        if not data:
+            self.abort()
+            return
+        try:
+            header = parse_proxy_header(self.buf + data)
+        except BadProxyHeader as exc:
+            log.info("connection from %s closed: %s (use-proxy-protocol is on)", self.peer, exc)
+            self.abort()
+            return
+        try:
+            if not isinstance(header, ProxyHeader):  # every byte seen is the header's: take them
+                self.buf += sock.recv(len(data))
+                return
+            need = header.length - len(self.buf)
+            rest = sock.recv(need) if need else b""
+        except OSError:
+            self.abort()
+            return
+        if len(rest) != need:
+            self.abort()
+            return
+        self.deadline = _INF
+        server = self.server
+        server.core.remove(sock.fileno())
+        if header.source is None:  # LOCAL / UNKNOWN: the balancer's own connection
+            server.accepted(sock, self.peer, b"", self.tls)
+        else:
+            server.accepted(sock, header.source, str(header.dest_port).encode(), self.tls)
+
+    def on_timeout(self) -> None:
+        log.info("connection from %s closed: no PROXY protocol header in time", self.peer)
+        self.abort()
+
+    def abort(self) -> None:
+        self.deadline = _INF
+        self.server.core.remove(self.sock.fileno())
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
 class TLSAccept(Timed):
     """One HTTPS connection until its handshake is done (see the module docstring)."""
 
-    __slots__ = ("client_ip", "conn", "peeking", "server", "sock")
+    __slots__ = ("client_ip", "conn", "peeking", "proxy_port", "server", "sock")
 
-    def __init__(self, server: CoreServer, sock: socket.socket, client_ip: str, peek: bool) -> None:
+    def __init__(
+        self, server: CoreServer, sock: socket.socket, client_ip: str, peek: bool, proxy_port: bytes = b""
+    ) -> None:
         super().__init__()
         self.server = server
         self.sock = sock
         self.client_ip = client_ip
+        self.proxy_port = proxy_port  # (PROXY protocol) the port the client used on the balancer
         self.peeking = peek
         self.conn: SSL.Connection | None = None
         core = server.core
@@ -216,7 +292,7 @@ class TLSAccept(Timed):
         server.core.cancel_deadline(self)
         transport = TLSTransport(server.core, self.sock, conn)
         client = ClientConn(server.core, server.worker, server.pool, transport, self.client_ip, tls,
-                            server.handoff)
+                            server.handoff, self.proxy_port)
         client.tls_conn = conn
         transport.proto = client
         server.core.handlers[transport.fd] = transport
@@ -260,17 +336,30 @@ class CoreServer:
         self.listeners.clear()
 
     def _plain(self, sock: socket.socket, addr: object) -> None:
-        transport = Transport(self.core, sock)
-        transport.proto = ClientConn(self.core, self.worker, self.pool, transport, _peer_ip(addr), "",
-                                     self.handoff)
-        transport.start()
+        if self.worker.proxy_protocol:
+            ProxyAccept(self, sock, _peer_ip(addr), tls=False).begin()
+            return
+        self.accepted(sock, _peer_ip(addr), b"", tls=False)
 
     def _tls(self, sock: socket.socket, addr: object) -> None:
-        store = self.certs.current
-        if store is None:
-            sock.close()
+        if self.worker.proxy_protocol:
+            ProxyAccept(self, sock, _peer_ip(addr), tls=True).begin()
             return
-        TLSAccept(self, sock, _peer_ip(addr), bool(store.passthrough)).begin()
+        self.accepted(sock, _peer_ip(addr), b"", tls=True)
+
+    def accepted(self, sock: socket.socket, client_ip: str, proxy_port: bytes, tls: bool) -> None:
+        """A connection ready for HTTP (plain) or a TLS handshake (its PROXY header read, if any)."""
+        if tls:
+            store = self.certs.current
+            if store is None:
+                sock.close()
+                return
+            TLSAccept(self, sock, client_ip, bool(store.passthrough), proxy_port).begin()
+            return
+        transport = Transport(self.core, sock)
+        transport.proto = ClientConn(self.core, self.worker, self.pool, transport, client_ip, "",
+                                     self.handoff, proxy_port)
+        transport.start()
 
     async def relay_task(self, sock: socket.socket, upstream: str, name: str) -> None:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -305,7 +394,7 @@ async def _serve_session(  # noqa: PLR0917
     decided: Decided | None,
 ) -> None:
     await serve_client(worker, stream, ip, tls=conn.tls, codec=conn.codec, head=head,  # type: ignore[arg-type]
-                       t0=conn.t0 or time.perf_counter(), decided=decided)
+                       t0=conn.t0 or time.perf_counter(), decided=decided, proxy_port=conn.proxy_port)
 
 
-__all__ = ["CoreServer", "Listener", "TLSAccept", "listen_socket"]
+__all__ = ["CoreServer", "Listener", "ProxyAccept", "TLSAccept", "listen_socket"]

@@ -6,7 +6,9 @@ Theory of operation
 every new snapshot generation and returns the ``CertStore`` for it:
 
 * every ``Certificate`` of the snapshot becomes a ``Context`` (TLS 1.2 and 1.3 only, ECDHE
-  with AES-GCM or ChaCha20 for 1.2, session cache and tickets on, ALPN ``h2``/``http/1.1``).
+  with AES-GCM or ChaCha20 for 1.2, session cache and tickets on, ALPN ``h2``/``http/1.1``;
+  the controller ConfigMap's ``ssl-protocols``, ``ssl-ciphers`` and ``ssl-session-*`` change
+  that: ``TLSParams``, part of each Context's cache key).
   Contexts are cached by their PEM text, so an unchanged Secret keeps its Context across
   generations and a changed one gets a new Context that every *new* handshake uses at once;
   a connection already established holds its own reference to the Context it was made
@@ -39,6 +41,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
-from fastingress.snapshot.schema import Certificate, ClientAuth, Snapshot
+from fastingress.snapshot.schema import Certificate, ClientAuth, GlobalSettings, Snapshot
 from workers.clientcert import client_auth_key, configure_context, switch
 
 log = logging.getLogger("fastingress.worker")
@@ -57,6 +60,33 @@ SESSION_ID_CONTEXT = b"fastingress"
 SESSION_TIMEOUT = 3600  # seconds a session (id or ticket) may be resumed
 ALPN_H2 = b"h2"
 ALPN_HTTP11 = b"http/1.1"
+
+
+class TLSParams(NamedTuple):
+    """The ConfigMap's TLS settings, as a server Context applies them."""
+
+    min_version: int = SSL.TLS1_2_VERSION
+    max_version: int = SSL.TLS1_3_VERSION
+    ciphers: bytes = CIPHERS_TLS12
+    session_cache: bool = True
+    tickets: bool = True
+    timeout: int = SESSION_TIMEOUT
+
+
+_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+
+def tls_params(settings: GlobalSettings) -> TLSParams:
+    versions = [_VERSIONS[name] for name in settings.ssl_protocols if name in _VERSIONS]
+    if not versions:  # (translation refuses that; a hand-made snapshot gets the defaults)
+        versions = list(_VERSIONS.values())
+    return TLSParams(
+        min(versions), max(versions), settings.ssl_ciphers.encode("ascii", "replace") or CIPHERS_TLS12,
+        settings.ssl_session_cache, settings.ssl_session_tickets, max(1, int(settings.ssl_session_timeout)),
+    )
+
+
+DEFAULT_TLS = TLSParams()
 
 
 class CertificateUnusable(Exception):
@@ -100,7 +130,7 @@ def _select_alpn(offered: list[bytes], http2: bool) -> bytes:
     return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
 
 
-def make_context(cert_pem: str, key_pem: str, *, http2: bool) -> SSL.Context:
+def make_context(cert_pem: str, key_pem: str, *, http2: bool, tls: TLSParams = DEFAULT_TLS) -> SSL.Context:
     """A server Context for one certificate chain (leaf first) and its key.
 
     Raises CertificateUnusable with a short reason that contains no key or certificate data.
@@ -118,13 +148,18 @@ def make_context(cert_pem: str, key_pem: str, *, http2: bool) -> SSL.Context:
     if key.public_key() != chain[0].public_key():
         raise CertificateUnusable("tls.key does not match the certificate in tls.crt")
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
-    ctx.set_cipher_list(CIPHERS_TLS12)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    ctx.set_min_proto_version(tls.min_version)
+    ctx.set_max_proto_version(tls.max_version)
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+    ctx.set_options(options if tls.tickets else options | SSL.OP_NO_TICKET)
+    try:
+        ctx.set_cipher_list(tls.ciphers)
+    except SSL.Error:  # (translation checked it with the same OpenSSL; keep serving regardless)
+        log.error("ssl-ciphers %r: OpenSSL refused it; using the default list", tls.ciphers.decode())  # noqa: TRY400 (one line)
+        ctx.set_cipher_list(CIPHERS_TLS12)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER if tls.session_cache else SSL.SESS_CACHE_OFF)
     ctx.set_session_id(SESSION_ID_CONTEXT)
-    ctx.set_timeout(SESSION_TIMEOUT)
+    ctx.set_timeout(tls.timeout)
     try:
         ctx.use_certificate(chain[0])
         for extra in chain[1:]:
@@ -137,12 +172,13 @@ def make_context(cert_pem: str, key_pem: str, *, http2: bool) -> SSL.Context:
     return ctx
 
 
-def _fingerprint(cert_pem: str, key_pem: str, http2: bool) -> bytes:
+def _fingerprint(cert_pem: str, key_pem: str, http2: bool, tls: TLSParams = DEFAULT_TLS) -> bytes:
     h = hashlib.sha256()
     h.update(cert_pem.encode("utf-8", "replace"))
     h.update(b"\0")
     h.update(key_pem.encode("utf-8", "replace"))
     h.update(b"\1" if http2 else b"\0")
+    h.update(repr(tls).encode())
     return h.digest()
 
 
@@ -224,17 +260,18 @@ class CertCache:
         self.current: CertStore | None = None
         self.unusable: frozenset[str] = frozenset()  # names of certificates skipped, for tests/metrics
 
-    def _context(
-        self, name: str, cert_pem: str, key_pem: str, http2: bool, keep: dict[bytes, SSL.Context | None]
+    def _context(  # noqa: PLR0917
+        self, name: str, cert_pem: str, key_pem: str, http2: bool, keep: dict[bytes, SSL.Context | None],
+        tls: TLSParams = DEFAULT_TLS,
     ) -> SSL.Context | None:
-        key = _fingerprint(cert_pem, key_pem, http2)
+        key = _fingerprint(cert_pem, key_pem, http2, tls)
         if key in keep:
             return keep[key]
         if key in self._contexts:
             ctx = self._contexts[key]
         else:
             try:
-                ctx = make_context(cert_pem, key_pem, http2=http2)
+                ctx = make_context(cert_pem, key_pem, http2=http2, tls=tls)
             except CertificateUnusable as exc:
                 log.error(  # noqa: TRY400 (one line, never a traceback: it could quote PEM)
                     "certificate %s: %s; not served (the default certificate is used instead)", name, exc
@@ -273,12 +310,13 @@ class CertCache:
         """Build (or reuse) everything ``snapshot`` needs; the result becomes ``current``."""
         settings = snapshot.settings
         http2 = settings.http2 and self.h2_available
+        tls = tls_params(settings)
         keep: dict[bytes, SSL.Context | None] = {}
         by_name: dict[str, SSL.Context] = {}
         unusable: set[str] = set()
         certificates: dict[str, Certificate] = {c.name: c for c in snapshot.certificates}
         for cert in snapshot.certificates:
-            ctx = self._context(cert.name, cert.cert_pem, cert.key_pem, http2, keep)
+            ctx = self._context(cert.name, cert.cert_pem, cert.key_pem, http2, keep, tls)
             if ctx is None:
                 unusable.add(cert.name)
             else:
@@ -294,14 +332,14 @@ class CertCache:
                 log.error("default certificate %s is not in the snapshot; using the self-signed one", wanted)
         if default_pem is None:
             default_pem = self.self_signed()
-        default = self._context("<default>", *default_pem, http2, keep)
+        default = self._context("<default>", *default_pem, http2, keep, tls)
         if default is None:  # --default-ssl-certificate was checked above; the self-signed one loads
             default_pem = self.self_signed()
-            default = self._context("<default>", *default_pem, http2, keep)
+            default = self._context("<default>", *default_pem, http2, keep, tls)
             assert default is not None
-        base_key = b"base" + _fingerprint(*default_pem, http2)
+        base_key = b"base" + _fingerprint(*default_pem, http2, tls)
         if self._base is None or base_key != self._base_key:
-            base = make_context(*default_pem, http2=http2)
+            base = make_context(*default_pem, http2=http2, tls=tls)
             base.set_tlsext_servername_callback(self._on_server_name)
             self._base, self._base_key = base, base_key
         exact: dict[str, SSL.Context] = {}

@@ -149,7 +149,8 @@ def decide(
     if not tls and wants_https(route.policy):
         location = redirect_location(info.host, target, path, https_port)
         if location is not None:
-            return Answer(308, error_body(308), TEXT, ((b"location", location),))
+            code = table.snapshot.settings.http_redirect_code  # the ConfigMap's http-redirect-code
+            return Answer(code, error_body(code), TEXT, ((b"location", location),))
     compiled = table.policies(route)
     if compiled is None:
         return _act(table, balancer, match.action, route, path, query, info, None, method=method, now=now)

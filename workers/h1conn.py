@@ -49,6 +49,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from workers.accesslog import AccessRecord, request_length
 from workers.decide import NO_LABELS, Answer, Decided, Decision, Pending, Proxy, decide
 from workers.h1forward import CLOSED, EXCHANGE, IDLE, LINGER, WAIT, Forwarder
 from workers.heads import TEXT, RequestInfo, error_body, scan_request
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from workers.transport import Transport
 
 log = logging.getLogger("fastingress.worker")
+access_log = logging.getLogger("fastingress.access")  # log-format-upstream lines, as they are
 
 H2_PREFACE_START = b"PRI * HTTP/2.0"
 
@@ -96,13 +98,19 @@ class ClientConn(Forwarder):
         client_ip: str,
         tls: str = "",
         handoff: HandoffFn | None = None,
+        proxy_port: bytes = b"",
     ) -> None:
         super().__init__()
         self.core = core
         self.worker = worker
         self.pool = pool
         self.transport = transport
-        self.client_ip = client_ip.encode()
+        self.client_ip = client_ip.encode()  # the peer (or the PROXY protocol header's source)
+        self.proxy_port = proxy_port  # the port the client used on the balancer (PROXY protocol)
+        self.served = 0  # requests on this connection (keep-alive-requests)
+        self.resp_bytes = 0  # response body bytes of the request (access log)
+        self.up_addr: tuple[str, int] | None = None  # its endpoint (access log)
+        self.t_up = 0.0  # when it was sent upstream (access log)
         self.tls = tls  # "" for plain HTTP, else "TLSv1.3/http/1.1" (access log)
         self.handoff = handoff
         self.tls_conn: object = None  # the pyOpenSSL Connection of a TLS client (for handoffs)
@@ -261,6 +269,9 @@ class ClientConn(Forwarder):
 
     def _begin_request(self, head: RequestHead | None) -> None:
         self.in_request = True
+        self.served += 1
+        self.resp_bytes = 0
+        self.up_addr = None
         self.t0 = _perf()
         self.status = 0
         self.labels = list(NO_LABELS)
@@ -274,16 +285,24 @@ class ClientConn(Forwarder):
         if head is not None:
             self.method = head.method
             self.target = head.target
+            self.head = head
 
     def _start(self, head: RequestHead) -> None:
         worker = self.worker
-        info = scan_request(head.headers)
+        info = self.info = scan_request(head.headers, worker.header_names)
         if not info.has_body:
             self.codec.next_event()  # the (empty) end of the request message
+        ip, https, refused = self.client_ip, bool(self.tls), None
+        front = worker.front
+        if front is not None:  # the ConfigMap's forwarded headers, PROXY protocol, blocks
+            ip, https, refused = front.apply(info, ip, https, self.proxy_port)
+            if refused is not None:
+                self._decided(Answer(403, error_body(403)), head, info)
+                return
         try:
             decision = decide(worker.table, worker.balancer, head.method, head.target, info,
-                              tls=bool(self.tls), https_port=worker.https_port, labels=self.labels,
-                              client_ip=self.client_ip.decode(), now=self.core.now, tls_peer=self.tls_conn)
+                              tls=https, https_port=worker.https_port, labels=self.labels,
+                              client_ip=ip.decode(), now=self.core.now, tls_peer=self.tls_conn)
         except FastIngressError as exc:
             self._fail_decided(exc)
             return
@@ -337,11 +356,11 @@ class ClientConn(Forwarder):
             self.transport.abort()
             return
         if close is None:
-            close = worker.draining or not codec.their_message_done
+            close = worker.draining or not codec.their_message_done or self.served >= worker.max_requests
         headers = [
             (b"content-type", content_type),
             (b"content-length", b"%d" % len(body)),
-            (b"server", worker.server_header),
+            *worker.answer_headers,  # Server (unless server-tokens is false), add-headers
             *extra,
         ]
         if self.tls and worker.hsts is not None:
@@ -351,6 +370,7 @@ class ClientConn(Forwarder):
         if close:
             headers.append((b"connection", b"close"))
         self.status = status
+        self.resp_bytes = len(body)
         self.transport.write(codec.response_head(status, headers) + codec.data(body) + codec.end())
         self._finish(status)
         if close or not codec.reusable:
@@ -412,12 +432,61 @@ class ClientConn(Forwarder):
         duration = _perf() - self.t0
         host, ingress, service = self.labels
         worker.metrics.observe(status, host, ingress, service, duration)
-        if worker.access_log:
+        if worker.access_log and self.target not in worker.skip_log:
+            if worker.log_format is not None:
+                self._log_line(status, duration)
+                return
             log.info(
                 "%s %s %s %d %.6f %s %s%s",
-                self.client_ip.decode(), self.method.decode("latin-1"), self.target.decode("latin-1"),
+                self._client_text(), self.method.decode("latin-1"), self.target.decode("latin-1"),
                 status, duration, host, service, " " + self.tls if self.tls else "",
             )
+
+    def _client_text(self) -> str:
+        """The request's client for the log: through a trusted proxy, the one it names."""
+        info = self.info
+        view = info.view if info is not None else None
+        return (view.ip if view is not None else self.client_ip).decode("latin-1")
+
+    def _log_line(self, status: int, duration: float) -> None:
+        """One line in the ConfigMap's log-format-upstream (``workers.accesslog``)."""
+        record = AccessRecord()
+        info = self.info
+        view = info.view if info is not None else None
+        head = self.head
+        record.client_ip = self._client_text()
+        record.peer = self.client_ip.decode("latin-1")
+        record.proxy_addr = record.peer if self.proxy_port else ""
+        record.method = self.method.decode("latin-1")
+        record.target = self.target.decode("latin-1")
+        record.status = status
+        record.body_bytes = self.resp_bytes
+        record.duration = duration
+        record.host, record.ingress, record.service = self.labels
+        if head is not None:
+            record.version = "HTTP/" + head.http_version.decode("latin-1")
+            record.headers = head.headers
+            record.request_length = request_length(head.method, head.target, head.headers, self.received)
+        if info is not None:
+            if info.host:  # nginx $host: the Host header, lower case, without the port
+                record.host = info.host.decode("latin-1").lower().rsplit(":", 1)[0].rstrip(".") or "-"
+            if info.request_id is not None:
+                record.request_id = info.request_id.decode("latin-1")
+        proxy = self.proxy
+        if proxy is not None:
+            record.upstream = proxy.upstream.name
+        if self.up_addr is not None:
+            record.upstream_addr = f"{self.up_addr[0]}:{self.up_addr[1]}"
+            record.upstream_time = self.core.now - self.t_up
+            if self.resp_started:
+                record.upstream_status = status
+                record.upstream_bytes = self.resp_bytes
+        record.scheme = "https" if self.tls or (view is not None and view.https) else "http"
+        worker = self.worker
+        record.server_port = str(worker.https_port if self.tls else worker.listen_port)
+        record.tls = self.tls
+        assert worker.log_format is not None
+        access_log.info(worker.log_format(record))
 
     def _next_cycle(self) -> None:
         self.codec.start_next_cycle()

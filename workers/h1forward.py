@@ -31,7 +31,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from workers.decide import Decision, Proxy, refetch, refetch_info
-from workers.heads import RESP_DROP, RequestInfo, add_forwarded, error_body, response_headers
+from workers.heads import RESP_DROP, RequestInfo, add_forwarded, error_body, response_headers, set_headers
 from workers.http1 import Body, RequestHead, ResponseHead, Signal
 from workers.llhttp import LocalProtocolError, ServerCodec
 from workers.loop import Core, Timed
@@ -90,21 +90,26 @@ class Forwarder(Timed):
         "paced",
         "pool",
         "proxy",
+        "proxy_port",
         "received",
         "req_open",
+        "resp_bytes",
         "resp_started",
         "retried",
         "retry",
         "reused",
+        "served",
         "splicer",
         "state",
         "status",
         "t0",
+        "t_up",
         "target",
         "tls",
         "tls_conn",
         "transport",
         "up",
+        "up_addr",
         "worker",
         "writing_paused",
     )
@@ -115,6 +120,11 @@ class Forwarder(Timed):
     transport: Transport
     codec: ServerCodec
     client_ip: bytes
+    proxy_port: bytes
+    served: int
+    resp_bytes: int
+    up_addr: tuple[str, int] | None
+    t_up: float
     tls: str
     state: int
     ctx: RequestCtx | None
@@ -173,6 +183,8 @@ class Forwarder(Timed):
             proto=b"https" if self.tls else worker.scheme_bytes,
             port=worker.https_port_bytes if self.tls else worker.port_bytes,
         )
+        if worker.proxy_headers:  # the ConfigMap's proxy-set-headers
+            set_headers(headers, worker.proxy_headers)
         if info.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         self.alternate = proxy.alternate
@@ -219,6 +231,8 @@ class Forwarder(Timed):
         assert head is not None and info is not None
         self.state = EXCHANGE
         self.up = conn
+        self.up_addr = conn.key
+        self.t_up = self.core.now
         self.reused = reused
         conn.owner = self
         conn.requests += 1
@@ -278,7 +292,7 @@ class Forwarder(Timed):
             if ev is _NEED_DATA:
                 self._to_upstream(up, out)
                 self.transport.resume_reading()
-                self.core.set_deadline(self, self.core.now + self.worker.settings.client_header_timeout)
+                self.core.set_deadline(self, self.core.now + self.worker.settings.client_body_timeout)
                 return
             self._to_upstream(up, out)
             self._client_body_error(BadRequest("request body ended unexpectedly"))
@@ -324,6 +338,7 @@ class Forwarder(Timed):
                 kind = type(ev)
                 if kind is Body:
                     assert isinstance(ev, Body)
+                    self.resp_bytes += len(ev.data)
                     out.append(codec.data(ev.data))
                     continue
                 if ev is _NEED_DATA:
@@ -417,19 +432,22 @@ class Forwarder(Timed):
 
     def _response_head(self, ev: ResponseHead) -> bytes:
         worker = self.worker
-        if self.ctx is None and not self.req_open and not worker.draining and not (self.tls and worker.hsts):
+        if (self.ctx is None and not self.req_open and not worker.draining and not (self.tls and worker.hsts)
+                and not worker.keep_server and not worker.add_headers and self.served < worker.max_requests):
             # The fast lane: relayed as it is, one pass (None: the general path must do it).
             data = self.codec.relay_head(ev.status, ev.reason, ev.headers, RESP_DROP, worker.server_line)
             if data is not None:
                 self.status = ev.status
                 self.resp_started = True
                 return data
-        headers = response_headers(ev.headers, worker.server_header)
+        headers = response_headers(ev.headers, worker.server_header, keep_server=worker.keep_server)
         if self.tls and worker.hsts is not None:
             add_hsts(headers, worker.hsts)
+        if worker.add_headers:  # the ConfigMap's add-headers
+            set_headers(headers, worker.add_headers)
         if self.ctx is not None:
             self.ctx.respond(ev.status, headers)
-        if worker.draining or self.req_open:
+        if worker.draining or self.req_open or self.served >= worker.max_requests:
             headers.append((b"connection", b"close"))
         self.status = ev.status
         self.resp_started = True

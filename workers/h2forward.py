@@ -33,7 +33,7 @@ from workers.h2upstream import (
     grpc_status_for,
     is_grpc,
 )
-from workers.heads import RequestInfo
+from workers.heads import RequestInfo, add_forwarded, set_headers
 from workers.http1 import Body, LocalProtocolError, RequestHead, ServerCodec, Signal, valid_value
 from workers.pacing import Pacer, send_paced
 from workers.sessionfwd import SessionBase as Session
@@ -76,19 +76,24 @@ def request_headers(
         headers.append((name, value))
     if grpc or upstream.protocol in ("GRPC", "GRPCS"):
         headers.append((b"te", b"trailers"))
-    ip = session.client_ip
-    headers.append((b"x-forwarded-for", ip))
-    headers.append((b"x-real-ip", ip))
-    headers.append((b"x-forwarded-proto", b"https" if session.tls else worker.scheme_bytes))
-    headers.append((b"x-forwarded-host", host))
-    headers.append((b"x-forwarded-port", worker.https_port_bytes if session.tls else worker.port_bytes))
-    headers.append((b"x-request-id", info.new_request_id()))
+    forwarded: list[Header] = []
+    add_forwarded(
+        forwarded, info, host=host, client_ip=session.client_ip,
+        proto=b"https" if session.tls else worker.scheme_bytes,
+        port=worker.https_port_bytes if session.tls else worker.port_bytes,
+    )
+    headers.extend(forwarded[1:])  # (no Host: :authority carries it)
+    if worker.proxy_headers:  # the ConfigMap's proxy-set-headers
+        set_headers(headers, worker.proxy_headers)
     return headers
 
 
-def _response_headers(headers: list[Header], server: bytes) -> list[Header]:
-    out = [(n, v) for n, v in headers if n not in _RESP_DROP]
-    out.append((b"server", server))
+def _response_headers(headers: list[Header], server: bytes, keep_server: bool = False) -> list[Header]:
+    """Without hop-by-hop headers, with our Server (none: server-tokens false; the upstream's
+    own with allow-backend-server-header)."""
+    out = [(n, v) for n, v in headers if n not in _RESP_DROP or (keep_server and n == b"server")]
+    if server and not (keep_server and any(n == b"server" for n, _ in out)):
+        out.append((b"server", server))
     return out
 
 
@@ -154,7 +159,7 @@ async def _grpc_error(session: Session, exc: FastIngressError, *, connecting: bo
                 session.target.decode("latin-1"), exc, status)
     codec = session.codec
     headers = grpc_error_headers(status, str(exc))
-    headers += [(b"content-length", b"0"), (b"server", worker.server_header)]
+    headers += [(b"content-length", b"0"), *worker.answer_headers]
     close = worker.draining or not codec.their_message_done
     if close:
         headers.append((b"connection", b"close"))
@@ -279,9 +284,11 @@ async def _relay_h1(
     status, rheaders = response
     worker = session.worker
     codec = session.codec
-    headers = _response_headers(rheaders, worker.server_header)
+    headers = _response_headers(rheaders, worker.server_header, worker.keep_server)
     if session.tls and worker.hsts is not None:
         add_hsts(headers, worker.hsts)
+    if worker.add_headers:  # the ConfigMap's add-headers
+        set_headers(headers, worker.add_headers)
     ctx = session.ctx
     pacer: Pacer | None = None  # limit-rate
     if ctx is not None:

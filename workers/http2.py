@@ -319,6 +319,7 @@ class H2Server:
     async def _serve_stream(self, st: _Stream, codec: H2StreamCodec) -> None:
         channel = H2StreamChannel(self, st)
         session = Session(self.worker, channel, self.client_ip, self.tls)
+        session.max_requests = 0  # keep-alive-requests counts HTTP/1.1 requests, not streams
         session.codec = codec
         try:
             with st.scope:

@@ -61,6 +61,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from workers.accesslog import AccessRecord, request_length
 from workers.decide import (
     NO_LABELS,
     Answer,
@@ -92,6 +93,7 @@ from workers.sessionfwd import (
 from workers.state import Worker
 
 log = logging.getLogger("fastingress.worker")
+access_log = logging.getLogger("fastingress.access")  # log-format-upstream lines, as they are
 
 _perf = time.perf_counter
 _now = trio.current_time
@@ -119,18 +121,28 @@ class Session(SessionBase):
 
     __slots__ = ()  # (the state lives in SessionBase, with the forwarding half)
 
-    def __init__(
+    def __init__(  # noqa: PLR0917
         self,
         worker: Worker,
         stream: trio.abc.Stream,
         client_ip: str,
         tls: str = "",
         codec: ServerCodec | None = None,
+        proxy_port: bytes = b"",
     ) -> None:
         self.worker = worker
         self.tls = tls  # "" for plain HTTP
         self.stream = stream
-        self.client_ip = client_ip.encode()
+        self.client_ip = client_ip.encode()  # the peer (or the PROXY protocol header's source)
+        self.proxy_port = proxy_port  # the port the client used on the balancer (PROXY protocol)
+        self.served = 0  # requests on this connection (keep-alive-requests)
+        self.max_requests = worker.max_requests  # 0: no limit (HTTP/2 streams)
+        self.head: RequestHead | None = None  # the request in progress (access log)
+        self.info: RequestInfo | None = None
+        self.resp_bytes = 0
+        self.up_addr: tuple[str, int] | None = None
+        self.up_status = 0
+        self.t_up = 0.0
         self.codec = codec if codec is not None else new_server_codec(worker)
         self.scope = trio.CancelScope()
         self.idle = False
@@ -204,13 +216,61 @@ class Session(SessionBase):
         duration = _perf() - self.t0
         host, ingress, service = self.labels
         worker.metrics.observe(status, host, ingress, service, duration)
-        if worker.access_log:
+        if worker.access_log and self.target not in worker.skip_log:
+            if worker.log_format is not None:
+                self._log_line(status, duration)
+                return
             log.info(
                 "%s %s %s %d %.6f %s %s%s",
-                self.client_ip.decode(), self.method.decode("latin-1"),
+                self._client_text(), self.method.decode("latin-1"),
                 self.target.decode("latin-1"), status, duration, host, service,
                 " " + self.tls if self.tls else "",
             )
+
+    def _client_text(self) -> str:
+        """The request's client for the log: through a trusted proxy, the one it names."""
+        info = self.info
+        view = info.view if info is not None else None
+        return (view.ip if view is not None else self.client_ip).decode("latin-1")
+
+    def _log_line(self, status: int, duration: float) -> None:
+        """One line in the ConfigMap's log-format-upstream (``workers.accesslog``)."""
+        record = AccessRecord()
+        info = self.info
+        view = info.view if info is not None else None
+        head = self.head
+        record.client_ip = self._client_text()
+        record.peer = self.client_ip.decode("latin-1")
+        record.proxy_addr = record.peer if self.proxy_port else ""
+        record.method = self.method.decode("latin-1")
+        record.target = self.target.decode("latin-1")
+        record.status = status
+        record.body_bytes = self.resp_bytes
+        record.duration = duration
+        record.host, record.ingress, record.service = self.labels
+        if head is not None:
+            record.version = "HTTP/" + head.http_version.decode("latin-1")
+            record.headers = head.headers
+            record.request_length = request_length(
+                head.method, head.target, head.headers, self.body_consumed
+            )
+        if info is not None:
+            if info.host:  # nginx $host: the Host header, lower case, without the port
+                record.host = info.host.decode("latin-1").lower().rsplit(":", 1)[0].rstrip(".") or "-"
+            if info.request_id is not None:
+                record.request_id = info.request_id.decode("latin-1")
+        if self.up_addr is not None:
+            record.upstream_addr = f"{self.up_addr[0]}:{self.up_addr[1]}"
+            record.upstream_time = _now() - self.t_up
+            if self.up_status:
+                record.upstream_status = self.up_status
+                record.upstream_bytes = self.resp_bytes
+        record.scheme = "https" if self.tls or (view is not None and view.https) else "http"
+        worker = self.worker
+        record.server_port = str(worker.https_port if self.tls else worker.listen_port)
+        record.tls = self.tls
+        assert worker.log_format is not None
+        access_log.info(worker.log_format(record))
 
     async def _cycle(
         self, first: bool, head: RequestHead | None = None, t0: float = 0.0, decided: Decided | None = None
@@ -226,6 +286,12 @@ class Session(SessionBase):
         self.labels = NO_LABELS
         self.method = head.method
         self.target = head.target
+        self.head = head
+        self.info = None
+        self.served += 1
+        self.resp_bytes = 0
+        self.up_addr = None
+        self.up_status = 0
         try:
             return await self._handle(head, decided)
         except FastIngressError as exc:
@@ -324,11 +390,12 @@ class Session(SessionBase):
         """Answer in one write; returns whether the connection may be kept alive."""
         codec = self.codec
         if close is None:
-            close = self.worker.draining or not codec.their_message_done
+            close = (self.worker.draining or not codec.their_message_done
+                     or 0 < self.max_requests <= self.served)
         headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
-            (b"server", self.worker.server_header),
+            *self.worker.answer_headers,  # Server (unless server-tokens is false), add-headers
             *extra,
         ]
         if self.tls and self.worker.hsts is not None:
@@ -340,6 +407,7 @@ class Session(SessionBase):
             if not codec.their_message_done:
                 self.linger = True  # answered before the request was read whole
         self.status = status
+        self.resp_bytes = len(body)
         if self.method != b"HEAD":  # (a HEAD answer declares the length, sends no body)
             data = codec.response_head(status, headers) + codec.data(body) + codec.end()
         else:
@@ -359,15 +427,22 @@ class Session(SessionBase):
         decision: Decision
         if decided is not None:  # the core decided (and ran the route's policies) already
             decision, info, self.labels = decided
+            self.info = info
         else:
-            info = scan_request(head.headers)
+            info = self.info = scan_request(head.headers, worker.header_names)
             if not info.has_body:
                 self.codec.next_event()  # the (empty) end of the request message
+            ip, https, refused = self.client_ip, bool(self.tls), None
+            front = worker.front
+            if front is not None:  # the ConfigMap's forwarded headers, PROXY protocol, blocks
+                ip, https, refused = front.apply(info, ip, https, self.proxy_port)
+                if refused is not None:
+                    return await self._send_error(403)
             labels = list(NO_LABELS)
             try:
-                decision = decide(table, balancer, head.method, head.target, info, tls=bool(self.tls),
-                                  https_port=worker.https_port, labels=labels,
-                                  client_ip=self.client_ip.decode(), now=_now(), tls_peer=self.tls_peer)
+                decision = decide(table, balancer, head.method, head.target, info, tls=https,
+                                  https_port=worker.https_port, labels=labels, client_ip=ip.decode(),
+                                  now=_now(), tls_peer=self.tls_peer)
                 while isinstance(decision, Pending):  # a policy waits (an auth subrequest...)
                     self.ctx = decision.ctx
                     decision = decision.resume(await decision.defer.run())

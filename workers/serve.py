@@ -33,6 +33,7 @@ async def serve_client(
     head: RequestHead | None = None,
     t0: float = 0.0,
     decided: Decided | None = None,
+    proxy_port: bytes = b"",
 ) -> None:
     """Serve one client connection until it closes, times out or the worker drains.
 
@@ -40,11 +41,12 @@ async def serve_client(
     (``TLSv1.3/http/1.1``); the request is then HTTPS (X-Forwarded-Proto, HSTS, no ssl-redirect).
     ``codec`` and ``head``: a connection handed over after its first request head was read
     (``decided``: what the core decided for it, carried out without deciding again).
+    ``proxy_port``: the port the client used on the balancer, from its PROXY protocol header.
     """
     if tls and getattr(stream, "selected_alpn", None) == "h2":  # (offered only with settings.http2)
         await serve_h2(worker, stream, client_ip, b"", tls=tls)
         return
-    session = Session(worker, stream, client_ip, tls, codec)
+    session = Session(worker, stream, client_ip, tls, codec, proxy_port)
     worker.opened(session)
     preface = b""
     try:

@@ -56,6 +56,7 @@ from workers.policies import worker_compilers
 from workers.policies.limits import Limiter
 from workers.policy import Compiler
 from workers.pool import Connect, Pool
+from workers.proxyproto import V2_MAX, BadProxyHeader, ProxyHeader, parse_proxy_header
 from workers.routing import RouteTable
 from workers.serve import serve_client
 from workers.state import Worker
@@ -100,13 +101,61 @@ def _peer_ip(stream: trio.SocketStream) -> str:
         return "-"
 
 
+async def read_proxy_header(stream: trio.SocketStream, timeout: float) -> ProxyHeader | None:
+    """The PROXY protocol header at the start of ``stream``, consumed exactly (the bytes after it
+    stay in the kernel for HTTP or TLS), or None (logged) when there is none in time."""
+    sock = stream.socket
+    buf = b""
+    with trio.move_on_after(timeout):
+        try:
+            while True:
+                data = await sock.recv(V2_MAX, socket.MSG_PEEK)
+                if not data:
+                    return None
+                header = parse_proxy_header(buf + data)
+                if not isinstance(header, ProxyHeader):  # every byte seen is the header's
+                    buf += await sock.recv(len(data))
+                    continue
+                need = header.length - len(buf)
+                rest = await sock.recv(need) if need else b""
+                return header if len(rest) == need else None
+        except BadProxyHeader as exc:
+            log.info("connection from %s closed: %s (use-proxy-protocol is on)", _peer_ip(stream), exc)
+            return None
+        except OSError:
+            return None
+    log.info("connection from %s closed: no PROXY protocol header in time", _peer_ip(stream))
+    return None
+
+
+async def _proxied(worker: Worker, stream: trio.SocketStream) -> tuple[str, bytes] | None:
+    """(client IP, port used on the balancer): from the PROXY protocol header when
+    ``use-proxy-protocol`` is on (None: the connection must be closed), else the peer."""
+    if not worker.proxy_protocol:
+        return _peer_ip(stream), b""
+    header = await read_proxy_header(stream, worker.proxy_protocol_timeout)
+    if header is None:
+        return None
+    if header.source is None:  # LOCAL / UNKNOWN: the balancer's own connection
+        return _peer_ip(stream), b""
+    return header.source, str(header.dest_port).encode()
+
+
 async def _serve_socket(worker: Worker, stream: trio.SocketStream) -> None:
-    await serve_client(worker, stream, _peer_ip(stream))
+    client = await _proxied(worker, stream)
+    if client is None:
+        await trio.aclose_forcefully(stream)
+        return
+    await serve_client(worker, stream, client[0], proxy_port=client[1])
 
 
 async def _serve_tls(certs: CertCache, worker: Worker, stream: trio.SocketStream) -> None:
     """One HTTPS connection: passthrough by SNI, or terminate TLS and serve HTTP."""
-    client_ip = _peer_ip(stream)
+    client = await _proxied(worker, stream)
+    if client is None:
+        await trio.aclose_forcefully(stream)
+        return
+    client_ip, proxy_port = client
     store = certs.current
     timeout = worker.settings.client_header_timeout
     first = b""
@@ -143,7 +192,7 @@ async def _serve_tls(certs: CertCache, worker: Worker, stream: trio.SocketStream
     alpn = tls.selected_alpn or "-"
     worker.metrics.observe_tls(tls.tls_version, alpn, tls.resumed)
     # serve_client hands a stream whose ALPN is "h2" over to HTTP/2.
-    await serve_client(worker, tls, client_ip, tls=f"{tls.tls_version}/{alpn}")
+    await serve_client(worker, tls, client_ip, tls=f"{tls.tls_version}/{alpn}", proxy_port=proxy_port)
 
 
 async def _accept_loop(

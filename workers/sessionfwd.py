@@ -25,7 +25,7 @@ from fastingress.errors import (
 )
 from fastingress.snapshot.schema import GlobalSettings, Upstream
 from workers.decide import Proxy
-from workers.heads import RequestInfo, add_forwarded, response_headers
+from workers.heads import RequestInfo, add_forwarded, response_headers, set_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
 from workers.pacing import Pacer, send_paced
 from workers.policy import Refetch, RequestCtx
@@ -105,23 +105,32 @@ class SessionBase:
         "client_ip",
         "codec",
         "ctx",
+        "head",
         "idle",
         "in_request",
+        "info",
         "labels",
         "linger",
+        "max_requests",
         "method",
         "phase",
+        "proxy_port",
         "pump_done",
         "pump_error",
         "request",
+        "resp_bytes",
         "retry",
         "scope",
+        "served",
         "status",
         "stream",
         "t0",
+        "t_up",
         "target",
         "tls",
         "tls_peer",
+        "up_addr",
+        "up_status",
         "worker",
     )
 
@@ -142,6 +151,15 @@ class SessionBase:
     request: tuple[RequestHead, RequestInfo] | None  # the request being forwarded (error pages)
     method: bytes
     target: bytes
+    proxy_port: bytes
+    head: RequestHead | None
+    info: RequestInfo | None
+    served: int
+    max_requests: int
+    resp_bytes: int
+    up_addr: tuple[str, int] | None
+    up_status: int
+    t_up: float
 
     if TYPE_CHECKING:  # provided by Session
 
@@ -165,6 +183,8 @@ class SessionBase:
             proto=b"https" if self.tls else worker.scheme_bytes,
             port=worker.https_port_bytes if self.tls else worker.port_bytes,
         )
+        if worker.proxy_headers:  # the ConfigMap's proxy-set-headers
+            set_headers(headers, worker.proxy_headers)
         if info.upgrade is not None:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", info.upgrade))
@@ -349,6 +369,8 @@ class SessionBase:
     ) -> bool:
         ucodec = conn.codec
         conn.requests += 1
+        self.up_addr = conn.key
+        self.t_up = _now()
         data = ucodec.request_head(method, target, headers, trusted=True)
         has_body = info.has_body
         if not has_body:
@@ -393,7 +415,7 @@ class SessionBase:
         ucodec = conn.codec
         stream = self.stream
         ustream = conn.stream
-        client_timeout = self.worker.settings.client_header_timeout
+        client_timeout = self.worker.settings.client_body_timeout
         received = 0
         on_client = True
         try:
@@ -489,6 +511,7 @@ class SessionBase:
             kind = type(ev)
             if kind is Body:
                 assert isinstance(ev, Body)
+                self.resp_bytes += len(ev.data)
                 if pacer is None:
                     out.append(codec.data(ev.data))
                 else:
@@ -511,18 +534,23 @@ class SessionBase:
                     fetch = ctx.intercept(ev.status, ev.headers)
                     if fetch is not None:  # custom-http-errors: nothing of it goes out
                         raise Intercepted(fetch)
-                headers = response_headers(ev.headers, self.worker.server_header)
-                if self.tls and self.worker.hsts is not None:
-                    add_hsts(headers, self.worker.hsts)
+                worker = self.worker
+                headers = response_headers(ev.headers, worker.server_header, keep_server=worker.keep_server)
+                if self.tls and worker.hsts is not None:
+                    add_hsts(headers, worker.hsts)
+                if worker.add_headers:  # the ConfigMap's add-headers
+                    set_headers(headers, worker.add_headers)
                 ctx = self.ctx
                 if ctx is not None:
                     ctx.respond(ev.status, headers)
                     if ctx.limit_rate is not None:
                         pacer = Pacer(*ctx.limit_rate, ctx.now)
-                if self.worker.draining or not self.pump_done:
+                if worker.draining or not self.pump_done:
                     headers.append((b"connection", b"close"))
                     self.linger = not self.pump_done
-                self.status = ev.status
+                elif 0 < self.max_requests <= self.served:
+                    headers.append((b"connection", b"close"))
+                self.status = self.up_status = ev.status
                 out.append(codec.response_head(ev.status, headers, ev.reason, trusted=True))
             elif ev is _END:
                 out.append(codec.end())
@@ -554,7 +582,8 @@ class SessionBase:
     ) -> bool:
         """After a 101: copy raw bytes both ways until either side closes."""
         codec = self.codec
-        headers = response_headers(ev.headers, self.worker.server_header, upgrade=True)
+        headers = response_headers(ev.headers, self.worker.server_header, upgrade=True,
+                                   keep_server=self.worker.keep_server)
         self.status = 101
         out.append(codec.informational(101, headers, ev.reason))
         out.append(conn.codec.trailing_data)

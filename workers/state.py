@@ -16,8 +16,11 @@ from typing import Protocol
 import trio
 
 from fastingress.snapshot.schema import GlobalSettings
+from workers.accesslog import compile_format
 from workers.balance import Address, Balancer
+from workers.clientip import Front
 from workers.config import stats_encoder
+from workers.heads import DROP_INVALID_AND_UNDERSCORE, DROP_INVALID_NAMES, KEEP_ALL_NAMES
 from workers.http1 import valid_value
 from workers.metrics import Metrics
 from workers.pool import Pool
@@ -37,6 +40,16 @@ class Drainable(Protocol):
 def endpoint_addresses(table: RouteTable) -> frozenset[Address]:
     """Every (address, port) the table's upstreams list (ExternalName ones resolve later)."""
     return frozenset((e.address, e.port) for u in table.snapshot.upstreams for e in u.endpoints)
+
+
+def _headers(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """Header (name, value) pairs as the codecs want them: lower-case names, valid values only."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in pairs:
+        raw = value.encode("latin-1", "replace")
+        if raw and valid_value(raw) and name.isascii():
+            out.append((name.lower().encode(), raw))
+    return tuple(out)
 
 
 class Worker:
@@ -62,7 +75,8 @@ class Worker:
         self.listen_port = listen_port
         self.port_bytes = str(listen_port).encode()
         self.scheme_bytes = scheme.encode()
-        self.access_log = access_log
+        self.access_log_flag = access_log  # --access-log; the ConfigMap's disable-access-log wins
+        self.access_log = access_log  # in force (see install)
         self.metrics = Metrics()
         self.table: RouteTable | None = None
         self.endpoints: frozenset[Address] = frozenset()  # of the table in force
@@ -70,6 +84,7 @@ class Worker:
         self.settings = GlobalSettings()
         self.server_header = self.settings.server_header.encode()
         self.server_line = b"server: " + self.server_header + b"\r\n"  # (the relay fast lane)
+        self._globals(self.settings)
         self.generation = 0
         self.draining = False
         self.open: set[Drainable] = set()
@@ -88,14 +103,39 @@ class Worker:
         self.balancer = Balancer(self.balancer, endpoints)  # EWMA statistics carry over
         self.settings = table.snapshot.settings
         server = self.settings.server_header.encode("latin-1", "replace")
-        if not valid_value(server):
+        if server and not valid_value(server):
             log.error("snapshot generation %d: invalid server_header %r; using 'fastingress'",
                       generation, self.settings.server_header)
             server = b"fastingress"
         self.server_header = server
-        self.server_line = b"server: " + server + b"\r\n"
+        self.server_line = b"server: " + server + b"\r\n" if server else b""
         self.hsts = hsts_value(self.settings)
+        self._globals(self.settings)
         self.generation = generation
+
+    def _globals(self, settings: GlobalSettings) -> None:
+        """What the data paths need of the controller ConfigMap, compiled once per snapshot."""
+        # Forwarded headers, PROXY protocol and global blocks; None: the peer is the client, as is
+        self.front = Front.compile(settings)
+        self.proxy_protocol = settings.use_proxy_protocol
+        self.proxy_protocol_timeout = settings.proxy_protocol_header_timeout
+        self.header_names = (
+            KEEP_ALL_NAMES if not settings.ignore_invalid_headers
+            else DROP_INVALID_NAMES if settings.underscores_in_headers
+            else DROP_INVALID_AND_UNDERSCORE
+        )
+        # Requests one HTTP/1.1 connection may carry (keep-alive: 0 means one)
+        self.max_requests = settings.keepalive_requests if settings.keepalive_timeout > 0 else 1
+        self.keep_server = settings.allow_backend_server_header
+        self.add_headers = _headers(settings.add_headers)  # set on every response
+        self.proxy_headers = _headers(settings.proxy_set_headers)  # set on every upstream request
+        server = ((b"server", self.server_header),) if self.server_header else ()
+        self.answer_headers: tuple[tuple[bytes, bytes], ...] = (*server, *self.add_headers)  # our answers
+        self.access_log = self.access_log_flag if settings.access_log is None else settings.access_log
+        self.log_format = (
+            compile_format(settings.log_format, settings.log_escape) if settings.log_format else None
+        )
+        self.skip_log = frozenset(u.encode("latin-1", "replace") for u in settings.skip_access_log_urls)
 
     def start_drain(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""

@@ -86,6 +86,17 @@ EVENT = Resource("Event", "v1", "events")
 WATCHED: tuple[Resource, ...] = (INGRESS_CLASS, INGRESS, SERVICE, ENDPOINT_SLICE, SECRET, CONFIGMAP)
 
 
+# The controller ConfigMap (--configmap) and those it names: each watched alone, and labelled
+# apart from the ConfigMaps Ingresses name (CONFIGMAP, filtered by reference), which the
+# controller's store replaces whole on each of their lists.
+CONTROLLER_CONFIGMAP = "ControllerConfigMap"
+
+
+def configmap_resource(name: str) -> Resource:
+    """ConfigMaps, restricted to the one named ``name`` (listed and watched in its namespace)."""
+    return Resource(CONTROLLER_CONFIGMAP, "v1", "configmaps", field_selector=f"metadata.name={name}")
+
+
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR

@@ -8,7 +8,11 @@ Theory of operation
   Service, EndpointSlice, and Secrets and ConfigMaps once the Ingresses are listed: only the
   ones they reference are kept, see ``k8s/secrets.py``) and applies their messages to the ``Store``
   until EVERY kind has completed its first list; only then is the first snapshot built, so
-  the workers' generation 1 is the full state, never a partial one.  The admin port is up
+  the workers' generation 1 is the full state, never a partial one.  With ``--configmap``,
+  the controller ConfigMap is watched too, alone (a field selector on its name, in its
+  namespace), and so is each ConfigMap it names (``add-headers``, ``proxy-set-headers``),
+  started and stopped as the ConfigMap changes (``_follow_configmaps``); the first snapshot
+  waits for those lists as well.  The admin port is up
   meanwhile (``/readyz`` 503 says which lists are missing).
 * ``run(trigger)`` runs the tasks of a live controller in one nursery:
   - the consumer applies informer messages to the store; a message that changes what
@@ -44,7 +48,18 @@ import msgspec
 import trio
 
 from fastingress.errors import ConfigError
-from fastingress.k8s.client import CONFIGMAP, EVENT, INGRESS, SECRET, WATCHED, ApiError, KubeClient, Resource
+from fastingress.k8s.client import (
+    CONFIGMAP,
+    CONTROLLER_CONFIGMAP,
+    EVENT,
+    INGRESS,
+    SECRET,
+    WATCHED,
+    ApiError,
+    KubeClient,
+    Resource,
+    configmap_resource,
+)
 from fastingress.k8s.debounce import Debouncer
 from fastingress.k8s.events import EventLimiter, event_body
 from fastingress.k8s.informer import Changed, Informer, Listed, Lost, Message
@@ -59,6 +74,7 @@ from fastingress.snapshot.codec import encode_msgpack
 from fastingress.snapshot.schema import Snapshot
 from fastingress.supervisor.source import Loaded, Trigger
 from fastingress.translate import Diagnostic, TranslateOptions, translate
+from fastingress.translate.configmap import parse_configmap_ref, referenced_configmaps
 from fastingress.translate.incremental import Translator
 
 log = logging.getLogger("fastingress.k8s.controller")
@@ -212,6 +228,14 @@ class ControllerSource:
         self.secrets_fetched = 0  # (Secrets and ConfigMaps)
         self.peer_in_contact: Peer | None = None  # in an API outage: a replica that still has it
         self.status_cleared = 0
+        # --configmap: the controller ConfigMap's informer and those of the ConfigMaps it names
+        self.configmap = parse_configmap_ref(settings.translation.configmap or "")
+        self.watched: tuple[Resource, ...] = WATCHED
+        if self.configmap is not None:
+            self.watched = (*WATCHED, configmap_resource(self.configmap[1]))
+        self.configmap_informers: dict[tuple[str, str], Informer] = {}
+        self.configmaps_listed: set[tuple[str, str]] = set()
+        self._token: trio.lowlevel.TrioToken | None = None
 
     # -- ConfigSource ------------------------------------------------------------------
 
@@ -232,7 +256,7 @@ class ControllerSource:
             kubeconfig = self.settings.kubeconfig
             self.client = await trio.to_thread.run_sync(KubeClient.from_kubeconfig, kubeconfig)
         self._send, self._recv = trio.open_memory_channel[Message](CHANNEL_SIZE)
-        token = trio.lowlevel.current_trio_token()
+        token = self._token = trio.lowlevel.current_trio_token()
         for resource in WATCHED:
             referenced = self.referenced.get(resource.kind)
             informer = Informer(
@@ -251,9 +275,13 @@ class ControllerSource:
         for informer in self.informers:
             if informer not in self._late.values():
                 informer.start()
-        log.info("listing %s", ", ".join(r.kind for r in WATCHED))
+        if self.configmap is not None:
+            self._watch_configmap(self.configmap)
+        log.info("listing %s", ", ".join(r.kind for r in self.watched))
         try:
-            while len(self.synced) < len(WATCHED):
+            while len(self.synced) < len(self.watched) or not self.configmaps_listed >= set(
+                self.configmap_informers
+            ):
                 self._handle(await self._recv.receive())
                 if "Ingress" in self.synced:
                     for late in self._late.values():
@@ -314,7 +342,7 @@ class ControllerSource:
         return time.monotonic() - min(self.down_since.values())
 
     def readiness(self) -> tuple[bool, str]:
-        missing = [r.kind for r in WATCHED if r.kind not in self.synced]
+        missing = [r.kind for r in self.watched if r.kind not in self.synced]
         if missing:
             why = f" ({self.last_error})" if self.down_since else ""
             return False, f"initial list: waiting for {', '.join(missing)}{why}"
@@ -336,7 +364,7 @@ class ControllerSource:
         """``/api-contact``: what peers ask in an API outage (see ``k8s/peers.py``)."""
         if path != CONTACT_PATH:
             return None
-        if self.down_since or len(self.synced) < len(WATCHED):
+        if self.down_since or len(self.synced) < len(self.watched):
             return 503, f"no contact with the Kubernetes API for {self.outage():.0f}s\n"
         return 200, "in contact with the Kubernetes API\n"
 
@@ -392,6 +420,7 @@ class ControllerSource:
                 "peer_in_contact": str(self.peer_in_contact) if self.peer_in_contact else "",
                 "peers": [f"{peer}{'' if peer.ready else ' (not ready)'}" for peer in self.peers()],
                 "events_posted": self.events_posted,
+                "configmaps": [f"{ns}/{name}" for ns, name in sorted(self.configmap_informers)],
                 "lists": sum(i.lists for i in self.informers),
             },
         }
@@ -421,6 +450,60 @@ class ControllerSource:
     def stop_informers(self) -> None:
         for informer in self.informers:
             informer.stop()
+        for informer in self.configmap_informers.values():
+            informer.stop()
+
+    # -- the controller ConfigMap (--configmap) ----------------------------------------------
+
+    def _watch_configmap(self, ref: tuple[str, str]) -> None:
+        """List and watch one ConfigMap (a field selector on its name, in its namespace)."""
+        assert self.client is not None and self._send is not None and self._token is not None
+        informer = Informer(
+            self.client, configmap_resource(ref[1]), ref[0], self._send, self._token,
+            watch_timeout=self.settings.watch_timeout, keep=lambda: frozenset({ref}),
+        )
+        self.configmap_informers[ref] = informer
+        informer.start()
+
+    def _follow_configmaps(self) -> bool:
+        """Watch the ConfigMaps the controller ConfigMap names now, and only those."""
+        if self.configmap is None or self._send is None:
+            return False
+        main = self.store.get(CONTROLLER_CONFIGMAP, *self.configmap)
+        wanted = {self.configmap} | set(referenced_configmaps(main, self.configmap[0]))
+        changed = False
+        for ref in [r for r in self.configmap_informers if r not in wanted]:
+            self.configmap_informers.pop(ref).stop()
+            self.configmaps_listed.discard(ref)
+            gone = {"metadata": {"namespace": ref[0], "name": ref[1]}}
+            changed = self.store.apply(CONTROLLER_CONFIGMAP, "DELETED", gone) or changed
+        for ref in sorted(wanted - set(self.configmap_informers)):
+            log.info("watching ConfigMap %s/%s (named by ConfigMap %s/%s)", *ref, *self.configmap)
+            self._watch_configmap(ref)
+        return changed
+
+    def _configmap_listed(self, message: Listed) -> bool:
+        """The list of one ConfigMap informer: that object is there, or it is not (``basis``).
+        They are held under their own store kind: the ConfigMaps Ingresses name (their own
+        informer, filtered by reference) are replaced whole by each of its lists."""
+        changed = False
+        present = {
+            key[1:]: obj for obj in message.items if (key := key_of(CONTROLLER_CONFIGMAP, obj)) is not None
+        }
+        for ref in message.basis or ():
+            if ref not in self.configmap_informers:
+                continue  # an informer stopped meanwhile
+            self.configmaps_listed.add(ref)
+            obj = present.get(ref)
+            if obj is not None:
+                obj["kind"] = "ConfigMap"  # (translation reads it as one; the store files it apart)
+                changed = self.store.apply(CONTROLLER_CONFIGMAP, "ADDED", obj) or changed
+            else:
+                gone = {"metadata": {"namespace": ref[0], "name": ref[1]}}
+                changed = self.store.apply(CONTROLLER_CONFIGMAP, "DELETED", gone) or changed
+        if self.configmap is not None and self.configmap in self.configmaps_listed:
+            self.synced.add(CONTROLLER_CONFIGMAP)
+        return changed
 
     def _handle(self, message: Message) -> bool:
         """Apply one informer message; True if translation may see a change."""
@@ -429,7 +512,19 @@ class ControllerSource:
             self.last_error = message.reason
             return False
         follow: dict[str, tuple[set[Ref], set[Ref]]] = {}  # kind -> (added, removed) references
-        if isinstance(message, Listed):
+        if message.kind == CONTROLLER_CONFIGMAP:  # --configmap and those it names (not kept by refs)
+            if isinstance(message, Listed):
+                if self.down_since.pop(CONTROLLER_CONFIGMAP, None) is not None:
+                    log.info("controller ConfigMap: in contact with the API again")
+                changed = self._configmap_listed(message)
+            else:
+                key = key_of(CONTROLLER_CONFIGMAP, message.object)
+                if key is None or key[1:] not in self.configmap_informers:
+                    return False  # from an informer stopped meanwhile
+                message.object["kind"] = "ConfigMap"
+                changed = self.store.apply(CONTROLLER_CONFIGMAP, message.type, message.object)
+            changed = self._follow_configmaps() or changed
+        elif isinstance(message, Listed):
             if self.down_since.pop(message.kind, None) is not None:
                 log.info("%s: in contact with the API again (relisted %d)", message.kind, len(message.items))
             self.synced.add(message.kind)
@@ -640,6 +735,8 @@ class ControllerSource:
     async def post_events(self) -> None:
         for diagnostic in self.events.select(self._diagnostics, trio.current_time()):
             involved = self.store.get(diagnostic.kind, diagnostic.namespace, diagnostic.name)
+            if involved is None and diagnostic.kind == "ConfigMap":  # the controller ConfigMap
+                involved = self.store.get(CONTROLLER_CONFIGMAP, diagnostic.namespace, diagnostic.name)
             body = event_body(
                 diagnostic, involved, reporter=self.identity, now=datetime.datetime.now(datetime.UTC)
             )

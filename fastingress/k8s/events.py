@@ -25,6 +25,7 @@ API_VERSIONS = {
     "Service": "v1",
     "Secret": "v1",
     "EndpointSlice": "discovery.k8s.io/v1",
+    "ConfigMap": "v1",
 }
 COMPONENT = "fastingress"
 
@@ -59,6 +60,10 @@ def reason_for(d: DiagnosticLike) -> str:
         if "--unsafe-fail-open" in text:
             return "UnsafeFailOpen"
         return "InvalidAnnotation"
+    if d.kind == "ConfigMap":  # the controller ConfigMap (--configmap) and those it names
+        if "(fail closed)" in text:
+            return "FailClosed"
+        return "InvalidConfigMap"
     if "already defined" in text or "conflict" in text or "already claimed" in text:
         return "Conflict"
     if "secret" in text or d.field.startswith("spec.tls"):

@@ -23,7 +23,7 @@ import msgspec
 SCHEMA_VERSION = 4  # 2: TLS, redirects, upstream TLS, HTTP/2; 3: regex routes, rewrite-target;
 # 4: ingress-nginx annotation policies (canary, access, auth, limits, CORS, headers, errors, balancing)
 # (issue 9 areas fill schema 4's placeholder Structs while 4 is unreleased; selection: Canary,
-# NextUpstream, Balancing, SessionCookie)
+# NextUpstream, Balancing, SessionCookie; configmap: GlobalSettings's ConfigMap block)
 
 MIB = 1024 * 1024
 
@@ -425,6 +425,36 @@ class GlobalSettings(msgspec.Struct, frozen=True, gc=False):
     limit_conn_status: int = 503  # limit-conn-status-code: answer over limit-connections
     limit_rate: int = 0  # limit-rate in bytes/s (ConfigMap: KB/s as nginx `limit_rate Nk`, so x 1024)
     limit_rate_after: int = 0  # limit-rate-after in bytes (ConfigMap: KB, so x 1024)
+    # -- schema 4, issue 9 area configmap: the ingress-nginx controller ConfigMap ----------
+    # Filled from ``--configmap NS/NAME`` (fastingress.translate.configmap); each field names its
+    # key.  Defaults are ingress-nginx's, except where README's compatibility table says not.
+    client_body_timeout: float = 60.0  # client-body-timeout: between two reads of a request body
+    keepalive_requests: int = 1000  # keep-alive-requests: requests per client connection (HTTP/1.1)
+    use_forwarded_headers: bool = False  # use-forwarded-headers: trust X-Forwarded-* of trusted peers
+    enable_real_ip: bool = False  # enable-real-ip: the client IP from forwarded_for_header only
+    compute_full_forwarded_for: bool = False  # compute-full-forwarded-for: append to X-Forwarded-For
+    forwarded_for_header: str = "X-Forwarded-For"  # forwarded-for-header
+    proxy_real_ip_cidr: tuple[str, ...] = ("0.0.0.0/0",)  # proxy-real-ip-cidr: trusted peers
+    use_proxy_protocol: bool = False  # use-proxy-protocol: PROXY v1/v2 header on every connection
+    proxy_protocol_header_timeout: float = 5.0  # proxy-protocol-header-timeout
+    ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")  # ssl-protocols
+    ssl_ciphers: str = ""  # ssl-ciphers: OpenSSL list for TLS 1.2 ("": ECDHE+AESGCM:ECDHE+CHACHA20)
+    ssl_session_cache: bool = True  # ssl-session-cache
+    ssl_session_tickets: bool = True  # ssl-session-tickets (ingress-nginx: off)
+    ssl_session_timeout: float = 3600.0  # ssl-session-timeout
+    underscores_in_headers: bool = False  # enable-underscores-in-headers
+    ignore_invalid_headers: bool = True  # ignore-invalid-headers: drop headers with invalid names
+    allow_backend_server_header: bool = False  # allow-backend-server-header
+    http_redirect_code: int = 308  # http-redirect-code: the status of redirects to HTTPS
+    add_headers: tuple[tuple[str, str], ...] = ()  # add-headers: set on every response
+    proxy_set_headers: tuple[tuple[str, str], ...] = ()  # proxy-set-headers: set on upstream requests
+    access_log: bool | None = None  # disable-access-log (inverted); None: --access-log decides
+    log_format: str = ""  # log-format-upstream ("": fastingress's own line)
+    log_escape: Literal["default", "json", "none"] = "default"  # log-format-escape-json/-none
+    skip_access_log_urls: tuple[str, ...] = ()  # skip-access-log-urls: request URIs not logged
+    block_cidrs: tuple[str, ...] = ()  # block-cidrs: 403
+    block_user_agents: tuple[str, ...] = ()  # block-user-agents: exact, ~regex or ~*regex; 403
+    block_referers: tuple[str, ...] = ()  # block-referers: likewise, on Referer; 403
 
 
 class Snapshot(msgspec.Struct, frozen=True, gc=False):

@@ -172,6 +172,7 @@ class ManifestFiles:
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.records: dict[str, FileRecord] = {}  # replaced whole by each load (read by /status)
+        self.memory: object = None  # the controller ConfigMap's last good values (translate.configmap)
 
     def load(self) -> Loaded:
         """Read every file again; a failing one keeps its last good objects.  Blocking."""
@@ -191,7 +192,11 @@ class ManifestFiles:
                 records[key] = dataclasses.replace(previous, error=error)
         objects = [obj for record in records.values() for obj in record.objects]
         file_diagnostics = [d for record in records.values() for d in record.diagnostics]
-        loaded = _translate(objects, file_diagnostics, self.spec.translation)
+        if self.memory is None:
+            from fastingress.translate.configmap import ConfigMemory
+
+            self.memory = ConfigMemory()
+        loaded = _translate(objects, file_diagnostics, self.spec.translation, self.memory)
         self.records = records
         failures = tuple(r.failure() for r in records.values() if r.error)
         return Loaded(loaded.snapshot, loaded.payload, loaded.diagnostics, failures)
@@ -208,12 +213,18 @@ def _load_manifests(paths: Sequence[str], translation: TranslationSettings) -> L
 
 
 def _translate(
-    objects: list[Obj], file_diagnostics: Sequence[DiagnosticLike], translation: TranslationSettings
+    objects: list[Obj],
+    file_diagnostics: Sequence[DiagnosticLike],
+    translation: TranslationSettings,
+    memory: object = None,
 ) -> Loaded:
     from fastingress.settings import translate_options
     from fastingress.translate import translate
+    from fastingress.translate.configmap import ConfigMemory
 
-    result = translate(objects, translate_options(translation))
+    result = translate(
+        objects, translate_options(translation), memory if isinstance(memory, ConfigMemory) else None
+    )
     diagnostics: tuple[DiagnosticLike, ...] = (*file_diagnostics, *result.diagnostics)
     return Loaded(result.snapshot, encode_msgpack(result.snapshot), diagnostics)
 

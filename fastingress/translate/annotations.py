@@ -137,6 +137,8 @@ class IngressAnnotations(msgspec.Struct, frozen=True):
     limit_whitelist: tuple[str, ...] | None = None  # limit-whitelist: its alias (when it is absent)
     limit_rate: int | None = None  # limit-rate in bytes/s (None: the ConfigMap's)
     limit_rate_after: int | None = None  # limit-rate-after in bytes
+    # -- issue 9, area configmap ----------------------------------------------------------
+    enable_global_auth: bool = True  # enable-global-auth: "false" exempts it from global-auth-url
 
 
 # --- parsers: str -> value, ValueError(reason) on a bad value -------------------------
@@ -298,6 +300,7 @@ _ROWS: dict[str, Key] = {
     "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
     "x-forwarded-prefix": implemented("x_forwarded_prefix", parse_header_value),
+    "enable-global-auth": implemented("enable_global_auth", parse_bool),  # see translate.configmap
     # -- area http (issue 9): fastingress/translate/policy_http.py ---------------------------
     "enable-cors": implemented("http.enable_cors", parse_bool),
     "cors-allow-origin": implemented("http.cors_allow_origin", http.parse_cors_origins),
@@ -418,6 +421,11 @@ _ROWS: dict[str, Key] = {
         """,
         UNSUPPORTED,
     ),
+    **_rows("use-port-in-redirects", UNSUPPORTED),
+    **_rows(
+        "fastcgi-index fastcgi-params-configmap",
+        unsupported("FastCGI backends (backend-protocol FCGI) are not supported"),
+    ),
     **_rows(
         "enable-modsecurity enable-owasp-core-rules modsecurity-transaction-id",
         unsupported("there is no web application firewall in fastingress; requests are not inspected"),
@@ -425,7 +433,7 @@ _ROWS: dict[str, Key] = {
     # -- nginx internals with no effect here ---------------------------------------------------
     **_rows(
         """
-        enable-access-log enable-rewrite-log enable-global-auth
+        enable-access-log enable-rewrite-log
         enable-opentelemetry enable-opentracing opentelemetry-operation-name
         opentelemetry-trust-incoming-span opentracing-operation-name opentracing-trust-incoming-span
         jaeger-collector-host jaeger-collector-port jaeger-endpoint jaeger-propagation-format
@@ -439,7 +447,7 @@ _ROWS: dict[str, Key] = {
     **_rows(
         """
         client-body-buffer-size proxy-buffering proxy-buffer-size proxy-buffers-number
-        proxy-max-temp-file-size proxy-request-buffering
+        proxy-max-temp-file-size proxy-request-buffering proxy-busy-buffers-size
         """,
         Key("inert", note=(
             "fastingress streams request and response bodies as they come (like proxy-buffering "
@@ -537,9 +545,9 @@ def _shown(text: str) -> str:
 class _Parse:
     """State of one ``parse_annotations`` call."""
 
-    def __init__(self, fail_open: bool) -> None:
+    def __init__(self, fail_open: bool, defaults: IngressAnnotations | None = None) -> None:
         self.fail_open = fail_open
-        self.result = IngressAnnotations()
+        self.result = defaults if defaults is not None else IngressAnnotations()
         self.findings: list[AnnotationFinding] = []
         self.closed: list[tuple[str, str]] = []
         self.bad: list[str] = []  # names whose value could not be used
@@ -749,13 +757,14 @@ def _collect(annotations: Mapping[str, object], state: _Parse) -> dict[str, tupl
 
 
 def parse_annotations(
-    annotations: Mapping[str, object], *, fail_open: bool = False
+    annotations: Mapping[str, object], *, fail_open: bool = False, defaults: IngressAnnotations | None = None
 ) -> tuple[IngressAnnotations, list[AnnotationFinding]]:
     """Typed values of one Ingress's annotations, plus findings (never raises).
 
     ``fail_open`` (``--unsafe-fail-open``) only changes what the findings say: the caller
-    decides whether ``closed`` routes answer 503."""
-    state = _Parse(fail_open)
+    decides whether ``closed`` routes answer 503.  ``defaults``: the values of keys that are
+    not set (the controller ConfigMap's, e.g. ``ssl-redirect``, ``proxy-read-timeout``)."""
+    state = _Parse(fail_open, defaults)
     chosen = _collect(annotations, state)
     for name in sorted(chosen):
         key, raw = chosen[name]

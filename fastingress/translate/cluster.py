@@ -34,7 +34,7 @@ class Cluster:
         self.services: dict[tuple[str, str], Obj] = {}
         self.slices: dict[tuple[str, str], list[tuple[ObjRef, Obj]]] = {}
         self.secrets: dict[tuple[str, str], Obj] = {}
-        self.configmaps: dict[tuple[str, str], Obj] = {}  # auth-proxy-set-headers, custom-headers
+        self.configmaps: dict[tuple[str, str], Obj] = {}  # custom-headers, auth-proxy-set-headers, ...
 
 
 def _version_key(obj: Obj) -> tuple[int, int, str]:

@@ -17,6 +17,8 @@ Theory of operation
    Fail closed: the routes (and defaultBackend) of an Ingress with an access-guarding
    annotation that is not honoured answer 503 naming the key (``closed_reasons``),
    unless ``TranslateOptions.unsafe_fail_open``.
+0. Before all this, the controller ConfigMap (``options.configmap``) is applied to the
+   options (``translate.configmap.configure``): global settings and annotation defaults.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ from fastingress.snapshot.schema import (
     WeightedBackend,
 )
 from fastingress.translate import extra_hosts, http_emit, policy_extauth
-from fastingress.translate.annotations import PREFIX, UpstreamSettings
+from fastingress.translate.annotations import PREFIX, IngressAnnotations, UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder, service_ports, settings_suffix
 from fastingress.translate.cluster import Cluster, index_objects
+from fastingress.translate.configmap import ConfigMemory, configure
 from fastingress.translate.hosts import looks_like_regex, priority, route_key
-from fastingress.translate.ingress import IngressPlan, PathRule, is_ours, parse_ingress
+from fastingress.translate.ingress import IngressPlan, PathRule, initial_annotations, is_ours, parse_ingress
 from fastingress.translate.model import ObjRef, Sink, TranslateOptions, TranslationResult, clean_text
 from fastingress.translate.policy_access import Reason, basic_auth, client_auth, source_ranges
 from fastingress.translate.policy_limits import limits_policy
@@ -230,7 +233,7 @@ class _Emitter:
         if found is not None:
             return found
         annotations, ref, fail_open = plan.annotations, plan.ref, self.options.unsafe_fail_open
-        ranges = source_ranges(annotations, ref, self.sink)
+        ranges = _default_ranges(source_ranges(annotations, ref, self.sink), annotations, self.options)
         users, auth_closed = basic_auth(annotations, ref, self.cluster, self.sink, fail_open)
         client, tls_closed = client_auth(annotations, ref, self.cluster, self.sink, fail_open)
         found = self._access[plan.ref] = _Access(
@@ -248,7 +251,13 @@ class _Emitter:
         custom_headers = http_emit.custom_headers_problem(self.cluster, plan, self.sink, fail_open)
         if fail_open:
             return ()
-        return plan.annotations.closed + self.access(plan).closed + extauth + custom_headers
+        closed = plan.annotations.closed + self.access(plan).closed + extauth + custom_headers
+        extra = self.options.global_closed  # the controller ConfigMap's (translate.configmap)
+        if extra:
+            if not plan.annotations.enable_global_auth:
+                extra = tuple(reason for reason in extra if not reason[0].endswith(" global-auth-url"))
+            closed = (*closed, *extra)
+        return closed
 
     def extauth_closed(self, plan: IngressPlan) -> tuple[tuple[str, str], ...]:
         """External auth whose auth-proxy-set-headers ConfigMap is missing or invalid (an
@@ -571,7 +580,8 @@ class _Emitter:
             )
         port = ports[0][1] if ports else 0
         return self.forward(
-            BackendRef(namespace, name, port, ""), UpstreamSettings(), ObjRef("Service", namespace, name)
+            BackendRef(namespace, name, port, ""), _default_upstream(self.options),
+            ObjRef("Service", namespace, name),
         )
 
 
@@ -580,6 +590,29 @@ class _HostAccess(msgspec.Struct, frozen=True):
 
     client: ClientAuth | None = None
     closed: tuple[Reason, ...] = ()
+
+
+def _default_upstream(options: TranslateOptions) -> UpstreamSettings:
+    """The upstream settings of Ingress-less backends: the controller ConfigMap's timeouts."""
+    initial = initial_annotations(options.annotation_defaults)
+    return initial.upstream if initial is not None else UpstreamSettings()
+
+
+def _default_ranges(
+    ranges: SourceRanges | None, annotations: IngressAnnotations, options: TranslateOptions
+) -> SourceRanges | None:
+    """The controller ConfigMap's whitelist-/denylist-source-range where the Ingress sets none
+    of its own (ingress-nginx: the annotation replaces the ConfigMap's, each list on its own)."""
+    defaults = options.annotation_defaults
+    if not defaults.allowlist and not defaults.denylist:
+        return ranges
+    allow = ranges.allow if ranges is not None else ()
+    deny = ranges.deny if ranges is not None else ()
+    if annotations.allowlist_source_range is None and annotations.whitelist_source_range is None:
+        allow = defaults.allowlist
+    if annotations.denylist_source_range is None:
+        deny = defaults.denylist
+    return SourceRanges(allow=allow, deny=deny) if allow or deny else None
 
 
 _MAX_BODY = 1000
@@ -600,7 +633,9 @@ def _plans(cluster: Cluster, options: TranslateOptions, sink: Sink) -> list[Ingr
         try:
             if not is_ours(ref, ingress, cluster, options, sink):
                 continue
-            plan = parse_ingress(ref, ingress, sink, fail_open=options.unsafe_fail_open)
+            plan = parse_ingress(
+                ref, ingress, sink, fail_open=options.unsafe_fail_open, defaults=options.annotation_defaults
+            )
         except Exception as exc:
             _internal(sink, ref, exc, "reading this Ingress")
             continue
@@ -610,8 +645,11 @@ def _plans(cluster: Cluster, options: TranslateOptions, sink: Sink) -> list[Ingr
     return plans
 
 
-def _translate(objects: Iterable[Mapping[str, Any]], options: TranslateOptions, sink: Sink) -> Snapshot:
+def _translate(
+    objects: Iterable[Mapping[str, Any]], options: TranslateOptions, sink: Sink, memory: ConfigMemory | None
+) -> Snapshot:
     cluster = index_objects(objects, sink)
+    options = configure(cluster.configmaps, options, sink, memory)
     plans = _plans(cluster, options, sink)
     merged = _merge(plans, sink)
     emitter = _Emitter(cluster, options, sink)
@@ -633,12 +671,17 @@ _DEFAULT_OPTIONS = TranslateOptions()
 
 
 def translate(
-    objects: Iterable[Mapping[str, Any]], options: TranslateOptions = _DEFAULT_OPTIONS
+    objects: Iterable[Mapping[str, Any]],
+    options: TranslateOptions = _DEFAULT_OPTIONS,
+    memory: ConfigMemory | None = None,
 ) -> TranslationResult:
-    """Kubernetes objects (plain dicts) -> snapshot + sorted diagnostics.  Never raises."""
+    """Kubernetes objects (plain dicts) -> snapshot + sorted diagnostics.  Never raises.
+
+    ``memory``: the last good value of each key of the controller ConfigMap, kept by a caller
+    that translates again and again (read and updated; see ``translate.configmap``)."""
     sink = Sink()
     try:
-        snapshot = _translate(objects, options, sink)
+        snapshot = _translate(objects, options, sink, memory)
     except Exception as exc:  # last line of defence; the tests assert it is never reached
         _internal(sink, _TRANSLATOR, exc, "translating")
         snapshot = Snapshot(settings=options.settings)

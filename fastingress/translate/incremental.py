@@ -51,6 +51,7 @@ One ``Translator`` is used by one thread at a time (a lock enforces it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import threading
@@ -64,6 +65,7 @@ from fastingress.translate.access import get, get_map, str_map
 from fastingress.translate.annotations import UpstreamSettings
 from fastingress.translate.backends import BackendRef, UpstreamBuilder
 from fastingress.translate.cluster import SERVICE_NAME_LABEL, Cluster, _collect, _pick
+from fastingress.translate.configmap import ConfigMemory, configure
 from fastingress.translate.core import _TRANSLATOR, _Emitter, _internal, _merge, _Merged
 from fastingress.translate.ingress import IngressPlan, is_ours, parse_ingress
 from fastingress.translate.model import Diagnostic, ObjRef, Sink, TranslateOptions, TranslationResult
@@ -299,10 +301,16 @@ def _same_slices(old: list[tuple[ObjRef, Obj]] | None, new: list[tuple[ObjRef, O
 
 
 class Translator:
-    """Translates again and again with the same options, reusing unchanged work."""
+    """Translates again and again with the same options, reusing unchanged work.  A change of
+    the controller ConfigMap (``options.configmap``) changes the options themselves: then
+    everything is translated afresh (rare, and it must be: every route may depend on it)."""
 
     def __init__(self, options: TranslateOptions | None = None) -> None:
         self.options = options if options is not None else TranslateOptions()
+        self._options = self.options  # with the controller ConfigMap applied (``_configured``)
+        self.memory = ConfigMemory()  # the ConfigMap's last good values (see translate())
+        self._configured_from: dict[tuple[str, str], Obj] | None = None  # what ``_options`` was made of
+        self._configmap_diags: Diags = ()
         self._lock = threading.Lock()
         self._reset()
 
@@ -347,7 +355,8 @@ class Translator:
     # -- entry point ---------------------------------------------------------------------
 
     def translate(self, objects: Iterable[Mapping[str, Any]]) -> TranslationResult:
-        """Same result as ``translate(objects, self.options)``.  Never raises."""
+        """Same result as ``translate(objects, self.options, memory)`` with ``memory`` what
+        ``self.memory`` was before the call.  Never raises."""
         with self._lock:
             sink = Sink()
             try:
@@ -355,12 +364,21 @@ class Translator:
             except Exception as exc:  # last line of defence, as in translate()
                 self._reset()
                 _internal(sink, _TRANSLATOR, exc, "translating")
-                snapshot = Snapshot(settings=self.options.settings)
+                snapshot = Snapshot(settings=self._options.settings)
             return TranslationResult(snapshot=snapshot, diagnostics=sink.sorted())
 
     def _translate(self, objects: Iterable[Mapping[str, Any]], sink: Sink) -> Snapshot:
         self._period = int(time.time() // _CERT_PERIOD)
+        if not isinstance(objects, list):
+            with contextlib.suppress(TypeError):  # (not a list of objects: _index says so)
+                objects = list(objects)  # (indexed twice when the ConfigMap changes the options)
         cluster, ingresses_changed = self._index(objects, sink)
+        options = self._configured(cluster)
+        sink.extend(self._configmap_diags)
+        if options != self._options:  # everything downstream depends on them: start over
+            self._reset()
+            self._options = options
+            cluster, ingresses_changed = self._index(objects, sink)
         classes_changed = cluster.classes is not self._classes
         changed_services, changed_secrets = self._invalidate(cluster)
         if ingresses_changed or classes_changed:
@@ -369,7 +387,7 @@ class Translator:
             sink.extend(diags)
         plans = self._plan_list
         merged = self._merge(plans, sink)
-        emitter = _Emitter(cluster, self.options, sink)
+        emitter = _Emitter(cluster, self._options, sink)
         emitter.load_cert = self._load_certificate
         emission = self._emit(cluster, merged, changed_services, changed_secrets)
         sink.extend(emission.diags)
@@ -394,6 +412,20 @@ class Translator:
             default_action=default_action,
             settings=settings,
         )
+
+    def _configured(self, cluster: Cluster) -> TranslateOptions:
+        """The options with the controller ConfigMap applied; redone only when a ConfigMap
+        changed (the memory of last good values is updated then, and only then)."""
+        before = self._configured_from
+        now = cluster.configmaps
+        if now is before or (before is not None and not _same_items(before, now)):
+            self._configured_from = cluster.configmaps
+            return self._options
+        sub = Sink()
+        options = configure(cluster.configmaps, self.options, sub, self.memory)
+        self._configured_from = cluster.configmaps
+        self._configmap_diags = sub.sorted()
+        return options
 
     def _with_extra_hosts(self, emission: _Emission, merged: _Merged) -> tuple[VirtualHost, ...]:
         """``extra_hosts.emit`` (aliases, www redirects), the same tuple while nothing changed."""
@@ -546,6 +578,7 @@ class Translator:
         cluster.secrets = previous.secrets
         cluster.configmaps = previous.configmaps
         cluster.slices = previous.slices
+        cluster.configmaps = previous.configmaps
         for ref, old, new in updates:
             key = (ref.namespace, ref.name)
             if ref.kind == "Ingress":
@@ -620,7 +653,7 @@ class Translator:
             if not memo.ours:
                 continue
             if not memo.planned:
-                self._plan(memo, ref, ingress, self.options.unsafe_fail_open)
+                self._plan(memo, ref, ingress, self._options)
             if memo.plan_diags:
                 diags.append(memo.plan_diags)
             if memo.plan is not None:
@@ -632,17 +665,19 @@ class Translator:
     def _select(self, memo: _IngressMemo, ref: ObjRef, ingress: Obj, cluster: Cluster) -> None:
         sub = Sink()
         try:
-            memo.ours = is_ours(ref, ingress, cluster, self.options, sub)
+            memo.ours = is_ours(ref, ingress, cluster, self._options, sub)
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.ours = False
         memo.ours_diags = sub.sorted()
 
     @staticmethod
-    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, fail_open: bool) -> None:
+    def _plan(memo: _IngressMemo, ref: ObjRef, ingress: Obj, options: TranslateOptions) -> None:
         sub = Sink()
         try:
-            memo.plan = parse_ingress(ref, ingress, sub, fail_open=fail_open)
+            memo.plan = parse_ingress(
+                ref, ingress, sub, fail_open=options.unsafe_fail_open, defaults=options.annotation_defaults
+            )
         except Exception as exc:
             _internal(sub, ref, exc, "reading this Ingress")
             memo.plan = None
@@ -805,7 +840,7 @@ class Translator:
         sub = Sink()
         recorder = _Recorder(self, cluster)  # each resolution records its own lookups
         view, lookups = _recording(cluster)
-        emitter = _Emitter(view, self.options, sub)
+        emitter = _Emitter(view, self._options, sub)
         emitter.builder = recorder  # type: ignore[assignment]
         loads: dict[tuple[str, str], _CertMemo] = {}
 

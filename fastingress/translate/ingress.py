@@ -7,6 +7,7 @@ Merging plans of several Ingresses is ``core``'s job.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,11 +26,17 @@ from fastingress.translate.access import (
     str_map,
     timestamp_key,
 )
-from fastingress.translate.annotations import PREFIX, PREFIXES, IngressAnnotations, parse_annotations
+from fastingress.translate.annotations import (
+    PREFIX,
+    PREFIXES,
+    IngressAnnotations,
+    UpstreamSettings,
+    parse_annotations,
+)
 from fastingress.translate.backends import BackendRef
 from fastingress.translate.cluster import Cluster
 from fastingress.translate.hosts import check_path, normalize_host, priority, route_key
-from fastingress.translate.model import ObjRef, Severity, Sink, TranslateOptions
+from fastingress.translate.model import AnnotationDefaults, ObjRef, Severity, Sink, TranslateOptions
 
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
@@ -307,9 +314,40 @@ def _wildcard_covered(entries: list[TlsEntry], rule_hosts: list[str]) -> list[Tl
 _SEVERITIES: dict[str, Severity] = {"error": "error", "warning": "warning", "info": "info"}
 
 
-def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool) -> IngressAnnotations:
+def initial_annotations(defaults: AnnotationDefaults | None) -> IngressAnnotations | None:
+    """What an Ingress without annotations gets: the controller ConfigMap's defaults."""
+    if defaults is None or defaults == _NO_DEFAULTS:
+        return None
+    return _initial(defaults)
+
+
+@functools.lru_cache(maxsize=8)
+def _initial(defaults: AnnotationDefaults) -> IngressAnnotations:
+    upstream = UpstreamSettings(
+        connect_timeout=defaults.connect_timeout, read_timeout=defaults.read_timeout,
+        send_timeout=defaults.send_timeout,
+    )
+    initial = IngressAnnotations(
+        upstream=upstream, ssl_redirect=defaults.ssl_redirect, force_ssl_redirect=defaults.force_ssl_redirect
+    )
+    if defaults.custom_http_errors:
+        http = msgspec.structs.replace(initial.http, custom_http_errors=defaults.custom_http_errors)
+        initial = msgspec.structs.replace(initial, http=http)
+    if defaults.annotations:  # validated by translate.configmap with these same parsers
+        initial, _ = parse_annotations({PREFIX + n: v for n, v in defaults.annotations}, defaults=initial)
+    return initial
+
+
+_NO_DEFAULTS = AnnotationDefaults()
+
+
+def _annotations(
+    metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool, defaults: AnnotationDefaults | None = None
+) -> IngressAnnotations:
     annotations = str_map(get(metadata, "annotations"))
-    parsed, findings = parse_annotations(annotations, fail_open=fail_open)
+    parsed, findings = parse_annotations(
+        annotations, fail_open=fail_open, defaults=initial_annotations(defaults)
+    )
     for finding in findings:
         sink.add(
             _SEVERITIES.get(finding.severity, "info"),
@@ -330,11 +368,19 @@ def _annotations(metadata: Obj | None, ref: ObjRef, sink: Sink, fail_open: bool)
     return parsed
 
 
-def parse_ingress(ref: ObjRef, ingress: Obj, sink: Sink, *, fail_open: bool = False) -> IngressPlan | None:
+def parse_ingress(
+    ref: ObjRef,
+    ingress: Obj,
+    sink: Sink,
+    *,
+    fail_open: bool = False,
+    defaults: AnnotationDefaults | None = None,
+) -> IngressPlan | None:
     """The Ingress as a plan; ``fail_open`` (--unsafe-fail-open) only changes what the
-    diagnostics about unhonoured access annotations say."""
+    diagnostics about unhonoured access annotations say; ``defaults``: the annotation values
+    of the controller ConfigMap."""
     metadata = get_map(ingress, "metadata")
-    annotations = _annotations(metadata, ref, sink, fail_open)
+    annotations = _annotations(metadata, ref, sink, fail_open, defaults)
     spec = get_map(ingress, "spec")
     if spec is None:
         sink.warning(ref, "spec", "spec missing or not an object; Ingress ignored")

@@ -14,6 +14,23 @@ Severity = Literal["error", "warning", "info"]
 CLUSTER_SCOPED_KINDS = frozenset({"IngressClass", "File"})
 
 
+class AnnotationDefaults(msgspec.Struct, frozen=True):
+    """The controller ConfigMap's defaults of annotations; an Ingress's own annotation wins
+    (``translate.configmap``).  The defaults here are the annotations' own."""
+
+    ssl_redirect: bool = True  # ssl-redirect
+    force_ssl_redirect: bool = False  # force-ssl-redirect
+    connect_timeout: float = 5.0  # proxy-connect-timeout
+    read_timeout: float = 60.0  # proxy-read-timeout
+    send_timeout: float = 60.0  # proxy-send-timeout
+    allowlist: tuple[str, ...] = ()  # whitelist-source-range (of allowlist-source-range)
+    denylist: tuple[str, ...] = ()  # denylist-source-range
+    custom_http_errors: tuple[int, ...] = ()  # custom-http-errors (served by the default backend)
+    # Other keys that default an annotation of the same name (load-balance, proxy-next-upstream...):
+    # (annotation name, value), parsed by the annotation's own parser.
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
 class TranslateOptions(msgspec.Struct, frozen=True):
     controller_class: str = "fastingress.io/ingress-controller"
     ingress_class: str = "fastingress"  # --ingress-class: also ours by name
@@ -23,6 +40,11 @@ class TranslateOptions(msgspec.Struct, frozen=True):
     # --unsafe-fail-open: serve routes whose access-guarding annotations are not honoured
     # WITHOUT that protection, instead of answering 503 (fail closed, the default).
     unsafe_fail_open: bool = False
+    # -- the controller ConfigMap (issue 9) -------------------------------------------------
+    configmap: str | None = None  # --configmap "namespace/name": read by translate() itself
+    # What the ConfigMap made of the options (``translate.configmap.configure`` sets these):
+    annotation_defaults: AnnotationDefaults = AnnotationDefaults()  # ssl-redirect, proxy-*-timeout...
+    global_closed: tuple[tuple[str, str], ...] = ()  # (key, why): access guards not honoured: 503
 
 
 class Diagnostic(msgspec.Struct, frozen=True):

@@ -86,6 +86,7 @@ EXPECTED_OBJECTS = {
     ("PodDisruptionBudget", "fastingress"),
     ("Service", "fastingress"),
     ("Service", "fastingress-admin"),
+    ("ConfigMap", "fastingress"),
 }
 
 # (apiGroup, resource, verb): exactly what issue 3 lists for the controller, nothing else.
@@ -446,6 +447,9 @@ def test_container_args_agree_with_the_other_objects() -> None:
     publish_ns, publish_name = flags["--publish-service"].split("/")
     assert publish_ns in {NAMESPACE, "$(POD_NAMESPACE)"}
     assert one("Service", publish_name)["spec"]["type"] == "LoadBalancer"
+    configmap_ns, configmap_name = flags["--configmap"].split("/")
+    assert configmap_ns in {NAMESPACE, "$(POD_NAMESPACE)"}
+    one("ConfigMap", configmap_name)  # the controller ConfigMap ships with it
     assert int(flags["--workers"]) >= 1
     # Every $(VAR) in args must be a variable the container defines, or Kubernetes passes it verbatim.
     defined = {e["name"] for e in container()["env"]}

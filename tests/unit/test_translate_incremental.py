@@ -48,7 +48,8 @@ def _load(path: Path) -> list[Obj]:
 def _assert_same(
     translator: Translator, objects: list[Obj], what: str, encoder: SnapshotEncoder | None = None
 ) -> None:
-    fresh = translate(copy.deepcopy(objects), translator.options)
+    memory = copy.deepcopy(translator.memory)  # the ConfigMap's last good values, as they were
+    fresh = translate(copy.deepcopy(objects), translator.options, memory)
     got = translator.translate(objects)
     assert encode_json(got.snapshot) == encode_json(fresh.snapshot), what
     assert got.diagnostics == fresh.diagnostics, what
@@ -97,6 +98,12 @@ def _edited(obj: Obj, rng: random.Random) -> Obj:
         new["spec"] = {"controller": rng.choice(["fastingress.io/ingress-controller", "k8s.io/other"])}
     elif kind == "Secret":
         new["data"] = {}
+    elif kind == "ConfigMap":  # good and bad values: the translator's last good values must match
+        data = new.get("data")
+        data = dict(data) if isinstance(data, dict) else {}
+        key = rng.choice(["proxy-body-size", "ssl-redirect", "proxy-read-timeout", "add-headers", "hsts"])
+        data[key] = rng.choice(["2m", "true", "30", "nope", "ingress-nginx/custom-response-headers"])
+        new["data"] = data if rng.random() < 0.9 else ["not", "a", "map"]
     return new
 
 
@@ -105,7 +112,7 @@ def _step(objects: list[Obj], pool: list[Obj], rng: random.Random) -> list[Obj]:
     roll = rng.random()
     if roll < 0.35:  # edit in position: the fast path when only a few objects changed
         i = _kind(objects, rng.choice(["EndpointSlice", "EndpointSlice", "Service", "Ingress",
-                                        "IngressClass", "Secret"]), rng)
+                                        "IngressClass", "Secret", "ConfigMap"]), rng)
         if i is not None:
             objects[i] = _edited(objects[i], rng)
         return objects
