@@ -139,13 +139,28 @@ def _add_manifests_flag(parser: argparse.ArgumentParser | argparse._MutuallyExcl
     )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and which data path this install runs (workers/build.py)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and data path (compiled or interpreted), then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> NoReturn:
+        from workers.build import data_path
+
+        sys.stdout.write(f"{PROG} {__version__} (data path: {data_path()})\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Kubernetes ingress controller and standalone reverse proxy "
         "that reads ingress-nginx manifests as they are.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     standalone = commands.add_parser(

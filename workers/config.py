@@ -66,6 +66,9 @@ class WorkerStats(msgspec.Struct, frozen=True):
     tls_handshake_errors: int = 0  # failed or timed-out handshakes
     tls_resumed: int = 0  # handshakes that resumed a session (ticket or id)
     tls_passthrough: int = 0  # connections relayed raw (ssl-passthrough)
+    # -- data path (appended; issue 7) ------------------------------------------------
+    spliced_bodies: int = 0  # response bodies moved by splice(2), never copied through Python
+    spliced_bytes: int = 0
 
 
 def encode_settings(settings: WorkerSettings) -> str:

@@ -147,22 +147,28 @@ class Forwarder(Timed):
     deadline: float
     paced: _Paced | None
 
-    if TYPE_CHECKING:  # provided by ClientConn
+    # ---- provided by ClientConn (abstract here) --------------------------------------
 
-        def _answer(
-            self, status: int, body: bytes, content_type: bytes = ...,
-            extra: tuple[tuple[bytes, bytes], ...] = (), *, close: bool | None = None,
-        ) -> None: ...
+    def _answer(
+        self, status: int, body: bytes, content_type: bytes = b"",
+        extra: tuple[tuple[bytes, bytes], ...] = (), *, close: bool | None = None,
+    ) -> None:
+        raise NotImplementedError
 
-        def _finish(self, status: int) -> None: ...
+    def _finish(self, status: int) -> None:
+        raise NotImplementedError
 
-        def _decided(self, decision: Decision, head: RequestHead, info: RequestInfo) -> None: ...
+    def _decided(self, decision: Decision, head: RequestHead, info: RequestInfo) -> None:
+        raise NotImplementedError
 
-        def _linger(self) -> None: ...
+    def _linger(self) -> None:
+        raise NotImplementedError
 
-        def _next_cycle(self) -> None: ...
+    def _next_cycle(self) -> None:
+        raise NotImplementedError
 
-        def _log_upstream_error(self, exc: FastIngressError) -> None: ...
+    def _log_upstream_error(self, exc: FastIngressError) -> None:
+        raise NotImplementedError
 
     # ---- forwarding ------------------------------------------------------------------
 
@@ -418,6 +424,9 @@ class Forwarder(Timed):
         self.deadline = _INF
         up = self.up
         assert up is not None
+        metrics = self.worker.metrics
+        metrics.spliced_bodies += 1
+        metrics.spliced_bytes += moved
         self.codec.body_sent_elsewhere(moved)
         up.codec.body_taken_elsewhere()
         self.upstream_readable(up)

@@ -137,7 +137,8 @@ class _Codec:
     def _convert(self, ev: object) -> Event:
         t = type(ev)
         if t is h11.Data:
-            return Body(ev.data)  # type: ignore[attr-defined]
+            data = ev.data  # type: ignore[attr-defined]
+            return Body(data if type(data) is bytes else bytes(data))  # (h11 hands out bytearray slices)
         if t is h11.EndOfMessage:
             return Signal.END
         if ev is h11.NEED_DATA:

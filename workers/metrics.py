@@ -18,6 +18,8 @@ class Metrics:
         "duration_sum",
         "requests",
         "snapshot_errors",
+        "spliced_bodies",
+        "spliced_bytes",
         "tls",
         "tls_errors",
         "tls_passthrough",
@@ -38,6 +40,8 @@ class Metrics:
         self.tls_errors = 0
         self.tls_resumed = 0
         self.tls_passthrough = 0
+        self.spliced_bodies = 0
+        self.spliced_bytes = 0
 
     def observe_tls(self, version: str, alpn: str, resumed: bool) -> None:
         key = (version, alpn)
@@ -78,4 +82,6 @@ class Metrics:
             tls_handshake_errors=self.tls_errors,
             tls_resumed=self.tls_resumed,
             tls_passthrough=self.tls_passthrough,
+            spliced_bodies=self.spliced_bodies,
+            spliced_bytes=self.spliced_bytes,
         )

@@ -46,6 +46,7 @@ from fastingress.snapshot.codec import decode_msgpack
 from fastingress.snapshot.schema import Snapshot
 from fastingress.snapshot.shm import ShmReader
 from workers.accept import CoreServer, listen_socket
+from workers.build import data_path
 from workers.certs import CertCache
 from workers.config import WorkerSettings
 from workers.h1pool import CorePool, Dial
@@ -507,6 +508,7 @@ async def run_worker(
                 background.start_soon(_serve_stats, worker, stats_listener)
                 async with trio.open_nursery() as connections:
                     front.start(worker, certs, connections)
+                    log.info("worker %d: serving on port %d (data path: %s)", worker.index, port, data_path())
                     task_status.started(worker)
                     await stop.wait()
                     front.stop_accepting()

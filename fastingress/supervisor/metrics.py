@@ -31,6 +31,8 @@ class Totals:
     tls_errors: int = 0
     tls_resumed: int = 0
     tls_passthrough: int = 0
+    spliced_bodies: int = 0
+    spliced_bytes: int = 0
 
     def add(self, stats: WorkerStats) -> None:
         for rc in stats.requests:
@@ -48,6 +50,8 @@ class Totals:
         self.tls_errors += stats.tls_handshake_errors
         self.tls_resumed += stats.tls_resumed
         self.tls_passthrough += stats.tls_passthrough
+        self.spliced_bodies += stats.spliced_bodies
+        self.spliced_bytes += stats.spliced_bytes
 
     def merged(self, others: Iterable[WorkerStats]) -> Totals:
         out = Totals(
@@ -61,6 +65,8 @@ class Totals:
             tls_errors=self.tls_errors,
             tls_resumed=self.tls_resumed,
             tls_passthrough=self.tls_passthrough,
+            spliced_bodies=self.spliced_bodies,
+            spliced_bytes=self.spliced_bytes,
         )
         for stats in others:
             out.add(stats)
@@ -187,6 +193,11 @@ def render_metrics(view: SupervisorView, totals: Totals) -> str:
     out.append(f"fastingress_tls_resumed_total {totals.tls_resumed}")
     _family(out, "fastingress_tls_passthrough_total", "counter", "Connections relayed by ssl-passthrough.")
     out.append(f"fastingress_tls_passthrough_total {totals.tls_passthrough}")
+    _family(out, "fastingress_spliced_bodies_total", "counter",
+            "Response bodies moved by splice(2) in the kernel, never copied through Python.")
+    out.append(f"fastingress_spliced_bodies_total {totals.spliced_bodies}")
+    _family(out, "fastingress_spliced_bytes_total", "counter", "Bytes of those bodies.")
+    out.append(f"fastingress_spliced_bytes_total {totals.spliced_bytes}")
 
     _family(out, "fastingress_workers", "gauge", "Worker processes running.")
     out.append(f"fastingress_workers {len(view.live)}")

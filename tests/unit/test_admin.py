@@ -47,12 +47,13 @@ def test_readiness_rules() -> None:
 def test_render_metrics_aggregates_and_escapes() -> None:
     view = SupervisorView(
         generation=7,
-        workers=(WorkerView(0, 10, stats(0, upstream_errors=2), 1), WorkerView(1, None, None, 2)),
+        workers=(WorkerView(0, 10, stats(0, upstream_errors=2, spliced_bodies=2, spliced_bytes=5 << 20), 1),
+                 WorkerView(1, None, None, 2)),
         config_errors=3,
         reload_failures=4,
     )
     retired = Totals()
-    retired.add(stats(1, snapshot_errors=1))
+    retired.add(stats(1, snapshot_errors=1, spliced_bodies=1, spliced_bytes=1 << 20))
     text = render_metrics(view, retired.merged([s for w in view.live if (s := w.stats)]))
     lines = text.splitlines()
     assert (
@@ -71,6 +72,8 @@ def test_render_metrics_aggregates_and_escapes() -> None:
     assert "fastingress_config_reload_failures_total 4" in lines
     assert "fastingress_upstream_errors_total 2" in lines
     assert "fastingress_snapshot_decode_errors_total 1" in lines
+    assert "fastingress_spliced_bodies_total 3" in lines
+    assert f"fastingress_spliced_bytes_total {6 << 20}" in lines
     assert "fastingress_workers 1" in lines
     assert "fastingress_worker_restarts_total 3" in lines
     # Every sample belongs to a family announced with HELP and TYPE.

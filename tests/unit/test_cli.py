@@ -12,6 +12,7 @@ import pytest
 
 from fastingress.cli import build_parser, main, standalone_settings
 from fastingress.snapshot.codec import decode_json, decode_msgpack, load_file
+from workers.build import data_path
 
 INGRESS = """
 apiVersion: networking.k8s.io/v1
@@ -127,7 +128,9 @@ def test_demo_backends_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_code(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("fastingress ")
+    out = capsys.readouterr().out
+    assert out.startswith("fastingress ")
+    assert out.rstrip().endswith(f"(data path: {data_path()})")  # tests/unit/test_build_info.py
 
 
 def test_standalone_settings_defaults_and_flags() -> None:

@@ -728,6 +728,8 @@ def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     needed = {"pyproject.toml", project["project"]["readme"]}
     needed |= {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed |= set(project["build-system"].get("backend-path", []))  # the in-tree build backend
+    needed |= {"setup.py"} if (REPO / "setup.py").exists() else set()
     assert needed <= copied, f"not copied into the build stage: {sorted(needed - copied)}"
     for package in needed - {"pyproject.toml", project["project"]["readme"]}:
         for source in (REPO / package).rglob("*.py"):
