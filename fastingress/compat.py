@@ -35,7 +35,7 @@ ANNOTATION_NOTES: dict[str, str] = {
 _ANNOTATION_STATUS = {
     "implemented": "supported",
     "closed": "not yet: **fails closed** (503)",
-    "canary": "not yet: the canary Ingress is not served (the main one keeps all traffic)",
+    "canary": "supported (see \"Canaries\")",
     "snippet": "refused: never executed (fails closed when it holds access rules)",
     "unsupported": "not yet (warning)",
     "inert": "no effect (info)",

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 ``CoreServer`` ties the core to a worker.  Each listening socket (SO_REUSEPORT, so the kernel
-spreads connections over the worker processes; TCP_DEFER_ACCEPT, so a connection is handed
-over only once it has data) is a handler in the epoll set that accepts in batches until EAGAIN.
+spreads connections over the worker processes; TCP_NODELAY, inherited by accepted sockets) is a
+handler in the epoll set that accepts in batches (``ACCEPT_BATCH``, then the others get a turn).
 
 * plain HTTP: the accepted socket gets a ``Transport`` and a ``ClientConn``;
 * HTTPS: ``TLSAccept`` runs the handshake on the socket itself with the ``CertStore`` in force

@@ -19,15 +19,13 @@ same whichever codec wrote it:
 from __future__ import annotations
 
 import re
-from http import HTTPStatus
 
-from workers.http1 import Headers, valid_value
+from workers.http1 import Headers, reason_phrase, valid_value
 
 _CHUNKED = b"chunked"
 _COLON_SP = b": "
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _WATCHED = frozenset({*_FRAMING, b"connection", b"upgrade"})
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 _NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _REASON = re.compile(rb"[\t \x21-\x7e\x80-\xff]*")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
@@ -44,10 +42,6 @@ _DONE = 5
 class LocalProtocolError(Exception):
     """We (not the peer) tried to send something the framing forbids (e.g. more body than
     the Content-Length we declared)."""
-
-
-def reason_phrase(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
 
 
 def check_fields(headers: Headers, reason: bytes = b"", target: bytes = b"/") -> None:

@@ -155,8 +155,7 @@ async def _grpc_error(session: Session, exc: FastIngressError, *, connecting: bo
     worker = session.worker
     worker.metrics.upstream_errors += 1
     status = grpc_status_for(exc, connecting=connecting)
-    log.warning("upstream error (%s %s): %s; answering grpc-status %d", session.method.decode("latin-1"),
-                session.target.decode("latin-1"), exc, status)
+    log.warning("upstream error: %s: %s; answering grpc-status %d", session.where(), exc, status)
     codec = session.codec
     headers = grpc_error_headers(status, str(exc))
     headers += [(b"content-length", b"0"), *worker.answer_headers]

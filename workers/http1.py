@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import NamedTuple
 
 import h11
@@ -36,6 +37,12 @@ import h11
 from fastingress.errors import BadRequest, HeadersTooLarge, UpstreamFailed
 
 Headers = Sequence[tuple[bytes, bytes]]
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}  # 503: Service Unavailable
+
+
+def reason_phrase(status: int) -> bytes:
+    """h11 sends an empty reason unless given one; both codecs send these (``Unknown`` otherwise)."""
+    return REASONS.get(status, b"Unknown")
 
 
 class RequestHead(NamedTuple):
@@ -205,12 +212,15 @@ class ServerCodec(_Codec):
         """``trusted``: every name and value came out of a parser or passed ``valid_value``
         (skips h11's per-header regex validation, the largest single cost of a proxied request)."""
         return self._conn.send(
-            h11.Response(status_code=status, headers=headers, reason=reason, _parsed=trusted)
+            h11.Response(
+                status_code=status, headers=headers, reason=reason or reason_phrase(status), _parsed=trusted
+            )
         ) or b""
 
     def informational(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> bytes:
         return (
-            self._conn.send(h11.InformationalResponse(status_code=status, headers=headers, reason=reason))
+            self._conn.send(h11.InformationalResponse(
+                status_code=status, headers=headers, reason=reason or reason_phrase(status)))
             or b""
         )
 

@@ -61,6 +61,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from fastingress.snapshot.schema import Route
 from workers.accesslog import AccessRecord, request_length
 from workers.decide import (
     NO_LABELS,
@@ -159,6 +160,7 @@ class Session(SessionBase):
         self.ctx: RequestCtx | None = None  # the policies of the request's route, if any
         self.retry = None  # the request's workers.retry.Retry while it is forwarded, if any
         self.request: tuple[RequestHead, RequestInfo] | None = None
+        self.route: Route | None = None  # the route being forwarded to (error log lines)
         self.linger = False  # answered before the request was read whole (see linger_close)
         # the client's TLS connection (client certificates), from a TLS stream or an HTTP/2 one
         self.tls_peer: object = getattr(stream, "ssl_connection", None)
@@ -345,7 +347,7 @@ class Session(SessionBase):
         if self.phase != PH_UPSTREAM or not self.in_request:
             return False
         self.worker.metrics.upstream_errors += 1
-        log.warning("upstream timeout: %s %s", self.method.decode("latin-1"), self.target.decode("latin-1"))
+        log.warning("upstream timeout: %s", self.where())
         if not self.codec.can_respond:
             return False
         fetch = self._intercept_failure(UpstreamTimeout("read timed out")) if self.request else None
@@ -366,8 +368,7 @@ class Session(SessionBase):
             self.ctx = exc.ctx
         if isinstance(exc, (UpstreamFailed, UpstreamTimeout)):
             self.worker.metrics.upstream_errors += 1
-            log.warning("upstream error (%s %s): %s", self.method.decode("latin-1"),
-                        self.target.decode("latin-1"), exc)
+            log.warning("upstream error: %s: %s", self.where(), exc)
         if not self.codec.can_respond:
             return False  # the response started: all we can do is cut the connection
         close = isinstance(exc, (BadRequest, BodyTooLarge)) or None
@@ -421,6 +422,7 @@ class Session(SessionBase):
 
     async def _handle(self, head: RequestHead, decided: Decided | None = None) -> bool:
         self.request = None
+        self.route = None
         worker = self.worker
         table = worker.table
         balancer = worker.balancer
@@ -465,6 +467,7 @@ class Session(SessionBase):
             proxy = decision
         assert table is not None and proxy is not None
         self.request = (head, info)
+        self.route = proxy.route
         try:
             return await self._forward(head, info, proxy, table.snapshot.settings)
         except Intercepted as exc:  # custom-http-errors: the upstream's answer is replaced
@@ -474,8 +477,7 @@ class Session(SessionBase):
             if fetch is None:
                 raise
             self.worker.metrics.upstream_errors += 1
-            log.warning("upstream error (%s %s): %s; answered by the error backend",
-                        self.method.decode("latin-1"), self.target.decode("latin-1"), exc)
+            log.warning("upstream error: %s: %s; answered by the error backend", self.where(), exc)
         assert fetch is not None
         return await self._refetch(head, info, fetch)
 

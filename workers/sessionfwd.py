@@ -23,7 +23,7 @@ from fastingress.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from fastingress.snapshot.schema import GlobalSettings, Upstream
+from fastingress.snapshot.schema import GlobalSettings, Route, Upstream
 from workers.decide import Proxy
 from workers.heads import RequestInfo, add_forwarded, response_headers, set_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
@@ -120,6 +120,7 @@ class SessionBase:
         "request",
         "resp_bytes",
         "retry",
+        "route",
         "scope",
         "served",
         "status",
@@ -160,10 +161,23 @@ class SessionBase:
     up_addr: tuple[str, int] | None
     up_status: int
     t_up: float
+    labels: tuple[str, str, str]  # host, ingress, service (metrics)
+    route: Route | None  # the route being forwarded to (error log lines)
 
     if TYPE_CHECKING:  # provided by Session
 
         def finish_request(self, default_status: int) -> None: ...
+
+    def where(self) -> str:
+        """The request in an error line, as the core writes it (workers/h1conn.py): method,
+        target, host, route, Ingress, upstream endpoint and request id."""
+        route, up, info = self.route, self.up_addr, self.info
+        return (
+            f"{self.method.decode('latin-1')} {self.target.decode('latin-1')} host={self.labels[0]} "
+            f"route={f'{route.path_type}:{route.path}' if route is not None else '-'} "
+            f"ingress={self.labels[1]} endpoint={f'{up[0]}:{up[1]}' if up is not None else '-'} "
+            f"request_id={info.request_id.decode('latin-1') if info and info.request_id else '-'}"
+        )
 
     # ---- forwarding ------------------------------------------------------------------
 

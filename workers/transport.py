@@ -32,9 +32,11 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 from workers.loop import EPOLLERR, EPOLLHUP, EPOLLOUT, EPOLLRDHUP, INPUT_EVENTS, Core
 
@@ -326,14 +328,22 @@ class Transport:
 
 
 class TLSTransport(Transport):
-    """Server-side TLS over the socket itself (pyOpenSSL ``Connection`` on the fd)."""
+    """Server-side TLS over the socket itself (pyOpenSSL ``Connection`` on the fd).
 
-    __slots__ = ("tls",)
+    Reads and writes call ``SSL_read``/``SSL_write`` through pyOpenSSL's own cffi binding, with
+    the core's read buffer, and leave only failures (``result <= 0``) to pyOpenSSL's error
+    mapping (``Connection._raise_ssl_error``): a read then costs one C call, where
+    ``Connection.recv`` allocates a buffer, copies out of it, and raises ``WantReadError`` for
+    the read that ends every batch.  (The handshake stays on pyOpenSSL's public API.)"""
+
+    __slots__ = ("_cbuf", "_ssl", "tls")
 
     def __init__(self, core: Core, sock: socket.socket, tls: SSL.Connection,
                  proto: StreamProtocol | None = None) -> None:
         super().__init__(core, sock, proto)
         self.tls = tls
+        self._ssl: Any = tls._ssl  # (the SSL* of pyOpenSSL's binding)
+        self._cbuf: Any = _ffi.from_buffer(core.rbuf)  # (no copy: the bytearray's memory)
 
     def on_event(self, events: int) -> None:
         # TLS can want input to make output (and the reverse): any edge retries both.
@@ -346,8 +356,12 @@ class TLSTransport(Transport):
                 self.read_pending = True
 
     def _recv(self) -> memoryview | bytes | None:
+        ssl_ = self._ssl
+        n: int = _lib.SSL_read(ssl_, self._cbuf, TLS_READ)
+        if n > 0:
+            return self.core.rview[:n]
         try:
-            return self.tls.recv(TLS_READ)
+            self.tls._raise_ssl_error(ssl_, n)  # (pyOpenSSL's mapping of the failure)
         except (SSL.WantReadError, SSL.WantWriteError):
             return None
         except SSL.ZeroReturnError:
@@ -358,17 +372,24 @@ class TLSTransport(Transport):
             raise OSError(str(exc)) from None
         except SSL.Error as exc:
             raise OSError(f"TLS error: {exc}") from None
+        return None
 
     def _tls_buffered(self) -> bool:
         return True  # records may wait inside OpenSSL: read until it says WantRead
 
     def _send(self, data: memoryview | bytes) -> int:
+        ssl_ = self._ssl
+        with _ffi.from_buffer(data) as buf:
+            n: int = _lib.SSL_write(ssl_, buf, len(buf))
+        if n > 0:
+            return n
         try:
-            return self.tls.send(data)
+            self.tls._raise_ssl_error(ssl_, n)
         except (SSL.WantWriteError, SSL.WantReadError):
             raise BlockingIOError from None
         except SSL.Error as exc:
             raise OSError(f"TLS error: {exc}") from None
+        raise OSError(f"TLS write failed ({n})")
 
     def _sendmany(self, bufs: Sequence[memoryview | bytes]) -> int:
         return self._send(b"".join(bufs))

@@ -80,6 +80,7 @@ from fastingress.supervisor.source import (
     Loaded,
     count_errors,
 )
+from workers.build import data_path
 from workers.config import WorkerSettings, WorkerStats
 
 log = logging.getLogger("fastingress.supervisor")
@@ -258,6 +259,7 @@ class Supervisor:
         parts.append(f"admin on {host_port(settings.admin_bind, self.admin_port)}")
         if self.slots:  # what the workers are told to use (--http1-codec, where there is one)
             parts.append(f"HTTP/1.1 codec {self.slots[0].settings.http1_codec}")
+        parts.append(f"data path {data_path()}")  # compiled or interpreted (workers/build.py)
         parts.append(f"snapshot generation {self.generation}")
         standby = " (+1 standby)" if self.use_standby else ""
         workers = f"{settings.workers} worker{'s' if settings.workers != 1 else ''}{standby}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import trio
@@ -78,13 +80,33 @@ raise SystemExit(main(["--settings", text]))
 """
 
 
+def worker_python() -> list[str]:
+    """The interpreter for worker processes: ``-P`` keeps the current directory off ``sys.path``,
+    so a source checkout in it (``pip install .`` then ``fastingress`` run from the checkout)
+    cannot shadow the installed, compiled ``workers`` package (workers/build.py)."""
+    return [sys.executable, "-P"]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment for worker processes: ours, with the directory our ``workers`` package
+    comes from first on ``PYTHONPATH``, so workers always run the very code the supervisor
+    would (the same tree, compiled or interpreted), however the supervisor was started."""
+    env = dict(os.environ)
+    spec = importlib.util.find_spec("workers")
+    if spec is not None and spec.origin:
+        root = str(Path(spec.origin).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 async def spawn_standby(notify_fds: Sequence[int]) -> tuple[trio.Process, int]:
     """(process, read end of its readiness pipe: one byte once it has imported the worker)."""
     ready_read, ready_write = os.pipe()
     try:
-        argv = [sys.executable, "-c", STANDBY_CODE, ",".join(map(str, notify_fds)), str(ready_write)]
+        argv = [*worker_python(), "-c", STANDBY_CODE, ",".join(map(str, notify_fds)), str(ready_write)]
         fds = (*notify_fds, ready_write)
-        process = await trio.lowlevel.open_process(argv, pass_fds=fds, stdin=subprocess.PIPE)
+        process = await trio.lowlevel.open_process(
+            argv, pass_fds=fds, stdin=subprocess.PIPE, env=worker_env())
     except BaseException:
         os.close(ready_read)
         raise
@@ -116,7 +138,7 @@ async def assign_standby(process: trio.Process, settings: WorkerSettings) -> boo
 
 
 def worker_argv(command: Sequence[str], settings: WorkerSettings) -> list[str]:
-    prefix = list(command) if command else [sys.executable, "-m", "workers"]
+    prefix = list(command) if command else [*worker_python(), "-m", "workers"]
     return [*prefix, "--settings", encode_settings(settings)]
 
 
@@ -156,7 +178,7 @@ def make_notify_pipe() -> tuple[int, int]:
 async def spawn(slot: WorkerSlot, command: Sequence[str]) -> trio.Process:
     argv = worker_argv(command, slot.settings)
     fds = (slot.settings.notify_fd,) if slot.settings.notify_fd >= 0 else ()
-    return await trio.lowlevel.open_process(argv, pass_fds=fds, stdin=subprocess.DEVNULL)
+    return await trio.lowlevel.open_process(argv, pass_fds=fds, stdin=subprocess.DEVNULL, env=worker_env())
 
 
 async def fetch_stats(path: str, timeout: float) -> WorkerStats | None:

@@ -416,19 +416,23 @@ _ROWS: dict[str, Key] = {
         mirror-host mirror-request-body mirror-target mirror-uri
         preserve-trailing-slash
         proxy-ssl-ciphers proxy-ssl-location-only
-        proxy-ssl-protocols proxy-ssl-verify-depth relative-redirects satisfy
+        proxy-ssl-protocols relative-redirects satisfy
         ssl-ciphers ssl-prefer-server-ciphers
         """,
         UNSUPPORTED,
     ),
     **_rows("use-port-in-redirects", UNSUPPORTED),
+    "proxy-ssl-verify-depth": unsupported(
+        "Python's ssl has no verify-depth setting: upstream chains are verified to OpenSSL's default depth"),
     **_rows(
         "fastcgi-index fastcgi-params-configmap",
         unsupported("FastCGI backends (backend-protocol FCGI) are not supported"),
     ),
     **_rows(
         "enable-modsecurity enable-owasp-core-rules modsecurity-transaction-id",
-        unsupported("there is no web application firewall in fastingress; requests are not inspected"),
+        unsupported("there is no web application firewall in fastingress; requests are not inspected "
+                    "(ingress-nginx's default mode, DetectionOnly, only logs; a `modsecurity-snippet` "
+                    "with `SecRuleEngine On` fails closed)"),
     ),
     # -- nginx internals with no effect here ---------------------------------------------------
     **_rows(
@@ -503,6 +507,8 @@ def status_of(name: str) -> Status | None:
 _ACCESS_DIRECTIVE = re.compile(
     r"(?:^|[;{}\s])(allow|deny|auth_basic|auth_basic_user_file|auth_request|auth_jwt|satisfy"
     r"|ssl_verify_client)\s|(?:^|[;{}\s])return\s+40[13]\b"
+    # ModSecurity in blocking mode (ingress-nginx's default is DetectionOnly: it only logs)
+    r"|(?:^|[;{}\s])((?i:SecRuleEngine)\s+(?i:On))\b"
 )
 
 
@@ -511,7 +517,7 @@ def access_directive(snippet: str) -> str | None:
     match = _ACCESS_DIRECTIVE.search(snippet)
     if match is None:
         return None
-    return match.group(1) or "return 403"
+    return match.group(1) or match.group(2) or "return 403"
 
 
 class AnnotationFinding(msgspec.Struct, frozen=True):

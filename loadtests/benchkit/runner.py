@@ -13,6 +13,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -188,6 +189,8 @@ def start_all(args: argparse.Namespace, procs: Procs, workdir: Path, nginx: str,
 def start_fastingress(args: argparse.Namespace, procs: Procs, workdir: Path, *, upstream_port: int,
                       setup: Setup, tls: tuple[Path, Path] | None) -> Target:
     binary = find_fastingress(args.fastingress)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    print(f"bench: {binary}: {version.stdout.strip() or version.stderr.strip()}", file=sys.stderr)
     http_port, admin_port = free_port(), free_port()
     https_port = free_port() if tls is not None else 0
     manifests = configs.fastingress_manifests(workdir, upstream_port, setup.max_body)

@@ -54,6 +54,8 @@ def guards(auth_port: int) -> list[Guard]:
         Guard("deny.test", {PREFIX + "denylist-source-range": "127.0.0.0/8"}),  # 127.0.0.1 is inside
         Guard("mtls.test", {PREFIX + "auth-tls-secret": "default/client-ca",
                             PREFIX + "auth-tls-verify-client": "on"}),
+        Guard("mtls-noca.test", {PREFIX + "auth-tls-secret": "default/missing-ca",
+                                 PREFIX + "auth-tls-verify-client": "on"}, unusable=True),
         Guard("fi-prefix.test", {"fastingress.io/auth-url": f"http://127.0.0.1:{auth_port}/__status/401"}),
     ]
 
@@ -64,7 +66,7 @@ def expected_statuses(guard: Guard) -> set[int]:
     closed = guard.unusable or any(REGISTRY[k.split("/", 1)[1]].status == "closed" for k in guard.annotations)
     if closed:
         return {503}
-    return {400, 403} if guard.host == "mtls.test" else {401, 403}
+    return {400, 403} if guard.host.startswith("mtls") else {401, 403}
 
 
 @dataclass
@@ -96,7 +98,7 @@ def _manifests(  # noqa: PLR0917
         m.service("web"), m.endpoint_slice("web", [open_.port]),
         _secret("basic-auth", {"auth": HTPASSWD.encode()}),
         _secret("client-ca", {"ca.crt": client_ca.cert_pem.bytes()}),
-        tls_secret("mtls-tls", server_ca.issue_cert("mtls.test")),
+        tls_secret("mtls-tls", server_ca.issue_cert("mtls.test", "mtls-noca.test")),
         m.ingress("open", [("open.test", "/", "Prefix", "web"), ("shop.test", "/", "Prefix", "web")]),
         # same host, another Ingress: /admin is guarded, / is not
         m.ingress("shop-admin", [("shop.test", "/admin", "Prefix", "admin")],
@@ -110,8 +112,8 @@ def _manifests(  # noqa: PLR0917
         name = guard.host.removesuffix(".test")
         doc = m.ingress(name, [(guard.host, "/", "Prefix", "admin")], annotations=guard.annotations,
                         default_backend="admin")
-        if guard.host == "mtls.test":
-            doc = with_tls(doc, (["mtls.test"], "mtls-tls"))
+        if guard.host.startswith("mtls"):
+            doc = with_tls(doc, ([guard.host], "mtls-tls"))
         docs.append(doc)
     return m.write(tmp / "guards.yaml", *docs), found
 
@@ -149,8 +151,8 @@ def test_no_unauthenticated_request_reaches_the_upstream(setup: Setup) -> None:
         for guard in setup.guards:
             for method, path, body in REQUESTS:
                 r = client.request(method, path, headers={"Host": guard.host}, content=body)
-                if guard.host == "mtls.test":  # a TLS host: plain HTTP is sent to HTTPS first
-                    assert r.status_code == 308 and r.headers["location"].startswith("https://mtls.test")
+                if guard.host.startswith("mtls"):  # a TLS host: plain HTTP is sent to HTTPS first
+                    assert r.status_code == 308 and r.headers["location"].startswith(f"https://{guard.host}")
                     continue
                 _check_refusal(r, guard, method)
             # with credentials of the wrong kind, too (a basic-auth header is no key to anything else)
@@ -191,7 +193,7 @@ async def test_no_unauthenticated_http2_request_reaches_the_upstream(setup: Setu
         client = H2Client(stream)
         sids: dict[int, Guard] = {}
         for guard in setup.guards:
-            if guard.host == "mtls.test":
+            if guard.host.startswith("mtls"):
                 continue
             host = guard.host.encode()
             sids[client.open(b"/private", authority=host)] = guard
@@ -204,23 +206,27 @@ async def test_no_unauthenticated_http2_request_reaches_the_upstream(setup: Setu
     assert setup.guarded.requests == []
 
 
-def test_client_certificate_auth_over_https(setup: Setup) -> None:
-    (guard,) = [g for g in setup.guards if g.host == "mtls.test"]
+@pytest.mark.parametrize("host", ["mtls.test", "mtls-noca.test"])
+def test_client_certificate_auth_over_https(setup: Setup, host: str) -> None:
+    """Verified client certificates; with the CA Secret missing, 503 (fail closed), whatever the
+    client presents."""
+    (guard,) = [g for g in setup.guards if g.host == host]
+    assert expected_statuses(guard) == ({503} if guard.unusable else {400, 403})
     port = setup.fi.https_port
     before = len(setup.guarded.requests)
-    with tls_connect(port, "mtls.test", client_context(setup.server_ca)) as sock:  # no client certificate
+    with tls_connect(port, host, client_context(setup.server_ca)) as sock:  # no client certificate
         for path in ("/", "/private", "/x?y=1"):
-            r = request_on(sock, "mtls.test", path)
+            r = request_on(sock, host, path)
             assert r.status in expected_statuses(guard), (r.status, r.body)
             if r.status == 503:
-                assert b"auth-tls-secret" in r.body
+                assert b"auth-tls-secret" in r.body and b"(fail closed)" in r.body
             else:
                 assert b"No required SSL certificate was sent" in r.body
     stranger = trustme.CA().issue_cert("mallory")  # a client certificate from a CA nobody trusts
     ctx = client_context(setup.server_ca)
     stranger.configure_cert(ctx)
-    with tls_connect(port, "mtls.test", ctx) as sock:
-        assert request_on(sock, "mtls.test", "/").status in expected_statuses(guard)
+    with tls_connect(port, host, ctx) as sock:
+        assert request_on(sock, host, "/").status in expected_statuses(guard)
     assert len(setup.guarded.requests) == before == 0
 
 
@@ -275,7 +281,7 @@ def test_unsafe_fail_open_serves_the_same_routes_open(tmp_path: Path) -> None:
         with run_fastingress(tmp_path, manifests=[path], workers=1, extra=("--unsafe-fail-open",)) as fi:
             opened = 0
             for guard in found:
-                if guard.host == "mtls.test":
+                if guard.host.startswith("mtls"):  # TLS hosts: plain HTTP is redirected
                     continue
                 r = httpx.get(f"{fi.base}/x", headers={"Host": guard.host}, timeout=5)
                 if expected_statuses(guard) == {503}:  # not implemented: served open

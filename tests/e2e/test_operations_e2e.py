@@ -21,6 +21,7 @@ from tests.conftest import REPO
 from tests.support import manifests as m
 from tests.support.process import Fastingress, fastingress_command, free_port, run_fastingress, wait_for
 from tests.support.upstream import EchoServer
+from workers.build import data_path
 
 
 def _site(path: Path, host: str, service: str, server: EchoServer) -> Path:
@@ -191,7 +192,8 @@ def test_start_up_lines_process_titles_and_admin_status_lines(
             f"https on 127.0.0.1:{fi.https_port}, admin on 127.0.0.1:{fi.admin_port}"
         )
         assert starting in log, log
-        codec_and_generation = r", HTTP/1\.1 codec (llhttp|h11), snapshot generation 1\n"
+        codec_and_generation = (
+            rf", HTTP/1\.1 codec (llhttp|h11), data path {data_path()}, snapshot generation 1\n")
         assert re.search(re.escape(starting) + codec_and_generation, log)
         assert log.index(f"admin on http://127.0.0.1:{fi.admin_port}") < log.index("loaded manifests")
 

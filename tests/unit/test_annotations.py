@@ -55,12 +55,17 @@ def test_registry_rows_are_consistent() -> None:
 @pytest.mark.parametrize("name", ACCESS_KEYS)
 @pytest.mark.parametrize("prefix", [PREFIX, FASTINGRESS_PREFIX])
 def test_every_access_key_fails_closed_under_both_prefixes(name: str, prefix: str) -> None:
-    parsed, findings = parse_annotations({prefix + name: "x"})
-    if REGISTRY[name].status == "closed":
-        assert parsed.closed == ((prefix + name, "is not supported"),)
-        (finding,) = findings
-        assert finding.severity == "error"
-        assert f"`{name}`" in finding.message and "503 (fail closed)" in finding.message
+    """Each access key is a guard: implemented (e2e: tests/e2e/test_fail_closed_e2e.py) or
+    refused; either way a value it cannot honour closes the route instead of opening it."""
+    row = REGISTRY[name]
+    assert row.guard and row.status in ("implemented", "closed"), name
+    parsed, findings = parse_annotations({prefix + name: ["not", "a", "string"]})
+    reason = "is not supported" if row.status == "closed" else "has an invalid value"
+    assert parsed.closed == ((prefix + name, reason),)
+    (finding,) = findings
+    assert finding.severity == "error"
+    assert finding.key == prefix + name
+    assert "503 (fail closed)" in finding.message, finding.message
 
 
 def test_fastingress_prefix_is_read_and_wins() -> None:
@@ -142,6 +147,17 @@ def test_snippets_are_never_executed_and_access_rules_in_them_fail_closed() -> N
     assert access_directive("allow 10.0.0.0/8; deny all;") == "allow"
     assert access_directive("if ($x) { return 403; }") == "return 403"
     assert access_directive("proxy_set_header X-Allowed yes;") is None
+    # a ModSecurity snippet that turns blocking on (ingress-nginx's default only logs)
+    assert access_directive("SecRuleEngine On\nSecRequestBodyAccess On") == "SecRuleEngine On"
+    assert access_directive("secruleengine on") == "secruleengine on"
+    assert access_directive("SecRuleEngine DetectionOnly") is None
+    # every snippet key, the WAF's included: a blocking ModSecurity is never served open
+    for name in SNIPPETS:
+        parsed, (finding,) = parse_annotations({PREFIX + name: "SecRuleEngine On\n"})
+        assert parsed.closed and finding.severity == "error", name
+        assert "`SecRuleEngine On`" in finding.message and "503 (fail closed)" in finding.message
+        parsed, (finding,) = parse_annotations({PREFIX + name: "SecRuleEngine DetectionOnly\n"})
+        assert parsed.closed == () and finding.severity == "warning", name
 
 
 def test_fail_open_only_changes_the_words() -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,7 +17,7 @@ import pytest
 
 import workers.loop
 from tests.conftest import REPO
-from tests.support.process import fastingress_command, run_fastingress
+from tests.support.process import Fastingress, fastingress_command, free_port, run_fastingress
 from workers.build import data_path
 
 
@@ -69,3 +71,32 @@ def test_the_build_compiles_only_when_asked_and_says_why_not(
     monkeypatch.setenv("FASTINGRESS_MYPYC", "1")
     with pytest.raises(SystemExit, match="FASTINGRESS_MYPYC=1: cannot compile the data path: no C compiler"):
         setup.ext_modules()
+
+
+def test_workers_run_the_supervisors_package_not_one_in_the_current_directory(tmp_path: Path) -> None:
+    """``pip install .`` then ``fastingress`` run from the source checkout: the checkout's
+    ``workers/`` (interpreted) must not shadow the installed (compiled) one in the worker
+    processes.  Here the current directory holds a ``workers`` package that cannot be imported;
+    the supervisor (``-P``: not from the current directory) starts workers that still serve."""
+    decoy = tmp_path / "checkout"
+    (decoy / "workers").mkdir(parents=True)
+    (decoy / "workers" / "__init__.py").write_text('raise ImportError("the decoy workers package")\n')
+    http_port, admin_port = free_port(), free_port()
+    log = tmp_path / "fastingress.log"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    argv = [sys.executable, "-P", "-m", "fastingress", "standalone", "--bind", "127.0.0.1",
+            "--http-port", str(http_port), "--https-port", str(free_port()), "--admin-port", str(admin_port),
+            "--workers", "1", "--manifests", str(empty)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=decoy, stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    fi = Fastingress(proc, http_port, admin_port, log)
+    try:
+        fi.wait_ready()
+    finally:
+        fi.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "the decoy workers package" not in fi.log()
+    assert f"worker 0: serving on port {http_port} (data path: {data_path()})" in fi.log()

@@ -83,7 +83,8 @@ def test_table_has_one_row_per_registry_key() -> None:
 def test_annotation_status_matches_the_registry(name: str) -> None:
     status = _rows()[("annotation", name)]
     row = ann.REGISTRY[name]
-    assert status.startswith("supported") == (row.status == "implemented"), (name, status)
+    # (canary: a canary Ingress is honoured through its own path, workers/canary.py)
+    assert status.startswith("supported") == (row.status in ("implemented", "canary")), (name, status)
     assert ("**fails closed**" in status) == (row.status == "closed"), (name, status)
 
 

@@ -22,7 +22,7 @@ def test_server_parses_request_and_frames_chunked_response() -> None:
     assert codec.next_event() is Signal.END
     assert codec.their_message_done and codec.can_respond
     out = codec.response_head(200, [(b"x", b"y")]) + codec.data(b"hello") + codec.end()
-    assert out.startswith(b"HTTP/1.1 200 \r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")  # a reason phrase, though h11 sends none unless given one
     assert b"transfer-encoding: chunked\r\n" in out.lower()
     assert out.endswith(b"5\r\nhello\r\n0\r\n\r\n")
     assert codec.reusable
