@@ -404,8 +404,12 @@ class Forwarder(Timed):
             or (self.ctx is not None and not self.ctx.splice_ok)
         ):
             return False
-        self.splicer = Splicer(self, conn, left)
-        self.splicer.start()
+        try:
+            splicer = Splicer(self, conn, left)
+        except OSError:  # no pipe to be had (EMFILE, ENFILE): copy this body instead
+            return False
+        self.splicer = splicer
+        splicer.start()
         return True
 
     def splice_waiting(self, *, client_blocked: bool) -> None:

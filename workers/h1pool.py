@@ -158,6 +158,7 @@ class UpstreamConn(Timed):
             return
         try:
             self.pool.tls.check_alpn(sock.selected_alpn_protocol(), self.key, self.tls)
+            self.pool.tls.check_chain(sock, self.key, self.tls)
         except UpstreamFailed as exc:
             self._fail(UpstreamFailed(f"upstream {self.label}: {exc}"))
             return

@@ -15,8 +15,9 @@ send timeout while the client does not take the pipe's bytes.
 When the body is done the codecs are told (``body_sent_elsewhere``/``body_taken_elsewhere``)
 and the exchange ends as usual (the connection back to the pool).  An upstream that closes
 early or a failing socket ends it like any relay error: the response started, so the client
-connection is cut.  Where ``os.splice`` is missing or refuses (not Linux, an old kernel), the
-body is copied as before.
+connection is cut.  Where ``os.splice`` is missing (not Linux) or no pipe can be had (out of
+file descriptors), the body is copied as before; a splice call that fails mid-body is a relay
+error like any other.
 """
 
 from __future__ import annotations

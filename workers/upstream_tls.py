@@ -47,6 +47,7 @@ class ClientTLS(msgspec.Struct, frozen=True):
     server_name: str | None = None  # SNI and verification name
     sni: bool = True
     alpn: tuple[str, ...] = ()
+    verify_depth: int = 1  # with verify: at most this many intermediate CAs (proxy-ssl-verify-depth)
 
 
 def _strip_port(host: str) -> str:
@@ -83,7 +84,19 @@ def client_tls(upstream: Upstream) -> ClientTLS | None:
         server_name=server_name(upstream),
         sni=upstream.tls_sni,
         alpn=("h2",) if upstream.protocol == "GRPCS" else (),
+        verify_depth=upstream.tls_verify_depth if upstream.tls_verify else 1,
     )
+
+
+def _verified_chain(tls_object: object) -> list[object] | None:
+    """The chain OpenSSL verified, peer first and trust anchor last (``SSLSocket`` or
+    ``SSLObject``: public from Python 3.13, on ``_sslobj`` before); None when unknown."""
+    for owner in (tls_object, getattr(tls_object, "_sslobj", None)):
+        method = getattr(owner, "get_verified_chain", None)
+        if method is not None:
+            chain = method()
+            return list(chain) if chain else None
+    return None
 
 
 def make_context(verify: bool, ca_pem: str | None, alpn: tuple[str, ...]) -> ssl.SSLContext:
@@ -164,6 +177,21 @@ class TLSContexts:
                 f"TLS to {address[0]}:{address[1]}: upstream did not negotiate ALPN {'/'.join(tls.alpn)}"
             )
 
+    def check_chain(self, tls_object: object, address: tuple[str, int], tls: ClientTLS) -> None:
+        """``proxy-ssl-verify-depth``: with verification, the chain OpenSSL verified may hold
+        at most ``verify_depth`` intermediate CAs between the certificate and the trusted one
+        (nginx's ``proxy_ssl_verify_depth``; Python's ssl has no verify-depth setting, so the
+        verified chain is counted once the handshake is done).  A resumed session verifies
+        nothing and has no chain: it was checked when it was made (the depth is in the key)."""
+        if not tls.verify:
+            return
+        chain = _verified_chain(tls_object)
+        if chain is not None and len(chain) - 2 > tls.verify_depth:
+            raise UpstreamFailed(
+                f"TLS to {address[0]}:{address[1]}: the certificate chain has {len(chain) - 2} intermediate "
+                f"CA(s), more than proxy-ssl-verify-depth {tls.verify_depth}"
+            )
+
     def keep_session(self, session: ssl.SSLSession | None, address: tuple[str, int], tls: ClientTLS) -> None:
         if session is None:
             return
@@ -190,6 +218,7 @@ class TLSContexts:
             reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
             raise self.handshake_failed(address, tls, reason) from None
         self.check_alpn(ssl_stream.selected_alpn_protocol(), address, tls)
+        self.check_chain(getattr(ssl_stream, "_ssl_object", None), address, tls)
         return ssl_stream
 
     def remember(self, stream: trio.abc.Stream, address: tuple[str, int], tls: ClientTLS) -> None:

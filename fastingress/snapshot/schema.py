@@ -68,6 +68,7 @@ class Upstream(msgspec.Struct, frozen=True, gc=False):
     tls_sni: bool = True  # proxy-ssl-server-name (send SNI at all)
     # -- schema 4 -----------------------------------------------------------------------
     balancing: Balancing | None = None  # load-balance, upstream-hash-by, affinity
+    tls_verify_depth: int = 1  # proxy-ssl-verify-depth: at most this many intermediate CAs (nginx: 1)
 
 
 class WeightedBackend(msgspec.Struct, frozen=True, gc=False):

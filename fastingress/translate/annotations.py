@@ -91,6 +91,7 @@ class UpstreamSettings(msgspec.Struct, frozen=True):
     tls_secret: str | None = None  # proxy-ssl-secret "namespace/name" (its ca.crt)
     tls_server_name: str | None = None  # proxy-ssl-name
     tls_sni: bool = True  # proxy-ssl-server-name
+    tls_verify_depth: int = 1  # proxy-ssl-verify-depth (with proxy-ssl-verify on)
     # -- selection (issue 9): how the upstream's endpoints are chosen --------------------
     balancing: BalancingSettings = BalancingSettings()  # load-balance, upstream-hash-by, affinity
     service_upstream: bool = False  # service-upstream: the Service's ClusterIP as the one endpoint
@@ -296,6 +297,7 @@ _ROWS: dict[str, Key] = {
     "use-regex": implemented("use_regex", parse_bool),
     "rewrite-target": implemented("rewrite_target", parse_rewrite_target),
     "proxy-ssl-verify": implemented("upstream.tls_verify", parse_on_off),
+    "proxy-ssl-verify-depth": implemented("upstream.tls_verify_depth", _access.parse_verify_depth),
     "proxy-ssl-secret": implemented("upstream.tls_secret", parse_secret_ref),
     "proxy-ssl-name": implemented("upstream.tls_server_name", parse_server_name),
     "proxy-ssl-server-name": implemented("upstream.tls_sni", parse_on_off),
@@ -422,8 +424,7 @@ _ROWS: dict[str, Key] = {
         UNSUPPORTED,
     ),
     **_rows("use-port-in-redirects", UNSUPPORTED),
-    "proxy-ssl-verify-depth": unsupported(
-        "Python's ssl has no verify-depth setting: upstream chains are verified to OpenSSL's default depth"),
+
     **_rows(
         "fastcgi-index fastcgi-params-configmap",
         unsupported("FastCGI backends (backend-protocol FCGI) are not supported"),

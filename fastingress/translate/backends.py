@@ -58,7 +58,10 @@ class BackendRef(msgspec.Struct, frozen=True):
 
 
 # Fields added after the first release enter the hash only when set, so existing names stay.
-_LATER_FIELDS = ("tls_verify", "tls_secret", "tls_server_name", "tls_sni", "balancing", "service_upstream")
+_LATER_FIELDS = (
+    "tls_verify", "tls_secret", "tls_server_name", "tls_sni", "balancing", "service_upstream",
+    "tls_verify_depth",
+)
 
 
 def settings_suffix(settings: UpstreamSettings) -> str:
@@ -131,6 +134,7 @@ class UpstreamBuilder:
             tls_ca_pem=self._ca_pem(settings.tls_secret, owner),
             tls_server_name=settings.tls_server_name,
             tls_sni=settings.tls_sni,
+            tls_verify_depth=settings.tls_verify_depth,
             balancing=balancing(
                 settings.balancing, nginx_backend_name(backend.namespace, backend.service, backend.port)
             ),

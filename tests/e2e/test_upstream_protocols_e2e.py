@@ -288,6 +288,46 @@ def test_verify_failures_are_502_with_a_log_line(deployment: Deployment, host: s
     assert "default/api:" in log  # the upstream is named
 
 
+@pytest.mark.parametrize("codec", ["llhttp", "h11"])
+def test_proxy_ssl_verify_depth_counts_intermediate_cas(
+    tmp_path_factory: pytest.TempPathFactory, codec: str
+) -> None:
+    """An upstream whose certificate is two CAs below the trusted root: nginx's default
+    ``proxy_ssl_verify_depth 1`` refuses it (502 and a log line), ``proxy-ssl-verify-depth: "2"``
+    takes it; without verification the depth does not matter."""
+    tmp = tmp_path_factory.mktemp("verify-depth")
+    root = trustme.CA()
+    leaf = root.create_child_ca().create_child_ca().issue_cert(API_NAME)  # 2 intermediates
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(ctx)  # sends the leaf and both intermediates
+    with HttpsEchoServer("deep", ctx) as deep:
+        verified = {"backend_protocol": "HTTPS", "proxy_ssl_verify": "on",
+                    "proxy_ssl_secret": "default/root-ca", "proxy_ssl_name": API_NAME}
+        docs = [
+            ca_secret("root-ca", root),
+            tls_ingress("depth-default", "depth-default.test", "deep", deep.port, **verified),
+            tls_ingress("depth-1", "depth-1.test", "deep", deep.port, **verified, proxy_ssl_verify_depth="1"),
+            tls_ingress("depth-2", "depth-2.test", "deep", deep.port, **verified, proxy_ssl_verify_depth="2"),
+            tls_ingress("no-verify", "no-verify.test", "deep", deep.port, backend_protocol="HTTPS",
+                        proxy_ssl_verify_depth="1"),
+            m.service("deep", port=deep.port),
+            m.endpoint_slice("deep", [deep.port]),
+        ]
+        path = m.write(tmp / "deep.yaml", *docs)
+        with run_fastingress(tmp, manifests=[path], workers=1, extra=("--http1-codec", codec)) as fi:
+            def status(host: str) -> int:
+                return httpx.get(f"{fi.base}/x", headers={"host": host}, timeout=10).status_code
+
+            assert status("depth-2.test") == 200
+            assert status("no-verify.test") == 200
+            assert status("depth-default.test") == 502
+            assert status("depth-1.test") == 502
+            assert status("depth-2.test") == 200  # (and again, resuming its session)
+            log = fi.log()
+    assert "the certificate chain has 2 intermediate CA(s), more than proxy-ssl-verify-depth 1" in log
+    assert "default/deep:" in log  # the upstream is named
+
+
 def test_sni_off(deployment: Deployment) -> None:
     before = len(deployment.api.sni)
     r = get(deployment, "no-sni.test", "/n")

@@ -8,7 +8,9 @@ path with the llhttp codec, and the event-driven core over real sockets on 127.0
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 
 import h11
@@ -948,6 +950,47 @@ async def test_large_bodies_both_ways_and_keep_alive_after(harness_mode: str) ->
         # all of each body but what came in with the head, which Python had read already
         assert metrics.spliced_bodies * (len(big) - 256 * 1024) <= metrics.spliced_bytes
         assert metrics.spliced_bytes <= metrics.spliced_bodies * len(big)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.modes("core")
+async def test_a_snapshot_that_removes_an_endpoint_closes_its_idle_pooled_connections() -> None:
+    """The core's pool is pruned on a snapshot swap: idle connections to removed endpoints close,
+    and the next request goes to the endpoint the new snapshot names."""
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, make_snapshot(), EchoUpstream())
+        client = h.client()
+        assert (await client.request()).status == 200
+        assert h.connects == [("10.0.0.1", 80)]
+        assert h.core_pool.idle_count(("10.0.0.1", 80)) == 1
+        h.install(make_snapshot(endpoints=(Endpoint("10.0.0.2", 80),)))
+        assert h.core_pool.idle_count(("10.0.0.1", 80)) == 0  # closed at once, not on next use
+        assert (await client.request()).status == 200
+        assert h.connects == [("10.0.0.1", 80), ("10.0.0.2", 80)]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.modes("core")
+async def test_without_a_pipe_the_large_body_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of file descriptors for the splice's pipe: the body is copied through Python instead."""
+    big = bytes(range(256)) * (4 * 1024)  # 1 MiB
+
+    def no_pipe(flags: int) -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async with trio.open_nursery() as nursery:
+        up = EchoUpstream(lambda rec: Reply(headers=[(b"content-length", str(len(big)).encode())],
+                                            chunks=[big[i:i + 70000] for i in range(0, len(big), 70000)]))
+        h = Harness(nursery, make_snapshot(), up)
+        client = h.client()
+        monkeypatch.setattr(os, "pipe2", no_pipe)
+        resp = await client.request(target=b"/big")
+        monkeypatch.undo()
+        assert resp.status == 200 and resp.body == big
+        assert h.worker.metrics.spliced_bodies == 0
+        resp = await client.request(target=b"/big")  # the same connections, spliced again
+        assert resp.status == 200 and resp.body == big
+        assert h.worker.metrics.spliced_bodies == 1
         nursery.cancel_scope.cancel()
 
 
