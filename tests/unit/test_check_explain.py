@@ -283,3 +283,16 @@ def test_explain_query_of_the_admin_endpoint() -> None:
     assert explain_query(snapshot, "url=" + "x" * 9000, https_port=443)[0] == 400
     status, body = explain_query(snapshot, "url=http%3A%2F%2Fa%2F&header=bad", https_port=443)
     assert status == 400 and b"a header is 'Name: value'" in body
+
+
+def test_explain_shows_the_client_certificate_policy() -> None:
+    """auth-tls-*: every setting of the host's client-certificate check, in one line."""
+    objects, _ = load_manifests([str(GOLDEN / "access-client-certs.yaml")])
+    e = explain(translate(objects).snapshot, ExplainRequest("https://api.bank.example/v1/x"))
+    (tls,) = [p for p in e.policies if p.name == "auth-tls"]
+    assert tls.value == (
+        "verify optional, depth 1, CA from Secret bank/client-ca, "
+        "subject must match CN=(payments|ledger)\\.bank\\.example, "
+        "errors redirect to https://bank.example/cert-help, ssl-client-cert passed upstream"
+    )
+    assert tls.effect == "400 without a good client certificate"
