@@ -179,7 +179,7 @@ class Writer:
         if mode == _CHUNK:
             self._mode = _DONE
             if trailers:
-                return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+                return b"0\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in trailers]) + b"\r\n"
             return b"0\r\n\r\n"
         if mode == _LENGTH and self._left:
             raise LocalProtocolError("Too little data for declared Content-Length")
