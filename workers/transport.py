@@ -342,7 +342,9 @@ class TLSTransport(Transport):
                  proto: StreamProtocol | None = None) -> None:
         super().__init__(core, sock, proto)
         self.tls = tls
-        self._ssl: Any = tls._ssl  # (the SSL* of pyOpenSSL's binding)
+        # (the SSL* of pyOpenSSL's binding; None, should a pyOpenSSL release not have these
+        # private names: then its public recv/send serve, slower)
+        self._ssl: Any = getattr(tls, "_ssl", None) if hasattr(tls, "_raise_ssl_error") else None
         self._cbuf: Any = _ffi.from_buffer(core.rbuf)  # (no copy: the bytearray's memory)
 
     def on_event(self, events: int) -> None:
@@ -357,10 +359,12 @@ class TLSTransport(Transport):
 
     def _recv(self) -> memoryview | bytes | None:
         ssl_ = self._ssl
-        n: int = _lib.SSL_read(ssl_, self._cbuf, TLS_READ)
-        if n > 0:
-            return self.core.rview[:n]
         try:
+            if ssl_ is None:
+                return self.tls.recv(TLS_READ)
+            n: int = _lib.SSL_read(ssl_, self._cbuf, TLS_READ)
+            if n > 0:
+                return self.core.rview[:n]
             self.tls._raise_ssl_error(ssl_, n)  # (pyOpenSSL's mapping of the failure)
         except (SSL.WantReadError, SSL.WantWriteError):
             return None
@@ -379,17 +383,19 @@ class TLSTransport(Transport):
 
     def _send(self, data: memoryview | bytes) -> int:
         ssl_ = self._ssl
-        with _ffi.from_buffer(data) as buf:
-            n: int = _lib.SSL_write(ssl_, buf, len(buf))
-        if n > 0:
-            return n
         try:
+            if ssl_ is None:
+                return self.tls.send(data)
+            with _ffi.from_buffer(data) as buf:
+                n: int = _lib.SSL_write(ssl_, buf, len(buf))
+            if n > 0:
+                return n
             self.tls._raise_ssl_error(ssl_, n)
         except (SSL.WantWriteError, SSL.WantReadError):
             raise BlockingIOError from None
         except SSL.Error as exc:
             raise OSError(f"TLS error: {exc}") from None
-        raise OSError(f"TLS write failed ({n})")
+        raise OSError("TLS write failed")
 
     def _sendmany(self, bufs: Sequence[memoryview | bytes]) -> int:
         return self._send(b"".join(bufs))
