@@ -90,12 +90,11 @@ def client_tls(upstream: Upstream) -> ClientTLS | None:
 
 def _verified_chain(tls_object: object) -> list[object] | None:
     """The chain OpenSSL verified, peer first and trust anchor last (``SSLSocket`` or
-    ``SSLObject``: public from Python 3.13, on ``_sslobj`` before); None when unknown."""
+    ``SSLObject``: public from Python 3.13, on ``_sslobj`` before); None when neither exists."""
     for owner in (tls_object, getattr(tls_object, "_sslobj", None)):
         method = getattr(owner, "get_verified_chain", None)
         if method is not None:
-            chain = method()
-            return list(chain) if chain else None
+            return list(method() or ())  # (empty for a resumed session: nothing was verified)
     return None
 
 
@@ -186,7 +185,12 @@ class TLSContexts:
         if not tls.verify:
             return
         chain = _verified_chain(tls_object)
-        if chain is not None and len(chain) - 2 > tls.verify_depth:
+        if chain is None:  # fail closed: a depth that cannot be checked is not taken as met
+            raise UpstreamFailed(
+                f"TLS to {address[0]}:{address[1]}: this Python cannot show the verified chain, "
+                "so proxy-ssl-verify-depth cannot be checked"
+            )
+        if len(chain) - 2 > tls.verify_depth:
             raise UpstreamFailed(
                 f"TLS to {address[0]}:{address[1]}: the certificate chain has {len(chain) - 2} intermediate "
                 f"CA(s), more than proxy-ssl-verify-depth {tls.verify_depth}"

@@ -30,7 +30,7 @@ from fastingress.translate.annotations import PREFIX, UpstreamSettings, parse_an
 from fastingress.translate.backends import settings_suffix
 from workers.h2upstream import ConnectionLost, H2Pool, grpc_error_headers, is_grpc
 from workers.pool import Pool
-from workers.upstream_tls import ClientTLS, client_tls, server_name
+from workers.upstream_tls import ClientTLS, TLSContexts, client_tls, server_name
 
 KEY = ("10.0.0.7", 443)
 BAD_PEM = b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
@@ -444,3 +444,26 @@ async def test_verification_without_a_name_checks_the_endpoint_ip(ca: trustme.CA
         with pytest.raises(UpstreamFailed, match=r"10\.0\.0\.8"):
             await pool.connect(("10.0.0.8", 443), 5.0, client_tls(up), up.name)
         nursery.cancel_scope.cancel()
+
+
+def test_a_verify_depth_that_cannot_be_checked_fails_closed() -> None:
+    """proxy-ssl-verify-depth counts the chain OpenSSL verified; a TLS object that cannot show
+    it refuses the connection (never taken as met), and without verification nothing is checked."""
+    contexts = TLSContexts()
+    with pytest.raises(UpstreamFailed, match="proxy-ssl-verify-depth cannot be checked"):
+        contexts.check_chain(object(), ("10.0.0.1", 443), ClientTLS(verify=True))
+    contexts.check_chain(object(), ("10.0.0.1", 443), ClientTLS(verify=False))
+
+    class Resumed:  # a resumed session verified nothing: it was checked when it was made
+        def get_verified_chain(self) -> list[object]:
+            return []
+
+    contexts.check_chain(Resumed(), ("10.0.0.1", 443), ClientTLS(verify=True))
+
+    class Deep:
+        def get_verified_chain(self) -> list[object]:
+            return [object()] * 5  # leaf, 3 intermediates, root
+
+    with pytest.raises(UpstreamFailed, match="3 intermediate CA"):
+        contexts.check_chain(Deep(), ("10.0.0.1", 443), ClientTLS(verify=True, verify_depth=2))
+    contexts.check_chain(Deep(), ("10.0.0.1", 443), ClientTLS(verify=True, verify_depth=3))
