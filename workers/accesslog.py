@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from fastingress.logformat import HEADER_PREFIX, Escape, escape_default, escape_json, parse
+from fastingress.snapshot.schema import Route
+from workers.heads import RequestInfo
+from workers.http1 import RequestHead
 
 
 class AccessRecord:
@@ -189,4 +192,57 @@ def request_length(method: bytes, target: bytes, headers: Sequence[tuple[bytes, 
     return size + 2 + body
 
 
-__all__ = ["AccessRecord", "Formatter", "compile_format", "request_length"]
+def client_text(client_ip: bytes, info: RequestInfo | None) -> str:
+    """The request's client for the log: through a trusted proxy, the one it names."""
+    view = info.view if info is not None else None
+    return (view.ip if view is not None else client_ip).decode("latin-1")
+
+
+def request_record(  # noqa: PLR0917 (what both data paths know of a request)
+    client_ip: bytes, proxy_port: bytes, method: bytes, target: bytes, status: int, resp_bytes: int,
+    duration: float, labels: Sequence[str], head: RequestHead | None, body: int,
+    info: RequestInfo | None, tls: str, server_port: int,
+) -> AccessRecord:
+    """An ``AccessRecord`` of the request and its answer; the data path adds the upstream's part."""
+    record = AccessRecord()
+    view = info.view if info is not None else None
+    record.client_ip = client_text(client_ip, info)
+    record.peer = client_ip.decode("latin-1")
+    record.proxy_addr = record.peer if proxy_port else ""
+    record.method = method.decode("latin-1")
+    record.target = target.decode("latin-1")
+    record.status = status
+    record.body_bytes = resp_bytes
+    record.duration = duration
+    record.host, record.ingress, record.service = labels
+    if head is not None:
+        record.version = "HTTP/" + head.http_version.decode("latin-1")
+        record.headers = head.headers
+        record.request_length = request_length(head.method, head.target, head.headers, body)
+    if info is not None:
+        if info.host:  # nginx $host: the Host header, lower case, without the port
+            record.host = info.host.decode("latin-1").lower().rsplit(":", 1)[0].rstrip(".") or "-"
+        if info.request_id is not None:
+            record.request_id = info.request_id.decode("latin-1")
+    record.scheme = "https" if tls or (view is not None and view.https) else "http"
+    record.server_port = str(server_port)
+    record.tls = tls
+    return record
+
+
+def request_context(  # noqa: PLR0917
+    method: bytes, target: bytes, labels: Sequence[str], route: Route | None,
+    endpoint: tuple[str, int] | None, info: RequestInfo | None,
+) -> str:
+    """A request in an error line, the same from both data paths: method, target, host, route,
+    Ingress, upstream endpoint and request id."""
+    return (
+        f"{method.decode('latin-1')} {target.decode('latin-1')} host={labels[0]} "
+        f"route={f'{route.path_type}:{route.path}' if route is not None else '-'} "
+        f"ingress={labels[1]} endpoint={f'{endpoint[0]}:{endpoint[1]}' if endpoint is not None else '-'} "
+        f"request_id={info.request_id.decode('latin-1') if info and info.request_id else '-'}"
+    )
+
+
+__all__ = ["AccessRecord", "Formatter", "client_text", "compile_format", "request_context", "request_length",
+           "request_record"]

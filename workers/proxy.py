@@ -62,7 +62,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from fastingress.snapshot.schema import Route
-from workers.accesslog import AccessRecord, request_length
+from workers.accesslog import client_text, request_record
 from workers.decide import (
     NO_LABELS,
     Answer,
@@ -224,53 +224,25 @@ class Session(SessionBase):
                 return
             log.info(
                 "%s %s %s %d %.6f %s %s%s",
-                self._client_text(), self.method.decode("latin-1"),
+                client_text(self.client_ip, self.info), self.method.decode("latin-1"),
                 self.target.decode("latin-1"), status, duration, host, service,
                 " " + self.tls if self.tls else "",
             )
 
-    def _client_text(self) -> str:
-        """The request's client for the log: through a trusted proxy, the one it names."""
-        info = self.info
-        view = info.view if info is not None else None
-        return (view.ip if view is not None else self.client_ip).decode("latin-1")
-
     def _log_line(self, status: int, duration: float) -> None:
         """One line in the ConfigMap's log-format-upstream (``workers.accesslog``)."""
-        record = AccessRecord()
-        info = self.info
-        view = info.view if info is not None else None
-        head = self.head
-        record.client_ip = self._client_text()
-        record.peer = self.client_ip.decode("latin-1")
-        record.proxy_addr = record.peer if self.proxy_port else ""
-        record.method = self.method.decode("latin-1")
-        record.target = self.target.decode("latin-1")
-        record.status = status
-        record.body_bytes = self.resp_bytes
-        record.duration = duration
-        record.host, record.ingress, record.service = self.labels
-        if head is not None:
-            record.version = "HTTP/" + head.http_version.decode("latin-1")
-            record.headers = head.headers
-            record.request_length = request_length(
-                head.method, head.target, head.headers, self.body_consumed
-            )
-        if info is not None:
-            if info.host:  # nginx $host: the Host header, lower case, without the port
-                record.host = info.host.decode("latin-1").lower().rsplit(":", 1)[0].rstrip(".") or "-"
-            if info.request_id is not None:
-                record.request_id = info.request_id.decode("latin-1")
+        worker = self.worker
+        record = request_record(
+            self.client_ip, self.proxy_port, self.method, self.target, status, self.resp_bytes, duration,
+            self.labels, self.head, self.body_consumed, self.info, self.tls,
+            worker.https_port if self.tls else worker.listen_port,
+        )
         if self.up_addr is not None:
             record.upstream_addr = f"{self.up_addr[0]}:{self.up_addr[1]}"
             record.upstream_time = _now() - self.t_up
             if self.up_status:
                 record.upstream_status = self.up_status
                 record.upstream_bytes = self.resp_bytes
-        record.scheme = "https" if self.tls or (view is not None and view.https) else "http"
-        worker = self.worker
-        record.server_port = str(worker.https_port if self.tls else worker.listen_port)
-        record.tls = self.tls
         assert worker.log_format is not None
         access_log.info(worker.log_format(record))
 

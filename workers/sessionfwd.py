@@ -24,6 +24,7 @@ from fastingress.errors import (
     UpstreamTimeout,
 )
 from fastingress.snapshot.schema import GlobalSettings, Route, Upstream
+from workers.accesslog import request_context
 from workers.decide import Proxy
 from workers.heads import RequestInfo, add_forwarded, response_headers, set_headers
 from workers.http1 import Body, Event, RequestHead, ResponseHead, ServerCodec, Signal
@@ -169,15 +170,8 @@ class SessionBase:
         def finish_request(self, default_status: int) -> None: ...
 
     def where(self) -> str:
-        """The request in an error line, as the core writes it (workers/h1conn.py): method,
-        target, host, route, Ingress, upstream endpoint and request id."""
-        route, up, info = self.route, self.up_addr, self.info
-        return (
-            f"{self.method.decode('latin-1')} {self.target.decode('latin-1')} host={self.labels[0]} "
-            f"route={f'{route.path_type}:{route.path}' if route is not None else '-'} "
-            f"ingress={self.labels[1]} endpoint={f'{up[0]}:{up[1]}' if up is not None else '-'} "
-            f"request_id={info.request_id.decode('latin-1') if info and info.request_id else '-'}"
-        )
+        """The request in an error line, as the core writes it (``accesslog.request_context``)."""
+        return request_context(self.method, self.target, self.labels, self.route, self.up_addr, self.info)
 
     # ---- forwarding ------------------------------------------------------------------
 
